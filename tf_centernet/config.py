@@ -1,0 +1,309 @@
+"""Typed configuration of models, data, losses, training and decoding.
+
+Configurations are dataclasses validated by OmegaConf. A YAML file in
+`configs/` (or any path) fills them; command-line overrides use dotted keys,
+e.g. ``train.learning_rate=1e-4`` or ``data.batch_size=2``.
+
+Every default below is the release default described in SPEC.md, section
+named next to each field.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+from dataclasses import dataclass, field
+from typing import List, Optional, Sequence
+
+from omegaconf import OmegaConf
+
+# Named hourglass backbones (SPEC section 1). `levels` is the recursion depth n,
+# `widths` has n + 1 entries and `blocks` the residual blocks per level.
+BACKBONES = {
+    "hourglass52": dict(
+        num_stacks=1,
+        levels=5,
+        widths=[256, 256, 384, 384, 384, 512],
+        blocks=[2, 2, 2, 2, 2, 4],
+        stem_channels=128,
+        head_channels=256,
+        pool_channels=128,
+    ),
+    "hourglass104": dict(
+        num_stacks=2,
+        levels=5,
+        widths=[256, 256, 384, 384, 384, 512],
+        blocks=[2, 2, 2, 2, 2, 4],
+        stem_channels=128,
+        head_channels=256,
+        pool_channels=128,
+    ),
+    # A CPU-sized hourglass for tests and small experiments.
+    "hourglass_small": dict(
+        num_stacks=2,
+        levels=3,
+        widths=[32, 32, 48, 64],
+        blocks=[1, 1, 1, 2],
+        stem_channels=16,
+        head_channels=32,
+        pool_channels=16,
+    ),
+}
+
+
+@dataclass
+class ModelConfig:
+    """Detector architecture (SPEC sections 1-3).
+
+    `architecture` is ``"centernet"`` (keypoint triplets) or ``"cornernet"``.
+    `backbone` names an entry of `BACKBONES`; any of the hourglass fields set
+    here (not None) override that entry.
+    """
+
+    architecture: str = "centernet"
+    backbone: str = "hourglass104"
+    num_classes: int = 80
+    num_stacks: Optional[int] = None
+    levels: Optional[int] = None
+    widths: Optional[List[int]] = None
+    blocks: Optional[List[int]] = None
+    stem_channels: Optional[int] = None
+    head_channels: Optional[int] = None
+    pool_channels: Optional[int] = None
+    # CenterNet ablation switches (CenterNet paper, Table 4).
+    cascade_corner_pooling: bool = True
+    center_pooling: bool = True
+    central_region: bool = True
+    heatmap_bias: float = -2.19
+    # "auto" | "scan" | "custom": implementation of the directional pooling.
+    pooling_impl: str = "scan"
+
+    def hourglass(self) -> dict:
+        """The resolved hourglass hyper-parameters.
+
+        Returns:
+            dict with keys num_stacks, levels, widths, blocks, stem_channels,
+            head_channels, pool_channels.
+
+        Raises:
+            ValueError: unknown backbone name or inconsistent lengths.
+        """
+        if self.backbone not in BACKBONES:
+            raise ValueError(
+                f"Unknown backbone {self.backbone!r}; expected one of "
+                f"{sorted(BACKBONES)}."
+            )
+        spec = dict(BACKBONES[self.backbone])
+        for key in spec:
+            value = getattr(self, key)
+            if value is not None:
+                spec[key] = list(value) if isinstance(value, Sequence) else value
+        if len(spec["widths"]) != spec["levels"] + 1:
+            raise ValueError(
+                f"widths needs levels + 1 = {spec['levels'] + 1} entries, got "
+                f"{len(spec['widths'])}."
+            )
+        if len(spec["blocks"]) != spec["levels"] + 1:
+            raise ValueError(
+                f"blocks needs levels + 1 = {spec['levels'] + 1} entries, got "
+                f"{len(spec['blocks'])}."
+            )
+        return spec
+
+    @property
+    def uses_centers(self) -> bool:
+        """True when the model predicts center keypoints (CenterNet)."""
+        return self.architecture == "centernet"
+
+
+@dataclass
+class DataConfig:
+    """Input pipeline and training targets (SPEC sections 4 and 6).
+
+    Image sizes are in pixels. Colour statistics are in RGB order (the
+    releases list them in BGR; SPEC section 6).
+    """
+
+    train_images: str = ""
+    train_annotations: str = ""
+    val_images: str = ""
+    val_annotations: str = ""
+    input_size: int = 511
+    max_objects: int = 128
+    # Random crop (SPEC section 6).
+    random_crop: bool = True
+    rand_scales: List[float] = field(
+        default_factory=lambda: [0.6, 0.7, 0.8, 0.9, 1.0, 1.1, 1.2, 1.3]
+    )
+    border: int = 128
+    flip: bool = True
+    color_jitter: bool = True
+    lighting: bool = True
+    lighting_std: float = 0.1
+    mean: List[float] = field(
+        default_factory=lambda: [0.47026115, 0.44719302, 0.40789654]
+    )
+    std: List[float] = field(
+        default_factory=lambda: [0.27809835, 0.27408164, 0.28863828]
+    )
+    # Targets (SPEC section 4).
+    gaussian_bump: bool = True
+    gaussian_iou: float = 0.7
+    # Crowd boxes: "drop" (default) or "keep" (treated as ordinary objects,
+    # as the releases do).
+    crowd: str = "drop"
+    shuffle_buffer: int = 1000
+    num_parallel_calls: int = -1  # tf.data.AUTOTUNE
+
+    @property
+    def output_size(self) -> int:
+        """Output-grid size in cells: the network's stride is 4 (SPEC 1)."""
+        return (self.input_size + 1) // 4
+
+
+@dataclass
+class LossConfig:
+    """Loss weights (SPEC section 5)."""
+
+    focal_alpha: float = 2.0
+    focal_beta: float = 4.0
+    pull_weight: float = 0.1
+    push_weight: float = 0.1
+    offset_weight: float = 1.0
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation schedule (SPEC section 6) and bookkeeping.
+
+    `learning_rate` is for `batch_size` images; `total_steps` and
+    `decay_steps` count optimiser steps.
+    """
+
+    batch_size: int = 48
+    learning_rate: float = 2.5e-4
+    total_steps: int = 480000
+    decay_steps: List[int] = field(default_factory=lambda: [450000])
+    decay_rate: float = 0.1
+    steps_per_epoch: int = 1000
+    checkpoint_every: int = 5000
+    keep_checkpoints: int = 3
+    model_dir: str = "runs/centernet"
+    mixed_precision: bool = False
+    seed: int = 0
+
+
+@dataclass
+class DecodeConfig:
+    """Inference decoding (SPEC section 7)."""
+
+    top_k: int = 70
+    ae_threshold: float = 0.5
+    num_dets: int = 1000
+    nms_kernel: int = 3
+    # Central region (CenterNet eq. 1): n for small and large boxes.
+    small_region_n: int = 3
+    large_region_n: int = 5
+    region_area_threshold: float = 22500.0
+    # Soft-NMS (SPEC 7.6): "gaussian" or "merge"; "none" skips it.
+    nms: str = "gaussian"
+    soft_nms_sigma: float = 0.5
+    score_threshold: float = 0.001
+    merge_weight_exp: float = 8.0
+    max_detections: int = 100
+    flip_test: bool = True
+    test_scales: List[float] = field(default_factory=lambda: [1.0])
+    border_tolerance: float = 5.0
+
+
+@dataclass
+class Config:
+    """The whole experiment."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    decode: DecodeConfig = field(default_factory=DecodeConfig)
+
+
+def config_dirs() -> List[str]:
+    """Folders searched for named configurations, in order."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    return [
+        os.path.join(os.path.dirname(here), "configs"),
+        os.path.join(sys.prefix, "share", "tf-centernet", "configs"),
+    ]
+
+
+def resolve_config_path(name_or_path: str) -> str:
+    """Maps a config name (``centernet_hg52``) or a path to a YAML file.
+
+    Raises:
+        FileNotFoundError: neither a file nor a known name.
+    """
+    if os.path.isfile(name_or_path):
+        return name_or_path
+    name = name_or_path if name_or_path.endswith(".yaml") else name_or_path + ".yaml"
+    for folder in config_dirs():
+        candidate = os.path.join(folder, name)
+        if os.path.isfile(candidate):
+            return candidate
+    known = sorted(
+        {
+            os.path.splitext(f)[0]
+            for d in config_dirs()
+            if os.path.isdir(d)
+            for f in os.listdir(d)
+            if f.endswith(".yaml")
+        }
+    )
+    raise FileNotFoundError(
+        f"No config file or named config {name_or_path!r}; named configs: {known}."
+    )
+
+
+def load_config(
+    name_or_path: Optional[str] = None, overrides: Sequence[str] = ()
+) -> Config:
+    """Loads a configuration.
+
+    Args:
+        name_or_path: str or None. A YAML path or a name in `configs/`; None
+            gives the defaults.
+        overrides: sequence of ``"section.key=value"`` strings applied last.
+
+    Returns:
+        A `Config` (a plain dataclass instance).
+
+    Raises:
+        FileNotFoundError: the config does not exist.
+        omegaconf.errors.ConfigKeyError / ValidationError: unknown key or a
+            value of the wrong type (the message names the key).
+    """
+    schema = OmegaConf.structured(Config)
+    parts = [schema]
+    if name_or_path:
+        parts.append(OmegaConf.load(resolve_config_path(name_or_path)))
+    if overrides:
+        parts.append(OmegaConf.from_dotlist(list(overrides)))
+    merged = OmegaConf.merge(*parts)
+    config = OmegaConf.to_object(merged)
+    config.model.hourglass()  # validate early, with a clear message
+    if config.model.architecture not in ("centernet", "cornernet"):
+        raise ValueError(
+            "model.architecture must be 'centernet' or 'cornernet', got "
+            f"{config.model.architecture!r}."
+        )
+    return config
+
+
+def to_yaml(config: Config) -> str:
+    """The YAML text of a configuration (written next to checkpoints)."""
+    return OmegaConf.to_yaml(OmegaConf.structured(config))
+
+
+def replace(config, **changes):
+    """`dataclasses.replace`, re-exported for callers building configs."""
+    return dataclasses.replace(config, **changes)

@@ -1,0 +1,247 @@
+"""CornerNet and CenterNet detectors (SPEC sections 1-3 and 5).
+
+`KeypointDetector.call` returns the raw head outputs as a dict; decoding is
+separate (`tf_centernet.decode`, `tf_centernet.inference`). Training uses
+`model.fit`: `compute_loss` implements SPEC section 5 and reports each term
+as a metric (and so to TensorBoard).
+"""
+
+from __future__ import annotations
+
+import keras
+import tensorflow as tf
+
+from tf_centernet import losses
+from tf_centernet.config import BACKBONES, LossConfig
+from tf_centernet.layers.convolution import ConvModule
+from tf_centernet.layers.heads import HEATMAP_BIAS, PredictionHead
+from tf_centernet.layers.hourglass import HourglassBackbone
+from tf_centernet.layers.pooling import CascadeCornerPooling, CenterPooling, CornerPooling
+
+LOSS_TERMS = ("focal_corner", "focal_center", "pull", "push", "offset_corner", "offset_center")
+
+
+@keras.saving.register_keras_serializable(package="tf_centernet")
+class KeypointDetector(keras.Model):
+    """Stacked-hourglass keypoint detector: CornerNet or CenterNet.
+
+    Per stack: a top-left and a bottom-right pooling module (corner pooling,
+    or cascade corner pooling for CenterNet), heads for heatmap, embedding
+    and offset of each corner; CenterNet adds a center pooling module with
+    center heatmap and offset heads (SPEC sections 2-3).
+
+    Args:
+        num_classes: int. Object classes (no background channel).
+        num_stacks, levels, widths, blocks, stem_channels: hourglass, see
+            `tf_centernet.layers.hourglass.HourglassBackbone`.
+        head_channels: int. Width of each stack's features and of the
+            pooling modules (the releases' cnv_dim, 256).
+        pool_channels: int. Width of the pooled branches (128).
+        centers: bool. Predict center keypoints (CenterNet's central region
+            exploration). Defaults to True.
+        cascade_corner_pooling: bool. Cascade (True, CenterNet) or plain
+            (False, CornerNet) corner pooling.
+        center_pooling: bool. Center pooling (True) or a plain 3x3
+            convolution module (False) before the center heads.
+        heatmap_bias: float. Initial heatmap bias. Defaults to -2.19.
+        pooling_impl: str. "scan", "auto" or "custom".
+        loss_config: dict of `tf_centernet.config.LossConfig` fields, or
+            None for the defaults.
+
+    Call arguments:
+        images: float (batch, height, width, 3), normalised; height and width
+            ≡ 127 (mod 128) for the full hourglass (e.g. 511), more generally
+            4 * 2**levels * k - 1 or 4 * 2**levels * k.
+        training: bool.
+
+    Returns:
+        dict with keys ``tl_heatmap``, ``br_heatmap`` (batch, H/4, W/4,
+        num_classes) logits; ``tl_embedding``, ``br_embedding`` (batch,
+        H/4, W/4, 1); ``tl_offset``, ``br_offset`` (batch, H/4, W/4, 2) in
+        output cells (x, y); with centers ``ct_heatmap`` and ``ct_offset``.
+        All float32. With training=True each value is a list with one
+        tensor per stack; otherwise the last stack's tensor.
+    """
+
+    def __init__(
+        self,
+        num_classes=80,
+        num_stacks=2,
+        levels=5,
+        widths=(256, 256, 384, 384, 384, 512),
+        blocks=(2, 2, 2, 2, 2, 4),
+        stem_channels=128,
+        head_channels=256,
+        pool_channels=128,
+        centers=True,
+        cascade_corner_pooling=True,
+        center_pooling=True,
+        heatmap_bias=HEATMAP_BIAS,
+        pooling_impl="scan",
+        loss_config=None,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        self.num_classes = num_classes
+        self.num_stacks = num_stacks
+        self.levels = levels
+        self.widths = list(widths)
+        self.blocks = list(blocks)
+        self.stem_channels = stem_channels
+        self.head_channels = head_channels
+        self.pool_channels = pool_channels
+        self.centers = centers
+        self.cascade_corner_pooling = cascade_corner_pooling
+        self.center_pooling = center_pooling
+        self.heatmap_bias = heatmap_bias
+        self.pooling_impl = pooling_impl
+        self.loss_config = dict(loss_config or {})
+        self._loss_settings = LossConfig(**self.loss_config)
+
+        self.backbone = HourglassBackbone(
+            num_stacks, levels, widths, blocks, stem_channels, head_channels, name="backbone"
+        )
+        corner_cls = CascadeCornerPooling if cascade_corner_pooling else CornerPooling
+        hidden = widths[0]  # the releases' head width is curr_dim = widths[0]
+        self.stack_modules = []
+        for s in range(num_stacks):
+            modules = {
+                "tl_pool": corner_cls("top_left", head_channels, pool_channels, pooling_impl, name=f"tl_pool_{s}"),
+                "br_pool": corner_cls("bottom_right", head_channels, pool_channels, pooling_impl, name=f"br_pool_{s}"),
+                "tl_heatmap": PredictionHead(num_classes, hidden, heatmap_bias, name=f"tl_heatmap_{s}"),
+                "br_heatmap": PredictionHead(num_classes, hidden, heatmap_bias, name=f"br_heatmap_{s}"),
+                "tl_embedding": PredictionHead(1, hidden, name=f"tl_embedding_{s}"),
+                "br_embedding": PredictionHead(1, hidden, name=f"br_embedding_{s}"),
+                "tl_offset": PredictionHead(2, hidden, name=f"tl_offset_{s}"),
+                "br_offset": PredictionHead(2, hidden, name=f"br_offset_{s}"),
+            }
+            if centers:
+                modules["ct_pool"] = (
+                    CenterPooling(head_channels, pool_channels, pooling_impl, name=f"ct_pool_{s}")
+                    if center_pooling
+                    else ConvModule(head_channels, 3, name=f"ct_pool_{s}")
+                )
+                modules["ct_heatmap"] = PredictionHead(num_classes, hidden, heatmap_bias, name=f"ct_heatmap_{s}")
+                modules["ct_offset"] = PredictionHead(2, hidden, name=f"ct_offset_{s}")
+            self.stack_modules.append(modules)
+        self.trackers = {name: keras.metrics.Mean(name=name) for name in LOSS_TERMS}
+
+    @property
+    def output_keys(self):
+        """The keys of the output dict, in a fixed order."""
+        keys = ["tl_heatmap", "br_heatmap", "tl_embedding", "br_embedding", "tl_offset", "br_offset"]
+        if self.centers:
+            keys += ["ct_heatmap", "ct_offset"]
+        return keys
+
+    def _heads(self, features, modules, training):
+        tl = modules["tl_pool"](features, training=training)
+        br = modules["br_pool"](features, training=training)
+        out = {}
+        for prefix, pooled in (("tl", tl), ("br", br)):
+            for kind in ("heatmap", "embedding", "offset"):
+                out[f"{prefix}_{kind}"] = modules[f"{prefix}_{kind}"](pooled)
+        if self.centers:
+            ct = modules["ct_pool"](features, training=training)
+            out["ct_heatmap"] = modules["ct_heatmap"](ct)
+            out["ct_offset"] = modules["ct_offset"](ct)
+        return out
+
+    def build(self, input_shape):
+        """Builds every stack's layers (inference alone uses the last one)."""
+        if self.built:
+            return
+        self.call(keras.KerasTensor(tuple(input_shape)), training=True)
+        self.built = True
+
+    def call(self, images, training=False):
+        features = self.backbone(images, training=training)
+        if not training:
+            return self._heads(features[-1], self.stack_modules[-1], training)
+        per_stack = [
+            self._heads(f, m, training) for f, m in zip(features, self.stack_modules)
+        ]
+        return {key: [p[key] for p in per_stack] for key in self.output_keys}
+
+    def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
+        """SPEC section 5 loss for `fit`; updates one metric per term.
+
+        `y` is the target dict of `tf_centernet.data.build_train_dataset`.
+        Under a distribution strategy the returned value is divided by the
+        number of replicas (gradients are summed across replicas).
+        """
+        if y_pred is None:
+            y_pred = self(x, training=training)
+        if not isinstance(y_pred["tl_heatmap"], (list, tuple)):
+            y_pred = {k: [v] for k, v in y_pred.items()}
+        terms = losses.detection_losses(y_pred, y, self._loss_settings, self.centers)
+        for name in LOSS_TERMS:
+            self.trackers[name].update_state(terms[name])
+        loss = terms["loss"]
+        if self.losses:  # regularisers, if a user adds any
+            loss += tf.add_n([tf.cast(l, loss.dtype) for l in self.losses])
+        replicas = tf.distribute.get_strategy().num_replicas_in_sync
+        if replicas > 1:
+            loss = loss / float(replicas)
+        return loss
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            num_classes=self.num_classes,
+            num_stacks=self.num_stacks,
+            levels=self.levels,
+            widths=self.widths,
+            blocks=self.blocks,
+            stem_channels=self.stem_channels,
+            head_channels=self.head_channels,
+            pool_channels=self.pool_channels,
+            centers=self.centers,
+            cascade_corner_pooling=self.cascade_corner_pooling,
+            center_pooling=self.center_pooling,
+            heatmap_bias=self.heatmap_bias,
+            pooling_impl=self.pooling_impl,
+            loss_config=self.loss_config,
+        )
+        return config
+
+
+def build_model(model_config, loss_config=None):
+    """A `KeypointDetector` from a `tf_centernet.config.ModelConfig`.
+
+    Args:
+        model_config: `ModelConfig`.
+        loss_config: `LossConfig` or None.
+
+    Returns:
+        An unbuilt `KeypointDetector` (call it once, or `build_model_at`).
+    """
+    import dataclasses
+
+    hg = model_config.hourglass()
+    centernet = model_config.architecture == "centernet"
+    return KeypointDetector(
+        num_classes=model_config.num_classes,
+        num_stacks=hg["num_stacks"],
+        levels=hg["levels"],
+        widths=hg["widths"],
+        blocks=hg["blocks"],
+        stem_channels=hg["stem_channels"],
+        head_channels=hg["head_channels"],
+        pool_channels=hg["pool_channels"],
+        centers=centernet and model_config.central_region,
+        cascade_corner_pooling=centernet and model_config.cascade_corner_pooling,
+        center_pooling=model_config.center_pooling,
+        heatmap_bias=model_config.heatmap_bias,
+        pooling_impl=model_config.pooling_impl,
+        loss_config=dataclasses.asdict(loss_config) if loss_config is not None else None,
+        name=model_config.architecture,
+    )
+
+
+def count_trainable_parameters(model):
+    """Number of trainable scalars (BN gamma/beta count, moving stats do not)."""
+    return int(sum(int(tf.size(w)) for w in model.trainable_weights))
+
+
+__all__ = ["KeypointDetector", "build_model", "count_trainable_parameters", "BACKBONES"]
