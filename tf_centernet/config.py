@@ -150,6 +150,9 @@ class DataConfig:
     # Targets (SPEC section 4).
     gaussian_bump: bool = True
     gaussian_iou: float = 0.7
+    # gaussian_radius formula: "release" (the releases' roots, default) or
+    # "paper" (the geometric radius); see tf_centernet.targets.gaussian_radius.
+    radius_variant: str = "release"
     # Crowd boxes: "drop" (default) or "keep" (treated as ordinary objects,
     # as the releases do).
     crowd: str = "drop"
@@ -191,6 +194,9 @@ class TrainConfig:
     keep_checkpoints: int = 3
     model_dir: str = "runs/centernet"
     mixed_precision: bool = False
+    # "auto" (MirroredStrategy over visible GPUs, else one device),
+    # "mirrored" or "one_device"; see tf_centernet.training.get_strategy.
+    strategy: str = "auto"
     seed: int = 0
 
 

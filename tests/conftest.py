@@ -1,0 +1,69 @@
+"""Shared pytest fixtures.
+
+`shared_data_dir` is ``../shared/data`` beside the repository (the project's
+shared folder); tests that need it are skipped when it is absent.
+"""
+
+import os
+
+import pytest
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SHARED_DIR = os.path.join(os.path.dirname(REPO_ROOT), "shared")
+
+
+@pytest.fixture(scope="session")
+def repo_root():
+    """Absolute path of the repository checkout."""
+    return REPO_ROOT
+
+
+@pytest.fixture(scope="session")
+def shared_data_dir():
+    """``../shared/data``; skips the test when it is absent."""
+    path = os.path.join(SHARED_DIR, "data")
+    if not os.path.isdir(path):
+        pytest.skip(f"shared data folder not found: {path}")
+    return path
+
+
+@pytest.fixture(scope="session")
+def coco_tiny(shared_data_dir):
+    """Paths of coco-tiny: dict split -> (annotation_file, image_dir)."""
+    root = os.path.join(shared_data_dir, "coco-tiny")
+    if not os.path.isdir(root):
+        pytest.skip(f"coco-tiny not found: {root}")
+    return {
+        split: (
+            os.path.join(root, "annotations", f"instances_{split}2017.json"),
+            os.path.join(root, f"{split}2017"),
+        )
+        for split in ("train", "val")
+    }
+
+
+@pytest.fixture(scope="session")
+def synthetic_coco(tmp_path_factory):
+    """A synthetic COCO dataset (16 images, 3 classes): (image_dir, annotation_file)."""
+    from tf_centernet.data.synthetic import make_synthetic_coco
+
+    out_dir = tmp_path_factory.mktemp("synthetic_coco")
+    return make_synthetic_coco(str(out_dir), num_images=16, seed=0)
+
+
+def pytest_configure(config):
+    """Splits the CPU into two logical devices before TensorFlow starts.
+
+    Lets tests run `MirroredStrategy` with two replicas without GPUs; every
+    other test runs on the first logical CPU as usual.
+    """
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import tensorflow as tf
+
+    cpus = tf.config.list_physical_devices("CPU")
+    try:
+        tf.config.set_logical_device_configuration(
+            cpus[0], [tf.config.LogicalDeviceConfiguration()] * 2
+        )
+    except RuntimeError:  # already initialised (e.g. a plugin imported TF first)
+        pass

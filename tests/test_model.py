@@ -1,0 +1,152 @@
+"""Model structure: shapes, parameter counts, serialisation (SPEC 1-3)."""
+
+import numpy as np
+import pytest
+import keras
+import tensorflow as tf
+
+from tf_centernet.config import ModelConfig
+from tf_centernet.layers.convolution import ConvModule, ResidualBlock
+from tf_centernet.layers.hourglass import HourglassModule
+from tf_centernet.layers.pooling import CascadeCornerPooling, CenterPooling, CornerPooling
+from tf_centernet.models.detector import KeypointDetector, build_model, count_trainable_parameters
+from tf_centernet.ops import pooling
+
+
+def small(architecture="centernet", **kwargs):
+    return build_model(ModelConfig(architecture=architecture, backbone="hourglass_small", num_classes=3, **kwargs))
+
+
+def test_residual_block_parameters_and_stride_geometry():
+    block = ResidualBlock(8, strides=2)
+    out = block(tf.zeros([1, 9, 9, 4]))
+    # conv3x3 4->8, conv3x3 8->8, skip 1x1 4->8, three BN (gamma, beta).
+    assert count_trainable_parameters(block) == 9 * 4 * 8 + 9 * 8 * 8 + 4 * 8 + 3 * 2 * 8
+    assert out.shape == (1, 5, 5, 8)
+    # Symmetric padding as in PyTorch: output cell i is centred on input pixel
+    # 2i. A 3x3 all-ones kernel on an impulse at pixel 2 reaches cells 1..? only
+    # where |2i - 2| <= 1, i.e. cell 1 alone.
+    conv = ConvModule(1, 3, strides=2, with_bn=False)
+    conv(tf.zeros([1, 5, 5, 1]))
+    conv.conv.layers[-1].kernel.assign(tf.ones([3, 3, 1, 1]))
+    impulse = np.zeros([1, 5, 5, 1], np.float32)
+    impulse[0, 2, 2, 0] = 1.0
+    np.testing.assert_array_equal(conv(impulse).numpy()[0, :, :, 0], [[0, 0, 0], [0, 1, 0], [0, 0, 0]])
+
+
+def test_hourglass_module_keeps_shape():
+    module = HourglassModule(2, [8, 8, 12], [1, 1, 2])
+    assert module(tf.zeros([2, 8, 8, 8])).shape == (2, 8, 8, 8)
+
+
+def test_pooling_modules_parameter_counts():
+    c, p = 8, 4
+    x = tf.zeros([1, 6, 6, c])
+    conv_module = 9 * c * p + 2 * p  # 3x3 conv + BN
+    tail = 9 * p * c + 2 * c + c * c + 2 * c + 9 * c * c + 2 * c
+    corner = CornerPooling("top_left", c, p)
+    corner(x)
+    assert count_trainable_parameters(corner) == 2 * conv_module + tail
+    cascade = CascadeCornerPooling("bottom_right", c, p)
+    cascade(x)
+    assert count_trainable_parameters(cascade) == 4 * conv_module + 2 * 9 * p * p + tail
+    center = CenterPooling(c, p)
+    center(x)
+    assert count_trainable_parameters(center) == 2 * conv_module + tail
+
+
+def test_cascade_corner_pooling_composition():
+    # With identity-like branches the top-left cascade equals
+    # top(conv(a + left(look_a))) + left(conv(b + top(look_b))): check the
+    # order of the pools by comparing against the ops directly.
+    layer = CascadeCornerPooling("top_left", 4, 4)
+    x = tf.random.stateless_normal([1, 5, 6, 4], seed=[1, 2])
+    layer(x)
+    a = layer.branch_1(x)
+    la = pooling.left_pool(layer.look_1(x))
+    branch_a = pooling.top_pool(layer.look_conv_1(a + la))
+    b = layer.branch_2(x)
+    tb = pooling.top_pool(layer.look_2(x))
+    branch_b = pooling.left_pool(layer.look_conv_2(b + tb))
+    expected = layer._merge(branch_a + branch_b, x, False)
+    np.testing.assert_allclose(layer(x).numpy(), expected.numpy(), atol=1e-5)
+
+
+@pytest.mark.parametrize("architecture", ["centernet", "cornernet"])
+def test_small_model_outputs(architecture):
+    model = small(architecture)
+    images = tf.zeros([2, 127, 127, 3])
+    out = model(images, training=False)
+    expected = {"tl_heatmap": 3, "br_heatmap": 3, "tl_embedding": 1, "br_embedding": 1, "tl_offset": 2, "br_offset": 2}
+    if architecture == "centernet":
+        expected.update(ct_heatmap=3, ct_offset=2)
+    assert set(out) == set(expected)
+    for key, channels in expected.items():
+        assert out[key].shape == (2, 32, 32, channels)
+        assert out[key].dtype == tf.float32
+    train_out = model(images, training=True)
+    assert all(len(v) == 2 for v in train_out.values())  # one per stack
+    # Heatmap bias -2.19 (SPEC 3): a zero image's logits are near -2.19
+    # only through the bias; check the bias itself.
+    head = model.stack_modules[0]["tl_heatmap"]
+    np.testing.assert_allclose(head.out.bias.numpy(), -2.19)
+
+
+def test_ablation_switches_change_structure():
+    full = small("centernet")
+    full.build((None, 127, 127, 3))
+    no_cascade = small("centernet", cascade_corner_pooling=False)
+    no_cascade.build((None, 127, 127, 3))
+    no_center_pool = small("centernet", center_pooling=False)
+    no_center_pool.build((None, 127, 127, 3))
+    no_region = small("centernet", central_region=False)
+    no_region.build((None, 127, 127, 3))
+    assert isinstance(no_cascade.stack_modules[0]["tl_pool"], CornerPooling)
+    assert isinstance(full.stack_modules[0]["tl_pool"], CascadeCornerPooling)
+    assert not isinstance(no_center_pool.stack_modules[0]["ct_pool"], CenterPooling)
+    assert "ct_heatmap" not in no_region(tf.zeros([1, 127, 127, 3]))
+    counts = [count_trainable_parameters(m) for m in (full, no_cascade, no_center_pool, no_region)]
+    assert counts[0] > counts[1] and counts[0] > counts[2] > counts[3]
+
+
+def test_config_round_trip_and_keras_save_load(tmp_path):
+    model = small("centernet")
+    images = tf.random.stateless_normal([1, 127, 127, 3], seed=[3, 4])
+    before = model(images, training=False)
+    clone = KeypointDetector.from_config(model.get_config())
+    assert clone.get_config() == model.get_config()
+    path = str(tmp_path / "model.keras")
+    model.save(path)
+    loaded = keras.models.load_model(path)
+    after = loaded(images, training=False)
+    for key in before:
+        np.testing.assert_allclose(after[key].numpy(), before[key].numpy(), atol=1e-5)
+
+
+def test_mixed_precision_outputs_float32():
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        model = small("cornernet")
+        out = model(tf.zeros([1, 127, 127, 3]), training=False)
+        assert all(v.dtype == tf.float32 for v in out.values())
+        assert model.stack_modules[0]["tl_pool"].compute_dtype == "float16"
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+
+
+FULL_MODELS = [
+    ("centernet", "hourglass52", 104_844_152),
+    ("centernet", "hourglass104", 210_062_960),
+    ("cornernet", "hourglass104", 201_035_212),
+]
+
+
+@pytest.mark.parametrize("architecture,backbone,expected", FULL_MODELS)
+def test_full_models_match_release_parameter_counts(architecture, backbone, expected):
+    model = build_model(ModelConfig(architecture=architecture, backbone=backbone, num_classes=80))
+    out = model(tf.zeros([1, 511, 511, 3]), training=False)
+    assert count_trainable_parameters(model) == expected
+    assert out["tl_heatmap"].shape == (1, 128, 128, 80)
+    assert out["tl_offset"].shape == (1, 128, 128, 2)
+    assert ("ct_heatmap" in out) == (architecture == "centernet")
+    assert all(np.isfinite(v.numpy()).all() for v in out.values())

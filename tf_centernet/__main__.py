@@ -1,0 +1,3 @@
+from tf_centernet.cli import main
+
+raise SystemExit(main())

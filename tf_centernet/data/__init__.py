@@ -1,0 +1,42 @@
+"""Datasets, augmentation and the `tf.data` input pipeline (SPEC 4 and 6)."""
+
+from tf_centernet.data.augment import (
+    apply_color_jitter,
+    augment_for_training,
+    clip_boxes,
+    color_jitter,
+    crop_border,
+    flip_horizontal,
+    full_image_crop,
+    grayscale,
+    lighting,
+    normalize,
+    random_crop,
+    random_flip,
+    resize,
+)
+from tf_centernet.data.coco import CocoDataset, CocoRecord, load_image
+from tf_centernet.data.pipeline import build_train_dataset, decode_image
+from tf_centernet.data.synthetic import make_synthetic_coco
+
+__all__ = [
+    "CocoDataset",
+    "CocoRecord",
+    "apply_color_jitter",
+    "augment_for_training",
+    "build_train_dataset",
+    "clip_boxes",
+    "color_jitter",
+    "crop_border",
+    "decode_image",
+    "flip_horizontal",
+    "full_image_crop",
+    "grayscale",
+    "lighting",
+    "load_image",
+    "make_synthetic_coco",
+    "normalize",
+    "random_crop",
+    "random_flip",
+    "resize",
+]

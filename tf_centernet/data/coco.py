@@ -1,0 +1,228 @@
+"""COCO-format detection datasets (read with pycocotools).
+
+`CocoDataset` turns an annotation file and an image folder into a list of
+`CocoRecord`s with boxes ``[x1, y1, x2, y2]`` in pixels and 0-based,
+contiguous class indices (COCO category ids sorted ascending, as the
+releases' `coco.py` maps them). `load_image` reads one image as RGB uint8.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import dataclasses
+import io
+import json
+import logging
+import math
+import os
+from typing import Dict, List
+
+import cv2
+import numpy as np
+from pycocotools.coco import COCO
+
+logger = logging.getLogger(__name__)
+
+CROWD_MODES = ("drop", "keep")
+
+
+@dataclasses.dataclass
+class CocoRecord:
+    """One image and its objects.
+
+    Attributes:
+        image_id: int. COCO image id.
+        file_name: str. Full path of the image file.
+        height: int. Image height in pixels (from the annotation file).
+        width: int. Image width in pixels (from the annotation file).
+        boxes: float32 ``(num_objects, 4)``. ``[x1, y1, x2, y2]`` pixels,
+            ``x2 = x + w`` as in the releases.
+        classes: int32 ``(num_objects,)``. 0-based class indices.
+    """
+
+    image_id: int
+    file_name: str
+    height: int
+    width: int
+    boxes: np.ndarray
+    classes: np.ndarray
+
+    @property
+    def num_objects(self) -> int:
+        return int(self.boxes.shape[0])
+
+
+def load_image(path: str) -> np.ndarray:
+    """Reads an image file as RGB.
+
+    Args:
+        path: str. Image file (any format OpenCV reads).
+
+    Returns:
+        uint8 ``(height, width, 3)``, RGB order.
+
+    Raises:
+        FileNotFoundError: the file does not exist.
+        ValueError: OpenCV cannot decode it.
+    """
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"Image file not found: {path}")
+    image = cv2.imread(path, cv2.IMREAD_COLOR)
+    if image is None:
+        raise ValueError(f"Cannot decode image file (corrupt or unsupported format): {path}")
+    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
+class CocoDataset:
+    """A COCO-format detection dataset: annotations plus an image folder.
+
+    Skipped, counted in `skipped` (reason -> count) and reported in one
+    `logging.warning`: annotations with a NaN/inf value, degenerate boxes
+    (width or height <= 0), annotations of an unknown category, and images
+    whose file is missing (with all their annotations). Images without any
+    object are kept (they contribute negatives to the heatmap losses).
+
+    Crowd annotations (``iscrowd=1``): ``crowd="drop"`` (default) removes
+    them (counted as ``skipped["crowd"]``, logged at INFO level: it is not an
+    error); ``crowd="keep"`` keeps them as ordinary objects, which is what the
+    releases do.
+
+    Attributes:
+        records: list of `CocoRecord`, sorted by image id.
+        category_ids: list of int. Class index -> COCO category id (sorted).
+        class_names: list of str. Class index -> category name.
+        num_classes: int.
+        skipped: dict str -> int. Reason -> number of skipped items.
+        coco: the `pycocotools.coco.COCO` object (for evaluation).
+        annotation_file: str. image_dir: str.
+
+    Args:
+        annotation_file: str. COCO instances JSON.
+        image_dir: str. Folder holding the ``file_name``s of the JSON.
+        crowd: str. ``"drop"`` or ``"keep"``. Defaults to ``"drop"``.
+        check_files: bool. Skip records whose image file is missing. Defaults
+            to True.
+
+    Raises:
+        FileNotFoundError: missing annotation file or image folder.
+        ValueError: unreadable JSON, missing ``images`` / ``annotations`` /
+            ``categories`` lists, or an unknown `crowd` mode.
+    """
+
+    def __init__(
+        self,
+        annotation_file: str,
+        image_dir: str,
+        crowd: str = "drop",
+        check_files: bool = True,
+    ):
+        if crowd not in CROWD_MODES:
+            raise ValueError(f"crowd must be one of {CROWD_MODES}, got {crowd!r}.")
+        if not os.path.isfile(annotation_file):
+            raise FileNotFoundError(f"COCO annotation file not found: {annotation_file}")
+        if not os.path.isdir(image_dir):
+            raise FileNotFoundError(f"Image folder not found: {image_dir}")
+        self.annotation_file = annotation_file
+        self.image_dir = image_dir
+        self.crowd = crowd
+
+        try:
+            with open(annotation_file, "r", encoding="utf-8") as handle:
+                content = json.load(handle)
+        except (json.JSONDecodeError, UnicodeDecodeError) as error:
+            raise ValueError(
+                f"Cannot parse COCO annotation file {annotation_file}: {error}"
+            ) from error
+        if not isinstance(content, dict):
+            raise ValueError(f"{annotation_file}: expected a JSON object at top level.")
+        for key in ("images", "annotations", "categories"):
+            if not isinstance(content.get(key), list):
+                raise ValueError(
+                    f"{annotation_file}: missing or malformed {key!r} list; not a "
+                    "COCO instances file."
+                )
+        self.coco = COCO()
+        self.coco.dataset = content
+        with contextlib.redirect_stdout(io.StringIO()):  # "creating index..."
+            self.coco.createIndex()
+
+        self.category_ids: List[int] = sorted(self.coco.getCatIds())
+        self.class_names: List[str] = [
+            self.coco.cats[cid]["name"] for cid in self.category_ids
+        ]
+        self.num_classes = len(self.category_ids)
+        class_of = {cid: index for index, cid in enumerate(self.category_ids)}
+
+        skipped: Dict[str, int] = collections.Counter()
+        self.records: List[CocoRecord] = []
+        for image_id in sorted(self.coco.getImgIds()):
+            info = self.coco.imgs[image_id]
+            annotations = self.coco.imgToAnns.get(image_id, [])
+            path = os.path.join(image_dir, info["file_name"])
+            if check_files and not os.path.isfile(path):
+                skipped["missing_image"] += 1
+                continue
+            boxes, classes = [], []
+            for ann in annotations:
+                bbox = ann.get("bbox")
+                if bbox is None or len(bbox) != 4:
+                    skipped["malformed_box"] += 1
+                    continue
+                x, y, w, h = (float(v) for v in bbox)
+                if not all(math.isfinite(v) for v in (x, y, w, h)):
+                    skipped["nan_box"] += 1
+                    continue
+                if w <= 0 or h <= 0:
+                    skipped["degenerate_box"] += 1
+                    continue
+                if ann.get("category_id") not in class_of:
+                    skipped["unknown_category"] += 1
+                    continue
+                if ann.get("iscrowd", 0) and crowd == "drop":
+                    skipped["crowd"] += 1
+                    continue
+                boxes.append([x, y, x + w, y + h])
+                classes.append(class_of[ann["category_id"]])
+            self.records.append(
+                CocoRecord(
+                    image_id=int(image_id),
+                    file_name=path,
+                    height=int(info.get("height", 0)),
+                    width=int(info.get("width", 0)),
+                    boxes=np.asarray(boxes, np.float32).reshape(-1, 4),
+                    classes=np.asarray(classes, np.int32).reshape(-1),
+                )
+            )
+        self.skipped = dict(skipped)
+        problems = {k: v for k, v in self.skipped.items() if k != "crowd"}
+        if problems:
+            logger.warning(
+                "%s: skipped %s (images in %s).",
+                annotation_file,
+                ", ".join(f"{count} {reason}" for reason, count in sorted(problems.items())),
+                image_dir,
+            )
+        if self.skipped.get("crowd"):
+            logger.info(
+                "%s: dropped %d crowd annotations (crowd='drop').",
+                annotation_file,
+                self.skipped["crowd"],
+            )
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, index: int) -> CocoRecord:
+        return self.records[index]
+
+    @property
+    def num_objects(self) -> int:
+        """Total number of kept objects."""
+        return sum(record.num_objects for record in self.records)
+
+    def __repr__(self) -> str:
+        return (
+            f"CocoDataset({self.annotation_file!r}, images={len(self)}, "
+            f"objects={self.num_objects}, classes={self.num_classes})"
+        )

@@ -1,0 +1,151 @@
+"""The `tf.data` training input pipeline (SPEC sections 4 and 6).
+
+``indices -> shuffle -> repeat -> (read, decode, augment, encode) in
+parallel -> batch -> prefetch``. The per-image annotations live in constant
+tensors (a flat box table plus row splits), so shuffling moves integers,
+not images, and the whole chain runs in the `tf.data` graph.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import numpy as np
+import tensorflow as tf
+
+from tf_centernet.data.augment import augment_for_training
+from tf_centernet.data.coco import CocoDataset
+from tf_centernet.targets import encode_targets
+
+
+def decode_image(path: tf.Tensor) -> tf.Tensor:
+    """Reads and decodes an image file inside the graph.
+
+    JPEGs are decoded with ``dct_method="INTEGER_ACCURATE"``, the same IDCT
+    as OpenCV/libjpeg's default (TF's default is the faster, slightly
+    different one); other formats with `tf.io.decode_image`. Grayscale and
+    RGBA inputs come back as RGB.
+
+    Args:
+        path: scalar string tensor.
+
+    Returns:
+        uint8 ``(height, width, 3)`` RGB.
+    """
+    data = tf.io.read_file(path)
+    image = tf.cond(
+        tf.io.is_jpeg(data),
+        lambda: tf.io.decode_jpeg(data, channels=3, dct_method="INTEGER_ACCURATE"),
+        lambda: tf.io.decode_image(data, channels=3, expand_animations=False),
+    )
+    return tf.ensure_shape(image, [None, None, 3])
+
+
+def build_train_dataset(
+    dataset: CocoDataset,
+    config,
+    batch_size: Optional[int] = None,
+    shuffle: bool = True,
+    repeat: bool = True,
+    augment: bool = True,
+) -> tf.data.Dataset:
+    """Batches of (images, targets) for training.
+
+    Shuffling is a full permutation of the image indices each epoch (as the
+    releases' per-epoch `np.random.permutation`), seeded with
+    ``config.train.seed``; ``config.data.shuffle_buffer`` is not needed since
+    only integers are shuffled. Augmentation uses stateless random ops seeded
+    with ``(config.train.seed, element number)``, so a run's inputs are
+    reproducible whatever the parallelism.
+
+    Args:
+        dataset: `CocoDataset`. Must hold at least one record.
+        config: `tf_centernet.config.Config`. Uses ``config.data`` (sizes,
+            augmentation, targets), ``config.model.num_classes`` and
+            ``config.model.uses_centers``, ``config.train.batch_size`` and
+            ``config.train.seed``.
+        batch_size: int or None. Defaults to ``config.train.batch_size``.
+        shuffle: bool. Shuffle image order each epoch. Defaults to True.
+        repeat: bool. Repeat forever. Defaults to True.
+        augment: bool. Training augmentation (SPEC 6); when False, the image is
+            padded to a centred square and resized, without flip or colour.
+            Defaults to True.
+
+    Returns:
+        `tf.data.Dataset` of ``(images, targets)``: images float32
+        ``(batch, S, S, 3)`` normalised, ``S = config.data.input_size``;
+        targets the dict of `encode_targets` with a leading batch axis
+        (``num_objects`` is int32 ``(batch,)``). Batches are complete
+        (``drop_remainder=True``).
+
+    Raises:
+        ValueError: empty dataset, bad batch size, or a dataset whose class
+            count differs from ``config.model.num_classes``.
+    """
+    data = config.data
+    batch_size = int(batch_size or config.train.batch_size)
+    if batch_size <= 0:
+        raise ValueError(f"batch_size must be positive, got {batch_size}.")
+    if len(dataset) == 0:
+        raise ValueError(f"{dataset!r} has no images.")
+    num_classes = int(config.model.num_classes)
+    if dataset.num_classes != num_classes:
+        raise ValueError(
+            f"The dataset has {dataset.num_classes} classes but "
+            f"model.num_classes is {num_classes}."
+        )
+    input_size = int(data.input_size)
+    output_size = int(data.output_size)
+    seed = int(config.train.seed)
+
+    records = dataset.records
+    paths = tf.constant([r.file_name for r in records])
+    counts = np.array([r.num_objects for r in records], np.int64)
+    splits = tf.constant(np.concatenate([[0], np.cumsum(counts)]), tf.int64)
+    all_boxes = tf.constant(
+        np.concatenate([r.boxes for r in records] + [np.zeros((0, 4), np.float32)])
+    )
+    all_classes = tf.constant(
+        np.concatenate([r.classes for r in records] + [np.zeros((0,), np.int32)])
+    )
+
+    def load(element_number, index):
+        start, end = splits[index], splits[index + 1]
+        image = decode_image(tf.gather(paths, index))
+        image, boxes, classes = augment_for_training(
+            image,
+            all_boxes[start:end],
+            all_classes[start:end],
+            data,
+            training=augment,
+            seed=tf.stack([tf.constant(seed, tf.int64), element_number]),
+        )
+        targets = encode_targets(
+            boxes,
+            classes,
+            input_size=input_size,
+            output_size=output_size,
+            num_classes=num_classes,
+            max_objects=int(data.max_objects),
+            gaussian_iou=float(data.gaussian_iou),
+            gaussian_bump=bool(data.gaussian_bump),
+            with_centers=bool(config.model.uses_centers),
+            radius_variant=data.radius_variant,
+        )
+        return image, targets
+
+    indices = tf.data.Dataset.range(len(records))
+    if shuffle:
+        indices = indices.shuffle(
+            len(records), seed=seed, reshuffle_each_iteration=True
+        )
+    if repeat:
+        indices = indices.repeat()
+    parallel = data.num_parallel_calls
+    if parallel is None or parallel < 0:
+        parallel = tf.data.AUTOTUNE
+    else:
+        parallel = int(parallel) or None  # 0: sequential
+    result = indices.enumerate().map(load, num_parallel_calls=parallel)
+    result = result.batch(batch_size, drop_remainder=True)
+    return result.prefetch(tf.data.AUTOTUNE)

@@ -1,0 +1,253 @@
+"""Training with `model.fit` under a `tf.distribute` strategy.
+
+What `train` does, in order:
+
+1. picks a strategy (`get_strategy`): MirroredStrategy over the visible GPUs
+   when there are any, else one device (the CPU);
+2. reads the COCO data (`tf_centernet.data.CocoDataset`) and builds the
+   `tf.data` pipeline (augmentation and targets in-graph);
+3. builds the model and Adam with the piecewise-constant schedule of SPEC 6
+   (learning rate x decay_rate after each of `decay_steps`);
+4. restores the latest checkpoint of `model_dir/checkpoints` if there is
+   one (model, optimizer state and step), so re-running an interrupted
+   command resumes where it stopped;
+5. runs `fit` with a progress bar, a checkpoint every `checkpoint_every`
+   steps and at the end, TensorBoard scalars of every loss term in
+   `model_dir/logs`, and stops exactly at `total_steps`.
+
+The input pipeline's position is not checkpointed: after a resume, batches
+are drawn afresh (the augmentation is random anyway).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+
+import keras
+import tensorflow as tf
+
+from tf_centernet import config as config_lib
+from tf_centernet.models.detector import build_model
+
+logger = logging.getLogger("tf_centernet")
+
+CHECKPOINT_SUBDIR = "checkpoints"
+
+
+def get_strategy(kind="auto"):
+    """The distribution strategy for training.
+
+    Args:
+        kind: str. "auto" (MirroredStrategy over all visible GPUs if there
+            is at least one, else the one-device CPU strategy), "mirrored"
+            (MirroredStrategy over all visible devices of the first kind
+            found: GPUs, else logical CPUs) or "one_device".
+
+    Returns:
+        A `tf.distribute.Strategy`.
+
+    Raises:
+        ValueError: unknown `kind`.
+    """
+    if kind not in ("auto", "mirrored", "one_device"):
+        raise ValueError(f"strategy must be 'auto', 'mirrored' or 'one_device', got {kind!r}.")
+    gpus = tf.config.list_logical_devices("GPU")
+    if kind == "auto":
+        if gpus:
+            return tf.distribute.MirroredStrategy([d.name for d in gpus])
+        return tf.distribute.OneDeviceStrategy("/cpu:0")
+    if kind == "mirrored":
+        devices = gpus or tf.config.list_logical_devices("CPU")
+        return tf.distribute.MirroredStrategy([d.name for d in devices])
+    return tf.distribute.OneDeviceStrategy(gpus[0].name if gpus else "/cpu:0")
+
+
+def learning_rate_schedule(train_config):
+    """Piecewise-constant learning rate (SPEC section 6).
+
+    Args:
+        train_config: `TrainConfig`: learning_rate, decay_steps, decay_rate.
+
+    Returns:
+        A `keras.optimizers.schedules.LearningRateSchedule` (or the float
+        rate when there is no decay step).
+    """
+    boundaries = sorted(int(s) for s in train_config.decay_steps)
+    if not boundaries:
+        return train_config.learning_rate
+    values = [train_config.learning_rate * train_config.decay_rate**i for i in range(len(boundaries) + 1)]
+    return keras.optimizers.schedules.PiecewiseConstantDecay(boundaries, values)
+
+
+class CheckpointCallback(keras.callbacks.Callback):
+    """Saves model + optimizer every `every` optimiser steps and at the end.
+
+    Args:
+        manager: `tf.train.CheckpointManager` over a checkpoint holding the
+            model and its optimizer.
+        every: int. Steps between checkpoints.
+    """
+
+    def __init__(self, manager, every):
+        super().__init__()
+        self.manager = manager
+        self.every = max(1, int(every))
+
+    def _step(self):
+        return int(self.model.optimizer.iterations.numpy())
+
+    def on_train_batch_end(self, batch, logs=None):
+        step = self._step()
+        if step % self.every == 0:
+            self.manager.save(checkpoint_number=step)
+
+    def on_train_end(self, logs=None):
+        step = self._step()
+        latest = self.manager.latest_checkpoint
+        if latest is None or not latest.endswith(f"-{step}"):
+            self.manager.save(checkpoint_number=step)
+
+
+class StopAtStep(keras.callbacks.Callback):
+    """Ends `fit` once the optimizer has made `total_steps` steps."""
+
+    def __init__(self, total_steps):
+        super().__init__()
+        self.total_steps = int(total_steps)
+
+    def on_train_batch_end(self, batch, logs=None):
+        if int(self.model.optimizer.iterations.numpy()) >= self.total_steps:
+            self.model.stop_training = True
+
+
+def make_checkpoint(model, optimizer=None):
+    """A `tf.train.Checkpoint` of the model (and optimizer when given)."""
+    if optimizer is None:
+        return tf.train.Checkpoint(model=model)
+    return tf.train.Checkpoint(model=model, optimizer=optimizer)
+
+
+def latest_checkpoint(model_dir):
+    """Path prefix of the newest checkpoint in `model_dir`, or None."""
+    return tf.train.latest_checkpoint(os.path.join(model_dir, CHECKPOINT_SUBDIR))
+
+
+def load_trained_model(config, checkpoint):
+    """A built model with weights from a checkpoint, for inference.
+
+    Args:
+        config: `Config`.
+        checkpoint: str. A model directory (its latest checkpoint is used), a
+            checkpoint prefix, or a `.weights.h5` file.
+
+    Returns:
+        `KeypointDetector` built for `config.data.input_size`.
+
+    Raises:
+        FileNotFoundError: no checkpoint there.
+    """
+    model = build_model(config.model, config.loss)
+    size = config.data.input_size
+    model.build((None, size, size, 3))
+    if checkpoint.endswith(".weights.h5"):
+        if not os.path.isfile(checkpoint):
+            raise FileNotFoundError(f"No weights file {checkpoint!r}.")
+        model.load_weights(checkpoint)
+        return model
+    prefix = checkpoint
+    if os.path.isdir(checkpoint):
+        prefix = latest_checkpoint(checkpoint) or tf.train.latest_checkpoint(checkpoint)
+    if not prefix or not tf.io.gfile.glob(prefix + ".index"):
+        raise FileNotFoundError(
+            f"No checkpoint found at {checkpoint!r} (expected a model directory "
+            f"with {CHECKPOINT_SUBDIR}/, a checkpoint prefix or a .weights.h5 file)."
+        )
+    make_checkpoint(model).restore(prefix).expect_partial()
+    logger.info("Loaded weights from %s", prefix)
+    return model
+
+
+def train(config, strategy=None, verbose=1, extra_callbacks=()):
+    """Trains (or resumes training) as described in the module docstring.
+
+    Args:
+        config: `tf_centernet.config.Config`.
+        strategy: `tf.distribute.Strategy` or None for `get_strategy()`.
+        verbose: int. Keras progress display (1: progress bar).
+        extra_callbacks: more Keras callbacks.
+
+    Returns:
+        (model, history): the trained `KeypointDetector` and the Keras
+        `History` of this run (empty if training was already complete).
+
+    Raises:
+        ValueError: the data's number of classes differs from the model's.
+    """
+    from tf_centernet.data import CocoDataset, build_train_dataset
+
+    tc = config.train
+    model_dir = tc.model_dir
+    os.makedirs(model_dir, exist_ok=True)
+    with open(os.path.join(model_dir, "config.yaml"), "w", encoding="utf-8") as f:
+        f.write(config_lib.to_yaml(config))
+    keras.utils.set_random_seed(tc.seed)
+    if tc.mixed_precision:
+        keras.mixed_precision.set_global_policy("mixed_float16")
+
+    dataset = CocoDataset(
+        config.data.train_annotations, config.data.train_images, crowd=config.data.crowd
+    )
+    if dataset.num_classes != config.model.num_classes:
+        raise ValueError(
+            f"The annotations have {dataset.num_classes} categories but "
+            f"model.num_classes is {config.model.num_classes}; set "
+            f"model.num_classes={dataset.num_classes}."
+        )
+    strategy = strategy or get_strategy(tc.strategy)
+    logger.info(
+        "Training on %d images, %d replica(s), global batch %d",
+        len(dataset.records), strategy.num_replicas_in_sync, tc.batch_size,
+    )
+    data = build_train_dataset(dataset, config, batch_size=tc.batch_size)
+
+    size = config.data.input_size
+    with strategy.scope():
+        model = build_model(config.model, config.loss)
+        model.build((None, size, size, 3))
+        optimizer = keras.optimizers.Adam(learning_rate_schedule(tc))
+        model.compile(optimizer=optimizer, jit_compile=False)
+        optimizer.build(model.trainable_variables)
+        checkpoint = make_checkpoint(model, optimizer)
+        manager = tf.train.CheckpointManager(
+            checkpoint, os.path.join(model_dir, CHECKPOINT_SUBDIR), max_to_keep=tc.keep_checkpoints
+        )
+        if manager.latest_checkpoint:
+            checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
+            logger.info(
+                "Resumed from %s (step %d)", manager.latest_checkpoint, int(optimizer.iterations.numpy())
+            )
+
+    step = int(optimizer.iterations.numpy())
+    if step >= tc.total_steps:
+        logger.info("Training already complete: step %d >= total_steps %d", step, tc.total_steps)
+        return model, keras.callbacks.History()
+    steps_per_epoch = max(1, min(tc.steps_per_epoch, tc.total_steps))
+    callbacks = [
+        CheckpointCallback(manager, tc.checkpoint_every),
+        StopAtStep(tc.total_steps),
+        keras.callbacks.TensorBoard(
+            os.path.join(model_dir, "logs"), update_freq=max(1, min(100, tc.checkpoint_every))
+        ),
+        *extra_callbacks,
+    ]
+    history = model.fit(
+        data,
+        epochs=math.ceil(tc.total_steps / steps_per_epoch),
+        initial_epoch=step // steps_per_epoch,
+        steps_per_epoch=steps_per_epoch,
+        callbacks=callbacks,
+        verbose=verbose,
+    )
+    return model, history
