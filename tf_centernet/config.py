@@ -156,7 +156,6 @@ class DataConfig:
     # Crowd boxes: "drop" (default) or "keep" (treated as ordinary objects,
     # as the releases do).
     crowd: str = "drop"
-    shuffle_buffer: int = 1000
     num_parallel_calls: int = -1  # tf.data.AUTOTUNE
 
     @property

@@ -15,8 +15,10 @@ What `train` does, in order:
    steps and at the end, TensorBoard scalars of every loss term in
    `model_dir/logs`, and stops exactly at `total_steps`.
 
-The input pipeline's position is not checkpointed: after a resume, batches
-are drawn afresh (the augmentation is random anyway).
+The input pipeline's position is not checkpointed: a resumed run starts a
+new shuffle and continues the augmentation seeds from the number of images
+already seen, so it neither replays nor reproduces the interrupted run's
+batches exactly.
 """
 
 from __future__ import annotations
@@ -210,8 +212,6 @@ def train(config, strategy=None, verbose=1, extra_callbacks=()):
         "Training on %d images, %d replica(s), global batch %d",
         len(dataset.records), strategy.num_replicas_in_sync, tc.batch_size,
     )
-    data = build_train_dataset(dataset, config, batch_size=tc.batch_size)
-
     size = config.data.input_size
     with strategy.scope():
         model = build_model(config.model, config.loss)
@@ -233,6 +233,10 @@ def train(config, strategy=None, verbose=1, extra_callbacks=()):
     if step >= tc.total_steps:
         logger.info("Training already complete: step %d >= total_steps %d", step, tc.total_steps)
         return model, keras.callbacks.History()
+    # A resumed run continues the random stream instead of replaying it.
+    data = build_train_dataset(
+        dataset, config, batch_size=tc.batch_size, start_element=step * tc.batch_size
+    )
     steps_per_epoch = max(1, min(tc.steps_per_epoch, tc.total_steps))
     callbacks = [
         CheckpointCallback(manager, tc.checkpoint_every),

@@ -48,13 +48,14 @@ def build_train_dataset(
     shuffle: bool = True,
     repeat: bool = True,
     augment: bool = True,
+    start_element: int = 0,
 ) -> tf.data.Dataset:
     """Batches of (images, targets) for training.
 
     Shuffling is a full permutation of the image indices each epoch (as the
     releases' per-epoch `np.random.permutation`), seeded with
-    ``config.train.seed``; ``config.data.shuffle_buffer`` is not needed since
-    only integers are shuffled. Augmentation uses stateless random ops seeded
+    ``config.train.seed``; no shuffle buffer needs tuning since only integers
+    are shuffled. Augmentation uses stateless random ops seeded
     with ``(config.train.seed, element number)``, so a run's inputs are
     reproducible whatever the parallelism.
 
@@ -70,6 +71,10 @@ def build_train_dataset(
         augment: bool. Training augmentation (SPEC 6); when False, the image is
             padded to a centred square and resized, without flip or colour.
             Defaults to True.
+        start_element: int. Number of the first element, for the random
+            seeds: a resumed run passes the number of images already seen so
+            that it does not replay the first run's augmentations (the shuffle
+            seed also moves with it). Defaults to 0.
 
     Returns:
         `tf.data.Dataset` of ``(images, targets)``: images float32
@@ -97,6 +102,7 @@ def build_train_dataset(
     input_size = int(data.input_size)
     output_size = int(data.output_size)
     seed = int(config.train.seed)
+    start_element = int(start_element)
 
     records = dataset.records
     paths = tf.constant([r.file_name for r in records])
@@ -137,7 +143,7 @@ def build_train_dataset(
     indices = tf.data.Dataset.range(len(records))
     if shuffle:
         indices = indices.shuffle(
-            len(records), seed=seed, reshuffle_each_iteration=True
+            len(records), seed=seed + start_element, reshuffle_each_iteration=True
         )
     if repeat:
         indices = indices.repeat()
@@ -146,6 +152,6 @@ def build_train_dataset(
         parallel = tf.data.AUTOTUNE
     else:
         parallel = int(parallel) or None  # 0: sequential
-    result = indices.enumerate().map(load, num_parallel_calls=parallel)
+    result = indices.enumerate(start=start_element).map(load, num_parallel_calls=parallel)
     result = result.batch(batch_size, drop_remainder=True)
     return result.prefetch(tf.data.AUTOTUNE)
