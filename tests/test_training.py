@@ -13,7 +13,7 @@ import pytest
 import tensorflow as tf
 
 from tf_centernet.config import load_config
-from tf_centernet.training import get_strategy, learning_rate_schedule, train
+from tf_centernet.training import get_strategy, learning_rate_schedule, load_trained_model, train
 
 
 def demo_overrides(synthetic_coco, model_dir, **train):
@@ -49,8 +49,14 @@ def test_fit_two_replicas_loss_falls_and_checkpoints(synthetic_coco, tmp_path):
     for term in ("focal_corner", "focal_center", "pull", "push", "offset_corner", "offset_center"):
         assert np.isfinite(history.history[term]).all()
     assert int(model.optimizer.iterations.numpy()) == 24
-    index_files = sorted(os.path.basename(p) for p in glob.glob(os.path.join(model_dir, "checkpoints", "*.index")))
-    assert index_files == ["ckpt-12.index", "ckpt-24.index"]
+    saved = sorted(os.listdir(os.path.join(model_dir, "checkpoints")))
+    assert saved == ["ckpt-12.weights.h5", "ckpt-24.weights.h5"]
+    # Every variable comes back from the checkpoint (none silently left at
+    # its initial value).
+    restored = load_trained_model(config, model_dir)
+    assert len(restored.weights) == len(model.weights)
+    for trained, loaded in zip(model.weights, restored.weights):
+        np.testing.assert_array_equal(np.asarray(trained.value), np.asarray(loaded.value), err_msg=trained.path)
     # TensorBoard scalars of each loss term.
     events = glob.glob(os.path.join(model_dir, "logs", "train", "events.out.tfevents.*"))
     assert events
@@ -75,17 +81,19 @@ def test_killed_training_resumes_from_last_checkpoint(synthetic_coco, tmp_path, 
     checkpoints = os.path.join(model_dir, "checkpoints")
     deadline = time.time() + 300
     while time.time() < deadline and first.poll() is None:
-        if glob.glob(os.path.join(checkpoints, "ckpt-*.index")):
+        if glob.glob(os.path.join(checkpoints, "ckpt-*.weights.h5")):
             break
         time.sleep(0.2)
     assert first.poll() is None, "training ended before it could be interrupted"
     first.send_signal(signal.SIGKILL)
     first.wait()
-    saved = sorted(int(re.search(r"ckpt-(\d+)", p).group(1)) for p in glob.glob(os.path.join(checkpoints, "ckpt-*.index")))
+    saved = sorted(
+        int(re.search(r"ckpt-(\d+)", p).group(1)) for p in glob.glob(os.path.join(checkpoints, "ckpt-*.weights.h5"))
+    )
     assert saved and saved[-1] < 40
     second = subprocess.run(command, cwd=repo_root, env=env, capture_output=True, text=True, timeout=600)
     assert second.returncode == 0, second.stderr[-3000:]
     resumed = re.search(r"Resumed from \S+ \(step (\d+)\)", second.stderr)
     assert resumed, second.stderr[-3000:]
     assert int(resumed.group(1)) >= saved[-1] >= 5
-    assert os.path.exists(os.path.join(checkpoints, "ckpt-40.index"))
+    assert os.path.exists(os.path.join(checkpoints, "ckpt-40.weights.h5"))

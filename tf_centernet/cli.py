@@ -229,7 +229,9 @@ def main(argv=None):
     try:
         return args.func(args)
     except (FileNotFoundError, ValueError) as error:
-        logger.error("%s", error)
+        if args.verbose:
+            raise
+        logger.error("%s (run with -v for the traceback)", error)
         return 2
 
 

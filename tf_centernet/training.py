@@ -26,6 +26,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import re
 
 import keras
 import tensorflow as tf
@@ -83,33 +84,75 @@ def learning_rate_schedule(train_config):
     return keras.optimizers.schedules.PiecewiseConstantDecay(boundaries, values)
 
 
+def checkpoint_path(model_dir, step):
+    """The checkpoint file of `step`: MODEL_DIR/checkpoints/ckpt-STEP.weights.h5."""
+    return os.path.join(model_dir, CHECKPOINT_SUBDIR, f"ckpt-{int(step)}.weights.h5")
+
+
+def list_checkpoints(model_dir):
+    """(step, path) of every complete checkpoint in `model_dir`, oldest first."""
+    folder = os.path.join(model_dir, CHECKPOINT_SUBDIR)
+    found = []
+    if os.path.isdir(folder):
+        for name in os.listdir(folder):
+            match = re.fullmatch(r"ckpt-(\d+)\.weights\.h5", name)
+            if match:
+                found.append((int(match.group(1)), os.path.join(folder, name)))
+    return sorted(found)
+
+
+def latest_checkpoint(model_dir):
+    """Path of the newest checkpoint in `model_dir`, or None."""
+    found = list_checkpoints(model_dir)
+    return found[-1][1] if found else None
+
+
+def save_checkpoint(model, model_dir, step, keep):
+    """Writes model + optimizer state (Keras `.weights.h5`) and prunes old ones.
+
+    The file is written under a temporary name and renamed, so a process
+    killed while saving never leaves a truncated "latest" checkpoint.
+    Keras' weights file holds the optimizer's variables (moments and step
+    count) when the model is compiled, so a resumed run continues exactly.
+    """
+    path = checkpoint_path(model_dir, step)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    partial = os.path.join(os.path.dirname(path), f".partial-ckpt-{int(step)}.weights.h5")
+    model.save_weights(partial, overwrite=True)
+    os.replace(partial, path)
+    for _, old in list_checkpoints(model_dir)[: -max(1, keep)]:
+        os.remove(old)
+    return path
+
+
 class CheckpointCallback(keras.callbacks.Callback):
     """Saves model + optimizer every `every` optimiser steps and at the end.
 
     Args:
-        manager: `tf.train.CheckpointManager` over a checkpoint holding the
-            model and its optimizer.
+        model_dir: str. Checkpoints go to ``model_dir/checkpoints``.
         every: int. Steps between checkpoints.
+        keep: int. Number of newest checkpoints kept.
     """
 
-    def __init__(self, manager, every):
+    def __init__(self, model_dir, every, keep=3):
         super().__init__()
-        self.manager = manager
+        self.model_dir = model_dir
         self.every = max(1, int(every))
+        self.keep = keep
+        self.last_saved = None
 
-    def _step(self):
-        return int(self.model.optimizer.iterations.numpy())
+    def _save(self):
+        step = int(self.model.optimizer.iterations.numpy())
+        if step != self.last_saved:
+            save_checkpoint(self.model, self.model_dir, step, self.keep)
+            self.last_saved = step
 
     def on_train_batch_end(self, batch, logs=None):
-        step = self._step()
-        if step % self.every == 0:
-            self.manager.save(checkpoint_number=step)
+        if int(self.model.optimizer.iterations.numpy()) % self.every == 0:
+            self._save()
 
     def on_train_end(self, logs=None):
-        step = self._step()
-        latest = self.manager.latest_checkpoint
-        if latest is None or not latest.endswith(f"-{step}"):
-            self.manager.save(checkpoint_number=step)
+        self._save()
 
 
 class StopAtStep(keras.callbacks.Callback):
@@ -124,25 +167,13 @@ class StopAtStep(keras.callbacks.Callback):
             self.model.stop_training = True
 
 
-def make_checkpoint(model, optimizer=None):
-    """A `tf.train.Checkpoint` of the model (and optimizer when given)."""
-    if optimizer is None:
-        return tf.train.Checkpoint(model=model)
-    return tf.train.Checkpoint(model=model, optimizer=optimizer)
-
-
-def latest_checkpoint(model_dir):
-    """Path prefix of the newest checkpoint in `model_dir`, or None."""
-    return tf.train.latest_checkpoint(os.path.join(model_dir, CHECKPOINT_SUBDIR))
-
-
 def load_trained_model(config, checkpoint):
     """A built model with weights from a checkpoint, for inference.
 
     Args:
         config: `Config`.
-        checkpoint: str. A model directory (its latest checkpoint is used), a
-            checkpoint prefix, or a `.weights.h5` file.
+        checkpoint: str. A model directory (its latest checkpoint is used)
+            or a `.weights.h5` file.
 
     Returns:
         `KeypointDetector` built for `config.data.input_size`.
@@ -153,21 +184,14 @@ def load_trained_model(config, checkpoint):
     model = build_model(config.model, config.loss)
     size = config.data.input_size
     model.build((None, size, size, 3))
-    if checkpoint.endswith(".weights.h5"):
-        if not os.path.isfile(checkpoint):
-            raise FileNotFoundError(f"No weights file {checkpoint!r}.")
-        model.load_weights(checkpoint)
-        return model
-    prefix = checkpoint
-    if os.path.isdir(checkpoint):
-        prefix = latest_checkpoint(checkpoint) or tf.train.latest_checkpoint(checkpoint)
-    if not prefix or not tf.io.gfile.glob(prefix + ".index"):
+    path = latest_checkpoint(checkpoint) if os.path.isdir(checkpoint) else checkpoint
+    if not path or not path.endswith(".weights.h5") or not os.path.isfile(path):
         raise FileNotFoundError(
             f"No checkpoint found at {checkpoint!r} (expected a model directory "
-            f"with {CHECKPOINT_SUBDIR}/, a checkpoint prefix or a .weights.h5 file)."
+            f"with {CHECKPOINT_SUBDIR}/ckpt-STEP.weights.h5, or a .weights.h5 file)."
         )
-    make_checkpoint(model).restore(prefix).expect_partial()
-    logger.info("Loaded weights from %s", prefix)
+    model.load_weights(path)
+    logger.info("Loaded weights from %s", path)
     return model
 
 
@@ -219,15 +243,10 @@ def train(config, strategy=None, verbose=1, extra_callbacks=()):
         optimizer = keras.optimizers.Adam(learning_rate_schedule(tc))
         model.compile(optimizer=optimizer, jit_compile=False)
         optimizer.build(model.trainable_variables)
-        checkpoint = make_checkpoint(model, optimizer)
-        manager = tf.train.CheckpointManager(
-            checkpoint, os.path.join(model_dir, CHECKPOINT_SUBDIR), max_to_keep=tc.keep_checkpoints
-        )
-        if manager.latest_checkpoint:
-            checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
-            logger.info(
-                "Resumed from %s (step %d)", manager.latest_checkpoint, int(optimizer.iterations.numpy())
-            )
+        resume_from = latest_checkpoint(model_dir)
+        if resume_from:
+            model.load_weights(resume_from)
+            logger.info("Resumed from %s (step %d)", resume_from, int(optimizer.iterations.numpy()))
 
     step = int(optimizer.iterations.numpy())
     if step >= tc.total_steps:
@@ -239,7 +258,7 @@ def train(config, strategy=None, verbose=1, extra_callbacks=()):
     )
     steps_per_epoch = max(1, min(tc.steps_per_epoch, tc.total_steps))
     callbacks = [
-        CheckpointCallback(manager, tc.checkpoint_every),
+        CheckpointCallback(model_dir, tc.checkpoint_every, tc.keep_checkpoints),
         StopAtStep(tc.total_steps),
         keras.callbacks.TensorBoard(
             os.path.join(model_dir, "logs"), update_freq=max(1, min(100, tc.checkpoint_every))
@@ -253,5 +272,6 @@ def train(config, strategy=None, verbose=1, extra_callbacks=()):
         steps_per_epoch=steps_per_epoch,
         callbacks=callbacks,
         verbose=verbose,
+        shuffle=False,  # the pipeline shuffles
     )
     return model, history
