@@ -1,0 +1,18 @@
+"""Keras layers: convolution blocks, hourglass, pooling modules, heads."""
+
+from tf_centernet.layers.convolution import ConvModule, ResidualBlock
+from tf_centernet.layers.heads import PredictionHead
+from tf_centernet.layers.hourglass import HourglassBackbone, HourglassModule, Stem
+from tf_centernet.layers.pooling import CascadeCornerPooling, CenterPooling, CornerPooling
+
+__all__ = [
+    "CascadeCornerPooling",
+    "CenterPooling",
+    "ConvModule",
+    "CornerPooling",
+    "HourglassBackbone",
+    "HourglassModule",
+    "PredictionHead",
+    "ResidualBlock",
+    "Stem",
+]

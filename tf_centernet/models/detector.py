@@ -8,6 +8,8 @@ as a metric (and so to TensorBoard).
 
 from __future__ import annotations
 
+import dataclasses
+
 import keras
 import tensorflow as tf
 
@@ -206,6 +208,36 @@ class KeypointDetector(keras.Model):
         return config
 
 
+@keras.saving.register_keras_serializable(package="tf_centernet")
+class CornerNet(KeypointDetector):
+    """CornerNet (Law & Deng, 2018): corner pooling, no center keypoints.
+
+    A `KeypointDetector` with ``centers=False`` and
+    ``cascade_corner_pooling=False`` by default; see it for the arguments.
+    """
+
+    def __init__(self, **kwargs):
+        kwargs.setdefault("centers", False)
+        kwargs.setdefault("cascade_corner_pooling", False)
+        super().__init__(**kwargs)
+
+
+@keras.saving.register_keras_serializable(package="tf_centernet")
+class CenterNet(KeypointDetector):
+    """CenterNet: Keypoint Triplets (Duan et al., 2019).
+
+    Cascade corner pooling, center pooling and center keypoints (central
+    region exploration) by default; each is a switch for the paper's
+    ablation (Table 4). See `KeypointDetector` for the arguments.
+    """
+
+    def __init__(self, **kwargs):
+        kwargs.setdefault("centers", True)
+        kwargs.setdefault("cascade_corner_pooling", True)
+        kwargs.setdefault("center_pooling", True)
+        super().__init__(**kwargs)
+
+
 def build_model(model_config, loss_config=None):
     """A `KeypointDetector` from a `tf_centernet.config.ModelConfig`.
 
@@ -214,13 +246,12 @@ def build_model(model_config, loss_config=None):
         loss_config: `LossConfig` or None.
 
     Returns:
-        An unbuilt `KeypointDetector` (call it once, or `build_model_at`).
+        An unbuilt `CenterNet` or `CornerNet` (call it once or `build` it).
     """
-    import dataclasses
-
     hg = model_config.hourglass()
     centernet = model_config.architecture == "centernet"
-    return KeypointDetector(
+    cls = CenterNet if centernet else CornerNet
+    return cls(
         num_classes=model_config.num_classes,
         num_stacks=hg["num_stacks"],
         levels=hg["levels"],
@@ -244,4 +275,11 @@ def count_trainable_parameters(model):
     return int(sum(int(tf.size(w)) for w in model.trainable_weights))
 
 
-__all__ = ["KeypointDetector", "build_model", "count_trainable_parameters", "BACKBONES"]
+__all__ = [
+    "BACKBONES",
+    "CenterNet",
+    "CornerNet",
+    "KeypointDetector",
+    "build_model",
+    "count_trainable_parameters",
+]

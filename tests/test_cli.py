@@ -1,0 +1,64 @@
+"""The command line end to end: demo, and train/evaluate/detect on coco-tiny."""
+
+import json
+import os
+
+import cv2
+import pytest
+
+from tf_centernet.cli import main
+
+COCO_METRICS = ["AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl"]
+
+
+def test_bad_override_is_a_clear_error(caplog):
+    code = main(["train", "--config", "demo", "--set", "train.no_such_key=1"])
+    assert code == 2
+    assert "no_such_key" in caplog.text
+
+
+def test_unknown_config_name_lists_known_ones(caplog):
+    assert main(["train", "--config", "no_such_config"]) == 2
+    assert "centernet_hg104" in caplog.text
+
+
+def test_demo_runs_end_to_end(tmp_path):
+    out = str(tmp_path / "demo")
+    code = main(["demo", "--output", out, "--steps", "2", "--set", "train.batch_size=2", "decode.flip_test=false"])
+    assert code == 0
+    with open(os.path.join(out, "eval", "metrics.json")) as f:
+        metrics = json.load(f)
+    assert all(name in metrics for name in COCO_METRICS)
+    drawn = sorted(os.listdir(os.path.join(out, "detections")))
+    assert drawn == ["000001_detections.jpg", "000002_detections.jpg", "detections.json"]
+
+
+def test_train_evaluate_detect_on_coco_tiny(coco_tiny, tmp_path, capsys):
+    (train_ann, train_dir), (val_ann, val_dir) = coco_tiny["train"], coco_tiny["val"]
+    model_dir = str(tmp_path / "small")
+    data = [
+        f"data.train_images={train_dir}", f"data.train_annotations={train_ann}",
+        f"data.val_images={val_dir}", f"data.val_annotations={val_ann}",
+    ]
+    assert main([
+        "train", "--config", "centernet_small", "--model-dir", model_dir, "--set", *data,
+        "data.input_size=127", "train.batch_size=2", "train.total_steps=2", "train.checkpoint_every=1",
+    ]) == 0
+    assert sorted(os.listdir(os.path.join(model_dir, "checkpoints"))) == ["ckpt-1.weights.h5", "ckpt-2.weights.h5"]
+    # evaluate and detect read the trained model's config.yaml.
+    assert main(["evaluate", "--model-dir", model_dir, "--max-images", "3", "--set", "decode.flip_test=false"]) == 0
+    printed = capsys.readouterr().out
+    assert all(name in printed for name in COCO_METRICS)
+    with open(os.path.join(model_dir, "eval", "metrics.json")) as f:
+        assert set(COCO_METRICS) <= set(json.load(f))
+    image = os.path.join(val_dir, sorted(os.listdir(val_dir))[0])
+    out = str(tmp_path / "detections")
+    assert main(["detect", "--model-dir", model_dir, image, "--output", out]) == 0
+    drawn = cv2.imread(os.path.join(out, os.path.basename(image).replace(".jpg", "_detections.jpg")))
+    original = cv2.imread(image)
+    assert drawn.shape == original.shape
+    with open(os.path.join(out, "detections.json")) as f:
+        detections = json.load(f)
+    for det in detections:
+        assert det["file_name"] == os.path.basename(image)
+        assert det["category_id"] >= 1 and len(det["bbox"]) == 4
