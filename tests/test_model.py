@@ -134,6 +134,56 @@ def test_mixed_precision_outputs_float32():
         keras.mixed_precision.set_global_policy("float32")
 
 
+# Parameter counts of the releases' blocks, written from SPEC section 1-3
+# as closed forms (independent of the layer code).
+def conv_bn(k, cin, cout):
+    return k * k * cin * cout + 2 * cout
+
+
+def residual(cin, cout, stride=1):
+    skip = conv_bn(1, cin, cout) if (stride != 1 or cin != cout) else 0
+    return conv_bn(3, cin, cout) + conv_bn(3, cout, cout) + skip
+
+
+def hourglass(widths, blocks):
+    w0, w1 = widths[0], widths[1]
+    m0, m1 = blocks[0], blocks[1]
+    upper = m0 * residual(w0, w0)
+    down = residual(w0, w1, 2) + (m0 - 1) * residual(w1, w1)
+    inner = hourglass(widths[1:], blocks[1:]) if len(widths) > 2 else m1 * residual(w1, w1)
+    up = (m0 - 1) * residual(w1, w1) + residual(w1, w0)
+    return upper + down + inner + up
+
+
+def head(outputs, cin=256, hidden=256):
+    return 9 * cin * hidden + hidden + hidden * outputs + outputs
+
+
+def pool_tail(c=256, p=128):
+    return 9 * p * c + 2 * c + conv_bn(1, c, c) + conv_bn(3, c, c)
+
+
+CORNER_POOL = 2 * conv_bn(3, 256, 128) + pool_tail()
+CASCADE_POOL = 4 * conv_bn(3, 256, 128) + 2 * 9 * 128 * 128 + pool_tail()
+CENTER_POOL = 2 * conv_bn(3, 256, 128) + pool_tail()
+STEM = conv_bn(7, 3, 128) + residual(128, 256, 2)
+HOURGLASS = hourglass([256, 256, 384, 384, 384, 512], [2, 2, 2, 2, 2, 4])
+CNV = conv_bn(3, 256, 256)
+INTER = 2 * conv_bn(1, 256, 256) + residual(256, 256)
+
+
+def test_closed_forms_add_up_to_the_release_totals():
+    # Hand sums of the blocks above (see docs/fidelity.md).
+    assert STEM == 938_112 and HOURGLASS == 92_134_400 and CNV == 590_336
+    assert CORNER_POOL == CENTER_POOL == 1_542_144 and CASCADE_POOL == 2_427_392
+    corner_heads = 2 * (head(80) + head(1) + head(2))
+    cornernet_stack = 2 * CORNER_POOL + corner_heads
+    centernet_stack = 2 * CASCADE_POOL + CENTER_POOL + corner_heads + head(80) + head(2)
+    assert STEM + HOURGLASS + CNV + centernet_stack == 104_844_152
+    assert STEM + 2 * (HOURGLASS + CNV + centernet_stack) + INTER == 210_062_960
+    assert STEM + 2 * (HOURGLASS + CNV + cornernet_stack) + INTER == 201_035_212
+
+
 FULL_MODELS = [
     ("centernet", "hourglass52", 104_844_152),
     ("centernet", "hourglass104", 210_062_960),
@@ -144,9 +194,33 @@ FULL_MODELS = [
 @pytest.mark.parametrize("architecture,backbone,expected", FULL_MODELS)
 def test_full_models_match_release_parameter_counts(architecture, backbone, expected):
     model = build_model(ModelConfig(architecture=architecture, backbone=backbone, num_classes=80))
-    out = model(tf.zeros([1, 511, 511, 3]), training=False)
+    images = tf.zeros([1, 511, 511, 3])
+    out = model(images, training=False)
     assert count_trainable_parameters(model) == expected
+    # Per block, against the closed forms.
+    backbone_layer = model.backbone
+    assert count_trainable_parameters(backbone_layer.stem) == STEM
+    assert backbone_layer.stem(images).shape == (1, 128, 128, 256)
+    for hg, cnv in zip(backbone_layer.hourglasses, backbone_layer.cnvs):
+        assert count_trainable_parameters(hg) == HOURGLASS
+        assert count_trainable_parameters(cnv) == CNV
+    for i in range(model.num_stacks - 1):
+        inter = sum(
+            count_trainable_parameters(layer)
+            for layer in (backbone_layer.inter_convs[i], backbone_layer.cnv_convs[i], backbone_layer.inter_blocks[i])
+        )
+        assert inter == INTER
+    centernet = architecture == "centernet"
+    for modules in model.stack_modules:
+        assert count_trainable_parameters(modules["tl_pool"]) == (CASCADE_POOL if centernet else CORNER_POOL)
+        assert count_trainable_parameters(modules["br_pool"]) == (CASCADE_POOL if centernet else CORNER_POOL)
+        assert count_trainable_parameters(modules["tl_heatmap"]) == head(80)
+        assert count_trainable_parameters(modules["tl_embedding"]) == head(1)
+        assert count_trainable_parameters(modules["br_offset"]) == head(2)
+        if centernet:
+            assert count_trainable_parameters(modules["ct_pool"]) == CENTER_POOL
+            assert count_trainable_parameters(modules["ct_offset"]) == head(2)
     assert out["tl_heatmap"].shape == (1, 128, 128, 80)
     assert out["tl_offset"].shape == (1, 128, 128, 2)
-    assert ("ct_heatmap" in out) == (architecture == "centernet")
+    assert ("ct_heatmap" in out) == centernet
     assert all(np.isfinite(v.numpy()).all() for v in out.values())
