@@ -45,6 +45,12 @@ def test_train_evaluate_detect_on_coco_tiny(coco_tiny, tmp_path, capsys):
         "data.input_size=127", "train.batch_size=2", "train.total_steps=2", "train.checkpoint_every=1",
     ]) == 0
     assert sorted(os.listdir(os.path.join(model_dir, "checkpoints"))) == ["ckpt-1.weights.h5", "ckpt-2.weights.h5"]
+    with open(os.path.join(model_dir, "classes.json")) as f:
+        classes = json.load(f)
+    with open(train_ann) as f:
+        categories = sorted(json.load(f)["categories"], key=lambda c: c["id"])
+    assert classes["category_ids"] == [c["id"] for c in categories]
+    assert classes["names"] == [c["name"] for c in categories]
     # evaluate and detect read the trained model's config.yaml.
     assert main(["evaluate", "--model-dir", model_dir, "--max-images", "3", "--set", "decode.flip_test=false"]) == 0
     printed = capsys.readouterr().out
@@ -61,4 +67,5 @@ def test_train_evaluate_detect_on_coco_tiny(coco_tiny, tmp_path, capsys):
         detections = json.load(f)
     for det in detections:
         assert det["file_name"] == os.path.basename(image)
-        assert det["category_id"] >= 1 and len(det["bbox"]) == 4
+        assert det["category_id"] in classes["category_ids"] and len(det["bbox"]) == 4
+        assert det["category"] == classes["names"][classes["category_ids"].index(det["category_id"])]

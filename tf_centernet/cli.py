@@ -64,14 +64,13 @@ def cmd_train(args):
 
 
 def cmd_evaluate(args):
-    from tf_centernet.data import CocoDataset
     from tf_centernet.evaluation import evaluate_coco
     from tf_centernet.inference import Predictor
     from tf_centernet.training import load_trained_model
 
     config = _load_config(args)
     model = load_trained_model(config, _checkpoint(args, config))
-    dataset = CocoDataset(config.data.val_annotations, config.data.val_images, crowd="keep")
+    _, category_ids = _class_names(config, args)
     predictor = Predictor(model, config)
     output = args.output or os.path.join(config.train.model_dir, "eval")
     os.makedirs(output, exist_ok=True)
@@ -79,7 +78,7 @@ def cmd_evaluate(args):
         predictor,
         config.data.val_annotations,
         config.data.val_images,
-        dataset.category_ids,
+        category_ids,
         output_json=os.path.join(output, "detections.json"),
         metrics_json=os.path.join(output, "metrics.json"),
         max_images=args.max_images,
@@ -89,14 +88,25 @@ def cmd_evaluate(args):
 
 
 def _class_names(config, args):
-    """Class names from the validation annotations when they exist."""
-    path = config.data.val_annotations or config.data.train_annotations
-    if path and os.path.isfile(path):
-        with open(path, encoding="utf-8") as f:
-            categories = sorted(json.load(f).get("categories", []), key=lambda c: c["id"])
-        return [c["name"] for c in categories], [c["id"] for c in categories]
+    """(class names, COCO category ids) indexed by the model's class index.
+
+    From the model directory's ``classes.json`` (written by training), else
+    from the categories of the annotation files, else numbered 1..N.
+    """
+    from tf_centernet.training import read_classes
+
+    model_dir = getattr(args, "model_dir", None) or config.train.model_dir
+    classes = read_classes(model_dir)
+    if classes is not None:
+        return classes["names"], classes["category_ids"]
+    for path in (config.data.train_annotations, config.data.val_annotations):
+        if path and os.path.isfile(path):
+            with open(path, encoding="utf-8") as f:
+                categories = sorted(json.load(f).get("categories", []), key=lambda c: c["id"])
+            if len(categories) == config.model.num_classes:
+                return [c["name"] for c in categories], [c["id"] for c in categories]
     n = config.model.num_classes
-    return [str(i) for i in range(n)], list(range(1, n + 1))
+    return [str(i + 1) for i in range(n)], list(range(1, n + 1))
 
 
 def cmd_detect(args):

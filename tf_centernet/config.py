@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import List, Optional, Sequence
 
 from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 # Named hourglass backbones (SPEC section 1). `levels` is the recursion depth n,
 # `widths` has n + 1 entries and `blocks` the residual blocks per level.
@@ -284,17 +285,20 @@ def load_config(
 
     Raises:
         FileNotFoundError: the config does not exist.
-        omegaconf.errors.ConfigKeyError / ValidationError: unknown key or a
-            value of the wrong type (the message names the key).
+        ValueError: an unknown key or a value of the wrong type (the message
+            names the key), or an inconsistent model.
     """
     schema = OmegaConf.structured(Config)
     parts = [schema]
     if name_or_path:
         parts.append(OmegaConf.load(resolve_config_path(name_or_path)))
-    if overrides:
-        parts.append(OmegaConf.from_dotlist(list(overrides)))
-    merged = OmegaConf.merge(*parts)
-    config = OmegaConf.to_object(merged)
+    try:
+        if overrides:
+            parts.append(OmegaConf.from_dotlist(list(overrides)))
+        config = OmegaConf.to_object(OmegaConf.merge(*parts))
+    except OmegaConfBaseException as error:
+        # Unknown key or wrong type: the message names the full key.
+        raise ValueError(f"Invalid configuration ({name_or_path or 'defaults'}): {error}") from error
     config.model.hourglass()  # validate early, with a clear message
     if config.model.architecture not in ("centernet", "cornernet"):
         raise ValueError(

@@ -23,6 +23,7 @@ batches exactly.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
@@ -82,6 +83,24 @@ def learning_rate_schedule(train_config):
         return train_config.learning_rate
     values = [train_config.learning_rate * train_config.decay_rate**i for i in range(len(boundaries) + 1)]
     return keras.optimizers.schedules.PiecewiseConstantDecay(boundaries, values)
+
+
+CLASSES_FILE = "classes.json"
+
+
+def write_classes(model_dir, dataset):
+    """Records the class index -> COCO category id and name mapping."""
+    with open(os.path.join(model_dir, CLASSES_FILE), "w", encoding="utf-8") as f:
+        json.dump({"category_ids": list(dataset.category_ids), "names": list(dataset.class_names)}, f)
+
+
+def read_classes(model_dir):
+    """The mapping written by `write_classes`, or None when absent."""
+    path = os.path.join(model_dir or "", CLASSES_FILE)
+    if not os.path.isfile(path):
+        return None
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
 
 
 def checkpoint_path(model_dir, step):
@@ -231,6 +250,7 @@ def train(config, strategy=None, verbose=1, extra_callbacks=()):
             f"model.num_classes is {config.model.num_classes}; set "
             f"model.num_classes={dataset.num_classes}."
         )
+    write_classes(model_dir, dataset)
     strategy = strategy or get_strategy(tc.strategy)
     logger.info(
         "Training on %d images, %d replica(s), global batch %d",

@@ -1,0 +1,46 @@
+"""Configuration loading and validation."""
+
+import pytest
+
+from tf_centernet.config import BACKBONES, load_config, to_yaml
+
+
+@pytest.mark.parametrize(
+    "name,architecture,backbone,batch,top_k,iou",
+    [
+        ("centernet_hg52", "centernet", "hourglass52", 48, 70, 0.7),
+        ("centernet_hg104", "centernet", "hourglass104", 48, 70, 0.7),
+        ("cornernet_hg104", "cornernet", "hourglass104", 49, 100, 0.3),
+    ],
+)
+def test_paper_configs(name, architecture, backbone, batch, top_k, iou):
+    config = load_config(name)
+    assert (config.model.architecture, config.model.backbone) == (architecture, backbone)
+    assert config.train.batch_size == batch and config.train.learning_rate == 2.5e-4
+    assert config.decode.top_k == top_k and config.data.gaussian_iou == iou
+    assert config.data.input_size == 511 and config.data.output_size == 128
+
+
+def test_overrides_and_yaml_round_trip(tmp_path):
+    config = load_config("centernet_small", ["train.learning_rate=0.5", "data.rand_scales=[1.0]"])
+    assert config.train.learning_rate == 0.5 and config.data.rand_scales == [1.0]
+    path = tmp_path / "saved.yaml"
+    path.write_text(to_yaml(config))
+    assert load_config(str(path)) == config
+
+
+def test_bad_values_are_clear_errors():
+    with pytest.raises(ValueError, match="train.no_such_key"):
+        load_config("demo", ["train.no_such_key=1"])
+    with pytest.raises(ValueError, match="batch_size"):
+        load_config("demo", ["train.batch_size=many"])
+    with pytest.raises(ValueError, match="levels \\+ 1"):
+        load_config("demo", ["model.levels=4"])
+    with pytest.raises(ValueError, match="Unknown backbone"):
+        load_config("demo", ["model.backbone=resnet"])
+    with pytest.raises(FileNotFoundError, match="centernet_hg104"):
+        load_config("nope")
+
+
+def test_small_backbone_is_cpu_sized():
+    assert BACKBONES["hourglass_small"]["widths"][0] < BACKBONES["hourglass52"]["widths"][0]
