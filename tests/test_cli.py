@@ -28,7 +28,7 @@ def test_demo_runs_end_to_end(tmp_path):
     assert code == 0
     with open(os.path.join(out, "eval", "metrics.json")) as f:
         metrics = json.load(f)
-    assert all(name in metrics for name in COCO_METRICS)
+    assert all(name in metrics["metrics"] for name in COCO_METRICS)
     drawn = sorted(os.listdir(os.path.join(out, "detections")))
     assert drawn == ["000001_detections.jpg", "000002_detections.jpg", "detections.json"]
 
@@ -56,7 +56,7 @@ def test_train_evaluate_detect_on_coco_tiny(coco_tiny, tmp_path, capsys):
     printed = capsys.readouterr().out
     assert all(name in printed for name in COCO_METRICS)
     with open(os.path.join(model_dir, "eval", "metrics.json")) as f:
-        assert set(COCO_METRICS) <= set(json.load(f))
+        assert set(COCO_METRICS) <= set(json.load(f)["metrics"])
     image = os.path.join(val_dir, sorted(os.listdir(val_dir))[0])
     out = str(tmp_path / "detections")
     assert main(["detect", "--model-dir", model_dir, image, "--output", out]) == 0
