@@ -52,8 +52,25 @@ class _PoolingModule(keras.layers.Layer):
         return config
 
 
+class _CornerModule(_PoolingModule):
+    """A pooling module for one corner: validates and records `corner`."""
+
+    def __init__(self, corner="top_left", channels=256, pool_channels=128, impl="scan", **kwargs):
+        super().__init__(channels, pool_channels, impl, **kwargs)
+        if corner not in CORNER_DIRECTIONS:
+            raise ValueError(f"corner must be one of {sorted(CORNER_DIRECTIONS)}, got {corner!r}.")
+        self.corner = corner
+        self.branch_1 = ConvModule(pool_channels, 3, name="p1_conv1")
+        self.branch_2 = ConvModule(pool_channels, 3, name="p2_conv1")
+
+    def get_config(self):
+        config = super().get_config()
+        config["corner"] = self.corner
+        return config
+
+
 @keras.saving.register_keras_serializable(package="tf_centernet")
-class CornerPooling(_PoolingModule):
+class CornerPooling(_CornerModule):
     """CornerNet's corner pooling module (SPEC section 2).
 
     Two 3x3 convolution modules `channels` -> `pool_channels`; the first pooled
@@ -74,14 +91,6 @@ class CornerPooling(_PoolingModule):
         (batch, height, width, channels).
     """
 
-    def __init__(self, corner="top_left", channels=256, pool_channels=128, impl="scan", **kwargs):
-        super().__init__(channels, pool_channels, impl, **kwargs)
-        if corner not in CORNER_DIRECTIONS:
-            raise ValueError(f"corner must be one of {sorted(CORNER_DIRECTIONS)}, got {corner!r}.")
-        self.corner = corner
-        self.branch_1 = ConvModule(pool_channels, 3, name="p1_conv1")
-        self.branch_2 = ConvModule(pool_channels, 3, name="p2_conv1")
-
     def call(self, inputs, training=None):
         first, second = CORNER_DIRECTIONS[self.corner]
         pooled = self._pool(self.branch_1(inputs, training=training), first) + self._pool(
@@ -89,14 +98,9 @@ class CornerPooling(_PoolingModule):
         )
         return self._merge(pooled, inputs, training)
 
-    def get_config(self):
-        config = super().get_config()
-        config["corner"] = self.corner
-        return config
-
 
 @keras.saving.register_keras_serializable(package="tf_centernet")
-class CascadeCornerPooling(_PoolingModule):
+class CascadeCornerPooling(_CornerModule):
     """CenterNet's cascade corner pooling module (SPEC section 2).
 
     For the top-left corner (first = top, second = left):
@@ -111,12 +115,7 @@ class CascadeCornerPooling(_PoolingModule):
     """
 
     def __init__(self, corner="top_left", channels=256, pool_channels=128, impl="scan", **kwargs):
-        super().__init__(channels, pool_channels, impl, **kwargs)
-        if corner not in CORNER_DIRECTIONS:
-            raise ValueError(f"corner must be one of {sorted(CORNER_DIRECTIONS)}, got {corner!r}.")
-        self.corner = corner
-        self.branch_1 = ConvModule(pool_channels, 3, name="p1_conv1")
-        self.branch_2 = ConvModule(pool_channels, 3, name="p2_conv1")
+        super().__init__(corner, channels, pool_channels, impl, **kwargs)
         self.look_1 = ConvModule(pool_channels, 3, name="look_conv1")
         self.look_2 = ConvModule(pool_channels, 3, name="look_conv2")
         self.look_conv_1 = keras.layers.Conv2D(pool_channels, 3, padding="same", use_bias=False, name="p1_look_conv")
@@ -133,11 +132,6 @@ class CascadeCornerPooling(_PoolingModule):
             self.look_conv_2(self.branch_2(inputs, training=training) + look_first), second
         )
         return self._merge(branch_a + branch_b, inputs, training)
-
-    def get_config(self):
-        config = super().get_config()
-        config["corner"] = self.corner
-        return config
 
 
 @keras.saving.register_keras_serializable(package="tf_centernet")
