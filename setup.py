@@ -5,6 +5,7 @@ our optional extra, supports), Keras 3 and the small libraries the product
 relies on. Nothing here downloads weights or data.
 """
 import glob
+import os
 
 from setuptools import find_packages, setup
 
@@ -19,12 +20,35 @@ CORE = [
     "tqdm>=4.66",
 ]
 
+# Deployment runtimes (`tf-centernet export`). The ONNX handlers in
+# tf_centernet/export.py use tf2onnx's graph API, checked with 1.17.
+TFLITE = ["ai-edge-litert>=1.2"]
+ONNX = ["tf2onnx>=1.16,<1.18", "onnx>=1.14", "onnxruntime>=1.17"]
+
 EXTRAS = {
-    "test": ["pytest>=8"],
+    # The export tests run TFLite and onnxruntime (about 55 MB of wheels).
+    "test": ["pytest>=8", *TFLITE, *ONNX],
+    "tflite": TFLITE,
+    "onnx": ONNX,
     # Reading TF Model Garden / TF OD API TFRecords. Pulls tf-keras; never
     # imported by the core package.
     "model-garden": ["tf-models-official~=2.20.0"],
 }
+
+# Sources of the compiled corner-pooling ops. `tf_centernet.ops.custom`
+# compiles them on first use (nothing is compiled at install time): from the
+# checkout for an editable install, from share/tf-centernet/custom_ops for a
+# regular one.
+CUSTOM_OPS_FILES = [
+    (os.path.join("share", "tf-centernet", folder), sorted(glob.glob(os.path.join(folder, pattern))))
+    for folder, pattern in [
+        ("custom_ops", "build.py"),
+        ("custom_ops", "README.md"),
+        ("custom_ops/cc/ops", "*.cc"),
+        ("custom_ops/cc/kernels", "*"),
+        ("custom_ops/cuda_check", "*"),
+    ]
+]
 
 setup(
     name="tf-centernet",
@@ -38,8 +62,8 @@ setup(
     python_requires=">=3.10",
     packages=find_packages(include=["tf_centernet", "tf_centernet.*"]),
     # Named configurations, found by `tf_centernet.config` when not run from
-    # a checkout.
-    data_files=[("share/tf-centernet/configs", sorted(glob.glob("configs/*.yaml")))],
+    # a checkout, and the compiled pooling ops' sources (see CUSTOM_OPS_FILES).
+    data_files=[("share/tf-centernet/configs", sorted(glob.glob("configs/*.yaml"))), *CUSTOM_OPS_FILES],
     install_requires=CORE,
     extras_require=EXTRAS,
     entry_points={"console_scripts": ["tf-centernet=tf_centernet.cli:main"]},

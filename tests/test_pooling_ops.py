@@ -162,5 +162,5 @@ def test_errors():
         pooling.directional_pool(tf.zeros([1, 2, 2, 1]), "up")
     with pytest.raises(ValueError, match="rank 4"):
         pooling.top_pool(tf.zeros([2, 2, 1]))
-    with pytest.raises(NotImplementedError, match="impl='scan'"):
-        pooling.top_pool(tf.zeros([1, 2, 2, 1]), impl="custom")
+    with pytest.raises(ValueError, match="impl"):
+        pooling.top_pool(tf.zeros([1, 2, 2, 1]), impl="fast")

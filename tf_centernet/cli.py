@@ -5,7 +5,10 @@ Commands:
 * ``train``: train or resume (`tf_centernet.training.train`);
 * ``evaluate``: COCO AP of a trained model on the validation set;
 * ``detect``: draw detections on images and write them as COCO JSON;
+* ``export``: SavedModel (TF Serving), TFLite, TF-TRT or ONNX (`tf_centernet.export`);
 * ``demo``: the whole loop on a synthetic data set it creates (no download).
+* ``build-ops``: compile the corner-pooling custom ops into their cache
+  (`tf_centernet.ops.custom`; otherwise built on first use).
 
 Every command takes ``--config`` (a name in ``configs/`` or a YAML path) and
 ``--set key=value ...`` overrides with dotted keys, e.g.
@@ -88,25 +91,11 @@ def cmd_evaluate(args):
 
 
 def _class_names(config, args):
-    """(class names, COCO category ids) indexed by the model's class index.
+    """(class names, COCO category ids) by class index: see `class_labels`."""
+    from tf_centernet.training import class_labels
 
-    From the model directory's ``classes.json`` (written by training), else
-    from the categories of the annotation files, else numbered 1..N.
-    """
-    from tf_centernet.training import read_classes
-
-    model_dir = getattr(args, "model_dir", None) or config.train.model_dir
-    classes = read_classes(model_dir)
-    if classes is not None:
-        return classes["names"], classes["category_ids"]
-    for path in (config.data.train_annotations, config.data.val_annotations):
-        if path and os.path.isfile(path):
-            with open(path, encoding="utf-8") as f:
-                categories = sorted(json.load(f).get("categories", []), key=lambda c: c["id"])
-            if len(categories) == config.model.num_classes:
-                return [c["name"] for c in categories], [c["id"] for c in categories]
-    n = config.model.num_classes
-    return [str(i + 1) for i in range(n)], list(range(1, n + 1))
+    category_ids, names = class_labels(config, getattr(args, "model_dir", None))
+    return names, category_ids
 
 
 def cmd_detect(args):
@@ -151,6 +140,57 @@ def cmd_detect(args):
     return 0
 
 
+# --format -> default output under MODEL_DIR/export (TF Serving wants a version folder).
+_EXPORT_DEFAULTS = {
+    "savedmodel": os.path.join("saved_model", "1"),
+    "tflite": "model.tflite",
+    "tflite-fp16": "model_fp16.tflite",
+    "tflite-int8": "model_int8.tflite",
+    "tftrt": os.path.join("tftrt", "1"),
+    "onnx": "model.onnx",
+}
+
+
+def cmd_export(args):
+    """Exports a trained model (see `tf_centernet.export`)."""
+    from tf_centernet import export as export_lib
+
+    # Fail before loading anything when the target toolchain is missing.
+    if args.format == "tftrt":
+        available, reason = export_lib.tensorrt_status()
+        if not available:
+            logger.error("Cannot export to TF-TRT: %s. %s", reason, export_lib.TENSORRT_HELP)
+            return 2
+    if args.format == "onnx":
+        try:
+            import tf2onnx  # noqa: F401
+        except ImportError:
+            logger.error('ONNX export needs tf2onnx and onnx: pip install "tf-centernet[onnx]".')
+            return 2
+    input_size = None
+    if args.input_size:
+        if len(args.input_size) > 2 or min(args.input_size) < 1:
+            logger.error("--input-size takes SIZE or HEIGHT WIDTH (positive), got %s.", args.input_size)
+            return 2
+        input_size = tuple(args.input_size) if len(args.input_size) == 2 else args.input_size[0]
+    from tf_centernet.training import load_trained_model
+
+    config = _load_config(args)
+    if args.no_flip:
+        config.decode.flip_test = False
+    model = load_trained_model(config, _checkpoint(args, config))
+    output = args.output or os.path.join(
+        getattr(args, "model_dir", None) or config.train.model_dir, "export", _EXPORT_DEFAULTS[args.format]
+    )
+    try:
+        path = export_lib.export(model, config, output, format=args.format, input_size=input_size)
+    except (RuntimeError, ImportError, FileExistsError) as error:
+        logger.error("%s", error)
+        return 2
+    logger.info("Exported %s -> %s", args.format, path)
+    return 0
+
+
 def cmd_demo(args):
     """Synthetic data -> train -> evaluate -> detect, all under --output."""
     from tf_centernet.data.synthetic import make_synthetic_coco
@@ -183,6 +223,23 @@ def cmd_demo(args):
         )
     )
     logger.info("Demo finished: see %s", out)
+    return 0
+
+
+def cmd_build_ops(args):
+    """Compiles (or finds cached) and loads the corner-pooling custom ops."""
+    from tf_centernet.ops import custom
+
+    cuda = {"auto": "auto", "yes": True, "no": False}[args.cuda]
+    try:
+        path = custom.build(cuda=cuda, force=args.force, verbose=True)
+        custom.load(path)  # proves it loads
+    except custom.CustomOpsUnavailable as error:
+        logger.error("%s", error)
+        return 1
+    gpu = "with" if custom.has_gpu_kernels() else "without"
+    logger.info("Corner-pooling ops ready (%s CUDA kernels): %s", gpu, path)
+    print(path)
     return 0
 
 
@@ -224,12 +281,44 @@ def build_parser():
     p.add_argument("--score-threshold", type=float, default=0.3, help="draw boxes scoring at least this")
     p.set_defaults(func=cmd_detect)
 
+    p = sub.add_parser("export", help="SavedModel for TF Serving, TFLite, TF-TRT or ONNX (see docs/serving.md)")
+    common(p)
+    p.add_argument("--model-dir", help="a trained model's directory (its config.yaml is the default config)")
+    p.add_argument("--checkpoint", help="checkpoint prefix, directory or .weights.h5 (default: the model dir)")
+    p.add_argument(
+        "--format",
+        default="savedmodel",
+        choices=list(_EXPORT_DEFAULTS),
+        help="artifact to write (default: savedmodel)",
+    )
+    p.add_argument(
+        "--output",
+        help="SavedModel folder or .tflite/.onnx file (default: MODEL_DIR/export/saved_model/1, "
+        "MODEL_DIR/export/model.tflite, ...)",
+    )
+    p.add_argument(
+        "--input-size",
+        type=int,
+        nargs="+",
+        metavar="PIXELS",
+        help="fixed image size of tflite*/onnx exports: SIZE or HEIGHT WIDTH (default: data.input_size); "
+        "tftrt: build engines for it",
+    )
+    p.add_argument("--no-flip", action="store_true", help="no flip test in the exported graph (about 2x faster)")
+    p.set_defaults(func=cmd_export)
+
     p = sub.add_parser("demo", help="train, evaluate and detect on a synthetic data set it creates")
     p.add_argument("--config", default="demo", help="config (default: demo)")
     p.add_argument("--set", nargs="+", metavar="KEY=VALUE", help="config overrides")
     p.add_argument("--output", default="runs/demo", help="output folder (default: runs/demo)")
     p.add_argument("--steps", type=int, default=300, help="training steps (default: 300)")
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("build-ops", help="compile the corner-pooling custom ops (else built on first use)")
+    p.add_argument("--cuda", default="auto", choices=["auto", "yes", "no"],
+                   help="CUDA kernels too; auto: when nvcc, a CUDA TensorFlow and a GPU are present")
+    p.add_argument("--force", action="store_true", help="rebuild even if a cached build exists")
+    p.set_defaults(func=cmd_build_ops)
     return parser
 
 

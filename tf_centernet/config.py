@@ -77,8 +77,11 @@ class ModelConfig:
     center_pooling: bool = True
     central_region: bool = True
     heatmap_bias: float = -2.19
-    # "auto" | "scan" | "custom": implementation of the directional pooling.
-    pooling_impl: str = "scan"
+    # "auto" | "scan" | "custom": implementation of the directional pooling
+    # (tf_centernet.ops.pooling). "auto": the compiled ops (custom_ops/,
+    # built on first use) where they load, else the pure-TF scans with one
+    # warning; exports always use the scans.
+    pooling_impl: str = "auto"
 
     def hourglass(self) -> dict:
         """The resolved hourglass hyper-parameters.

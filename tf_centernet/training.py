@@ -103,6 +103,46 @@ def read_classes(model_dir):
         return json.load(f)
 
 
+def class_labels(config, model_dir=None):
+    """Class index -> COCO category id and name, for a (trained) model.
+
+    In order: the model directory's ``classes.json`` (written by `train`);
+    else the ``categories`` of ``data.train_annotations`` (then
+    ``data.val_annotations``) sorted by id, the order
+    `tf_centernet.data.CocoDataset` gives class indices; else ids
+    ``1 .. num_classes`` named by their number.
+
+    Args:
+        config: `Config`.
+        model_dir: str or None. Defaults to ``config.train.model_dir``.
+
+    Returns:
+        (category_ids, names): two lists of ``model.num_classes`` entries.
+
+    Raises:
+        ValueError: the mapping found has another number of classes than
+            ``model.num_classes``.
+    """
+    n = config.model.num_classes
+    found = read_classes(model_dir or config.train.model_dir)
+    source = "classes.json"
+    if found is None:
+        for path in (config.data.train_annotations, config.data.val_annotations):
+            if path and os.path.isfile(path):
+                with open(path, encoding="utf-8") as f:
+                    categories = sorted(json.load(f).get("categories", []), key=lambda c: c["id"])
+                found = {"category_ids": [c["id"] for c in categories], "names": [c["name"] for c in categories]}
+                source = path
+                break
+    if found is None:
+        return list(range(1, n + 1)), [str(i) for i in range(1, n + 1)]
+    if len(found["category_ids"]) != n:
+        raise ValueError(
+            f"{source} has {len(found['category_ids'])} categories but model.num_classes is {n}."
+        )
+    return [int(c) for c in found["category_ids"]], [str(name) for name in found["names"]]
+
+
 def checkpoint_path(model_dir, step):
     """The checkpoint file of `step`: MODEL_DIR/checkpoints/ckpt-STEP.weights.h5."""
     return os.path.join(model_dir, CHECKPOINT_SUBDIR, f"ckpt-{int(step)}.weights.h5")

@@ -22,11 +22,28 @@ scan from the image border and replace the running maximum only on a strict
 increase). It follows from ``tf.maximum``'s gradient, which on a tie goes to
 its first argument; every step passes the farther half first.
 
-The compiled custom ops (``impl="custom"``) are the subject of a later
-version; ``impl="auto"`` currently always uses the scan.
+Implementations (the ``impl`` argument, and ``model.pooling_impl``):
+
+* ``"scan"``: the scan above. The default of these functions.
+* ``"custom"``: the compiled C++/CUDA ops of `tf_centernet.ops.custom`
+  (``custom_ops/``), one pass over memory forward and backward, the same
+  values and the same tie rule (gradients equal up to float summation
+  order). Built on first use; raises `CustomOpsUnavailable` when they
+  cannot be built or loaded, and a ValueError under XLA
+  (``jit_compile=True``), which cannot compile them.
+* ``"auto"``: "custom" when the compiled ops load, else the scan with one
+  warning (`CustomOpsFallbackWarning`) per process. It also takes the scan
+  where the compiled ops do not belong: inside an XLA-compiled function,
+  while `tf.saved_model.save` traces (TF Serving and TFLite do not know
+  the ops), inside ``with scan_only():`` (wrap other exports, e.g. TFLite
+  conversion, in it), for dtypes the ops lack, and when a GPU is visible
+  but the library was built without CUDA kernels.
 """
 
 from __future__ import annotations
+
+import contextlib
+import threading
 
 import tensorflow as tf
 
@@ -95,6 +112,99 @@ def _cummax_scan_dynamic(x, axis, toward_end):
     return x
 
 
+_scan_only = threading.local()
+
+
+@contextlib.contextmanager
+def scan_only():
+    """Within this block (this thread), ``impl="auto"`` means the scan.
+
+    For export paths other than `tf.saved_model.save` (which "auto" detects
+    by itself), e.g. TFLite conversion or ONNX export:
+
+        with pooling.scan_only():
+            tflite_model = converter.convert()
+
+    ``impl="custom"`` is not affected (it was asked for explicitly).
+    """
+    _scan_only.depth = getattr(_scan_only, "depth", 0) + 1
+    try:
+        yield
+    finally:
+        _scan_only.depth -= 1
+
+
+def _in_xla_context():
+    try:
+        from tensorflow.python.ops import control_flow_util
+
+        return control_flow_util.GraphOrParentsInXlaContext(tf.compat.v1.get_default_graph())
+    except Exception:  # private API moved: assume not
+        return False
+
+
+def _in_save_context():
+    try:
+        from tensorflow.python.saved_model import save_context
+
+        return save_context.in_save_context()
+    except Exception:  # private API moved: assume not
+        return False
+
+
+def resolve_impl(impl, dtype=tf.float32):
+    """The implementation `impl` stands for here and now: "scan" or "custom".
+
+    Args:
+        impl: str. "auto", "scan" or "custom" (see the module docstring).
+        dtype: tf.DType of the pooled tensor. Defaults to float32.
+
+    Returns:
+        str. "scan" or "custom".
+
+    Raises:
+        ValueError: unknown impl, or impl="custom" under XLA.
+        CustomOpsUnavailable: impl="custom" and the ops cannot be loaded.
+        TypeError: impl="custom" with a dtype the ops lack.
+    """
+    if impl not in _IMPLS:
+        raise ValueError(f"impl must be one of {_IMPLS}, got {impl!r}.")
+    if impl == "scan":
+        return "scan"
+    from tf_centernet.ops import custom
+
+    if impl == "custom":
+        if _in_xla_context():
+            raise ValueError(
+                "impl='custom' cannot run inside an XLA-compiled function "
+                "(jit_compile=True): XLA has no kernel for the compiled pooling "
+                "ops. Use impl='auto' or impl='scan'."
+            )
+        if dtype not in custom.DTYPES:
+            raise TypeError(
+                f"impl='custom' takes {[d.name for d in custom.DTYPES]}, got {dtype.name}."
+            )
+        custom.load()
+        return "custom"
+    # "auto"
+    if getattr(_scan_only, "depth", 0) or _in_xla_context() or _in_save_context():
+        return "scan"
+    if dtype not in custom.DTYPES:
+        return "scan"
+    try:
+        custom.load()
+    except custom.CustomOpsUnavailable as error:
+        custom.warn_fallback(custom.short_reason(error))
+        return "scan"
+    if tf.config.list_physical_devices("GPU") and not custom.has_gpu_kernels():
+        custom.warn_fallback(
+            "a GPU is visible but the compiled library has no CUDA kernels "
+            "(nvcc missing or the CUDA build failed)."
+        )
+        return "scan"
+    return "custom"
+
+
 def directional_pool(x, direction, impl="scan"):
     """Cumulative max of an NHWC tensor along one direction (SPEC section 2).
 
@@ -102,15 +212,19 @@ def directional_pool(x, direction, impl="scan"):
         x: tensor of shape (batch, height, width, channels), float16,
             bfloat16 or float32.
         direction: str. One of "top", "left", "bottom", "right".
-        impl: str. "scan" (pure TensorFlow), "auto" (currently the scan) or
-            "custom" (compiled op; not available in this version).
+        impl: str. "scan" (pure TensorFlow), "custom" (compiled op) or
+            "auto" (the compiled op where it loads and belongs, else the
+            scan; see the module docstring). Defaults to "scan".
 
     Returns:
         Tensor of the same shape and dtype as `x`.
 
     Raises:
-        ValueError: unknown direction or impl, or `x` is not rank 4.
-        NotImplementedError: impl="custom" before the compiled ops exist.
+        ValueError: unknown direction or impl, `x` is not rank 4, or
+            impl="custom" under XLA.
+        CustomOpsUnavailable: impl="custom" and the compiled ops cannot be
+            built or loaded (`tf_centernet.ops.custom`).
+        TypeError: impl="custom" with a dtype the compiled ops lack.
     """
     if direction not in _DIRECTIONS:
         raise ValueError(
@@ -118,17 +232,16 @@ def directional_pool(x, direction, impl="scan"):
         )
     if impl not in _IMPLS:
         raise ValueError(f"impl must be one of {_IMPLS}, got {impl!r}.")
-    if impl == "custom":
-        raise NotImplementedError(
-            "The compiled corner-pooling ops are not built in this version; "
-            "use impl='scan' or impl='auto'."
-        )
     x = tf.convert_to_tensor(x)
     if x.shape.rank is not None and x.shape.rank != 4:
         raise ValueError(
             f"Expected an NHWC tensor of rank 4, got shape {x.shape}."
         )
     axis, toward_end = _DIRECTIONS[direction]
+    if resolve_impl(impl, x.dtype) == "custom":
+        from tf_centernet.ops import custom
+
+        return custom.directional_pool(x, axis, reverse=toward_end)
     return _cummax_scan(x, axis, toward_end)
 
 
