@@ -52,6 +52,20 @@ struct ScanShape {
 };
 
 // Functors return nullptr on success, else a static error message.
+// Maxima are compared and gradients summed in Acc<T>: double for double
+// inputs, float otherwise (half and bfloat16 widen to float). Shared by the
+// CPU and CUDA kernels.
+template <typename T>
+struct AccType {
+  using type = float;
+};
+template <>
+struct AccType<double> {
+  using type = double;
+};
+template <typename T>
+using Acc = typename AccType<T>::type;
+
 template <typename Device, typename T>
 struct DirectionalPoolFunctor;
 

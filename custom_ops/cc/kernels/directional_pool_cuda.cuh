@@ -26,16 +26,6 @@ namespace cuda {
 
 constexpr int kThreadsPerBlock = 256;
 
-template <typename T>
-struct AccType {
-  using type = float;
-};
-template <>
-struct AccType<double> {
-  using type = double;
-};
-template <typename T>
-using Acc = typename AccType<T>::type;
 
 template <typename T>
 __global__ void DirectionalPoolForwardKernel(ScanShape s,

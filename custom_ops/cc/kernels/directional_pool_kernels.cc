@@ -36,19 +36,6 @@ constexpr int64_t kCacheLine = 64;
 constexpr int64_t kPrefetchBytes = 8192;
 constexpr int64_t kPrefetchBelow = 4096;
 
-// Maxima are compared and gradients summed in Acc<T>: float, or double for
-// double inputs.
-template <typename T>
-struct AccType {
-  using type = float;
-};
-template <>
-struct AccType<double> {
-  using type = double;
-};
-template <typename T>
-using Acc = typename AccType<T>::type;
-
 template <typename T>
 inline Acc<T> ToAcc(T v) {
   return static_cast<Acc<T>>(v);
