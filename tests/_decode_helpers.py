@@ -60,7 +60,7 @@ def make_outputs(
     br: Sequence[dict] = (),
     ct: Optional[Sequence[dict]] = None,
 ) -> Dict[str, tf.Tensor]:
-    """A model output dict (SPEC §3 keys) with hand-placed keypoints."""
+    """A model output dict (docs/reference.md §3 keys) with hand-placed keypoints."""
     out = {}
     out["tl_heatmap"], out["tl_offset"], out["tl_embedding"] = keypoint_maps(
         batch, height, width, num_classes, tl, TL_BACKGROUND_EMBEDDING
@@ -185,7 +185,7 @@ def iou(a, b) -> float:
 
 
 # ---------------------------------------------------------------------------
-# A plain-numpy transcription of the releases' test-time behaviour (SPEC §7),
+# A plain-numpy transcription of the releases' test-time behaviour (docs/reference.md §7),
 # written loop by loop from its description, to check the vectorised TF
 # decoder against. One image at a time; float32 like the releases.
 # ---------------------------------------------------------------------------

@@ -1,6 +1,6 @@
 """The compiled directional-pooling ops against the scans and NumPy.
 
-SPEC section 2. The first test to need the library builds it into the cache
+docs/reference.md §2. The first test to need the library builds it into the cache
 (`tf_centernet.ops.custom`; about 15-30 s once, reused afterwards). Values
 must equal the scan and the brute force exactly; gradients equal up to the
 order in which float sums are taken. Tie rule (both implementations): the
@@ -250,6 +250,7 @@ def test_training_losses_match_scan(synthetic_coco, monkeypatch):
         np.testing.assert_allclose(losses["custom"][key], values, rtol=1e-3, atol=1e-5, err_msg=key)
 
 
+@pytest.mark.slow
 def test_cuda_kernels_emulated_on_host(tmp_path, repo_root):
     """The CUDA kernels' indexing and tie/NaN logic, run on the CPU.
 

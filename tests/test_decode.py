@@ -1,4 +1,4 @@
-"""Tests of `tf_centernet.decode` against hand-computed expectations (SPEC §7)."""
+"""Tests of `tf_centernet.decode` against hand-computed expectations (docs/reference.md §7)."""
 
 import dataclasses
 import math

@@ -1,4 +1,4 @@
-"""Tests of `tf_centernet.evaluation` (SPEC §8)."""
+"""Tests of `tf_centernet.evaluation` (docs/reference.md §8)."""
 
 import contextlib
 import hashlib

@@ -255,6 +255,7 @@ def test_saved_model_signatures(saved_model_dir):
         export_lib.export_saved_model(lambda x: x, None, saved_model_dir)
 
 
+@pytest.mark.slow
 def test_saved_model_in_a_fresh_process_matches_keras(detector, images, saved_model_dir, tmp_path):
     # Network inputs: full-size images (any size) and the FIXED_SIZE copies.
     inputs = images.full[:2] + images.fixed

@@ -1,4 +1,4 @@
-"""Tests of `tf_centernet.inference` (SPEC §7.5) and `tf_centernet.visualize`."""
+"""Tests of `tf_centernet.inference` (docs/reference.md §7.5) and `tf_centernet.visualize`."""
 
 import dataclasses
 

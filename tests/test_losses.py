@@ -1,4 +1,4 @@
-"""Losses against hand-derived values and invariants (SPEC section 5)."""
+"""Losses against hand-derived values and invariants (docs/reference.md §5)."""
 
 import math
 

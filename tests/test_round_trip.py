@@ -1,4 +1,4 @@
-"""Encode -> decode round trip across modules (SPEC sections 4 and 7).
+"""Encode -> decode round trip across modules (docs/reference.md §4 and 7).
 
 Ground-truth targets from `encode_targets`, turned into perfect head
 outputs (logit +10 at each keypoint, -10 elsewhere; the exact offsets; one

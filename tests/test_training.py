@@ -70,6 +70,7 @@ def test_fit_two_replicas_loss_falls_and_checkpoints(synthetic_coco, tmp_path):
     assert int(model2.optimizer.iterations.numpy()) == 24 and not history2.history
 
 
+@pytest.mark.slow
 def test_killed_training_resumes_from_last_checkpoint(synthetic_coco, tmp_path, repo_root):
     model_dir = str(tmp_path / "model")
     command = [

@@ -92,7 +92,7 @@ def cmd_evaluate(args):
 
 def _class_names(config, args):
     """(class names, COCO category ids) by class index: see `class_labels`."""
-    from tf_centernet.training import class_labels
+    from tf_centernet.data.labels import class_labels
 
     category_ids, names = class_labels(config, getattr(args, "model_dir", None))
     return names, category_ids
@@ -102,6 +102,7 @@ def cmd_detect(args):
     import cv2
 
     from tf_centernet.data.coco import load_image
+    from tf_centernet.evaluation import detections_to_coco
     from tf_centernet.inference import Predictor
     from tf_centernet.training import load_trained_model
     from tf_centernet.visualize import draw_detections
@@ -122,17 +123,10 @@ def cmd_detect(args):
         cv2.imwrite(out_path, cv2.cvtColor(drawn, cv2.COLOR_RGB2BGR))
         kept = int((det["scores"] >= args.score_threshold).sum())
         logger.info("%s: %d detections (%d >= %.2f) -> %s", path, len(det["scores"]), kept, args.score_threshold, out_path)
-        for box, score, cls in zip(det["boxes"], det["scores"], det["classes"]):
-            x1, y1, x2, y2 = (float(v) for v in box)
-            results.append(
-                {
-                    "file_name": os.path.basename(path),
-                    "category_id": int(category_ids[int(cls)]),
-                    "category": names[int(cls)],
-                    "bbox": [x1, y1, x2 - x1, y2 - y1],
-                    "score": float(score),
-                }
-            )
+        entries = detections_to_coco(0, det["boxes"], det["scores"], det["classes"], category_ids)
+        for entry, cls in zip(entries, det["classes"]):
+            del entry["image_id"]
+            results.append({"file_name": os.path.basename(path), "category": names[int(cls)], **entry})
     json_path = os.path.join(args.output, "detections.json")
     with open(json_path, "w", encoding="utf-8") as f:
         json.dump(results, f)
@@ -165,7 +159,7 @@ def cmd_export(args):
         try:
             import tf2onnx  # noqa: F401
         except ImportError:
-            logger.error('ONNX export needs tf2onnx and onnx: pip install "tf-centernet[onnx]".')
+            logger.error('ONNX export needs tf2onnx and onnx: pip install "tf-centernet-triplets[onnx]".')
             return 2
     input_size = None
     if args.input_size:

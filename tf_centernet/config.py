@@ -4,7 +4,7 @@ Configurations are dataclasses validated by OmegaConf. A YAML file in
 `configs/` (or any path) fills them; command-line overrides use dotted keys,
 e.g. ``train.learning_rate=1e-4`` or ``data.batch_size=2``.
 
-Every default below is the release default described in SPEC.md, section
+Every default below is the release default described in docs/reference.md, section
 named next to each field.
 """
 
@@ -19,27 +19,21 @@ from typing import List, Optional, Sequence
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-# Named hourglass backbones (SPEC section 1). `levels` is the recursion depth n,
+# Named hourglass backbones (docs/reference.md §1). `levels` is the recursion depth n,
 # `widths` has n + 1 entries and `blocks` the residual blocks per level.
+_HOURGLASS_52 = dict(
+    num_stacks=1,
+    levels=5,
+    widths=[256, 256, 384, 384, 384, 512],
+    blocks=[2, 2, 2, 2, 2, 4],
+    stem_channels=128,
+    head_channels=256,
+    pool_channels=128,
+)
 BACKBONES = {
-    "hourglass52": dict(
-        num_stacks=1,
-        levels=5,
-        widths=[256, 256, 384, 384, 384, 512],
-        blocks=[2, 2, 2, 2, 2, 4],
-        stem_channels=128,
-        head_channels=256,
-        pool_channels=128,
-    ),
-    "hourglass104": dict(
-        num_stacks=2,
-        levels=5,
-        widths=[256, 256, 384, 384, 384, 512],
-        blocks=[2, 2, 2, 2, 2, 4],
-        stem_channels=128,
-        head_channels=256,
-        pool_channels=128,
-    ),
+    "hourglass52": _HOURGLASS_52,
+    # Two stacks of the same hourglass.
+    "hourglass104": dict(_HOURGLASS_52, num_stacks=2),
     # A CPU-sized hourglass for tests and small experiments.
     "hourglass_small": dict(
         num_stacks=2,
@@ -55,7 +49,7 @@ BACKBONES = {
 
 @dataclass
 class ModelConfig:
-    """Detector architecture (SPEC sections 1-3).
+    """Detector architecture (docs/reference.md §1-3).
 
     `architecture` is ``"centernet"`` (keypoint triplets) or ``"cornernet"``.
     `backbone` names an entry of `BACKBONES`; any of the hourglass fields set
@@ -123,10 +117,10 @@ class ModelConfig:
 
 @dataclass
 class DataConfig:
-    """Input pipeline and training targets (SPEC sections 4 and 6).
+    """Input pipeline and training targets (docs/reference.md §4 and 6).
 
     Image sizes are in pixels. Colour statistics are in RGB order (the
-    releases list them in BGR; SPEC section 6).
+    releases list them in BGR; docs/reference.md §6).
     """
 
     train_images: str = ""
@@ -135,7 +129,7 @@ class DataConfig:
     val_annotations: str = ""
     input_size: int = 511
     max_objects: int = 128
-    # Random crop (SPEC section 6).
+    # Random crop (docs/reference.md §6).
     random_crop: bool = True
     rand_scales: List[float] = field(
         default_factory=lambda: [0.6, 0.7, 0.8, 0.9, 1.0, 1.1, 1.2, 1.3]
@@ -151,7 +145,7 @@ class DataConfig:
     std: List[float] = field(
         default_factory=lambda: [0.27809835, 0.27408164, 0.28863828]
     )
-    # Targets (SPEC section 4).
+    # Targets (docs/reference.md §4).
     gaussian_bump: bool = True
     gaussian_iou: float = 0.7
     # gaussian_radius formula: "release" (the releases' roots, default) or
@@ -164,13 +158,13 @@ class DataConfig:
 
     @property
     def output_size(self) -> int:
-        """Output-grid size in cells: the network's stride is 4 (SPEC 1)."""
+        """Output-grid size in cells: the network's stride is 4 (docs/reference.md §1)."""
         return (self.input_size + 1) // 4
 
 
 @dataclass
 class LossConfig:
-    """Loss weights (SPEC section 5)."""
+    """Loss weights (docs/reference.md §5)."""
 
     focal_alpha: float = 2.0
     focal_beta: float = 4.0
@@ -181,7 +175,7 @@ class LossConfig:
 
 @dataclass
 class TrainConfig:
-    """Optimisation schedule (SPEC section 6) and bookkeeping.
+    """Optimisation schedule (docs/reference.md §6) and bookkeeping.
 
     `learning_rate` is for `batch_size` images; `total_steps` and
     `decay_steps` count optimiser steps.
@@ -205,7 +199,7 @@ class TrainConfig:
 
 @dataclass
 class DecodeConfig:
-    """Inference decoding (SPEC section 7)."""
+    """Inference decoding (docs/reference.md §7)."""
 
     top_k: int = 70
     ae_threshold: float = 0.5
@@ -215,7 +209,7 @@ class DecodeConfig:
     small_region_n: int = 3
     large_region_n: int = 5
     region_area_threshold: float = 22500.0
-    # Soft-NMS (SPEC 7.6): "gaussian" or "merge"; "none" skips it.
+    # Soft-NMS (docs/reference.md §7.6): "gaussian" or "merge"; "none" skips it.
     nms: str = "gaussian"
     soft_nms_sigma: float = 0.5
     score_threshold: float = 0.001

@@ -1,4 +1,4 @@
-"""COCO evaluation of a predictor (SPEC §8).
+"""COCO evaluation of a predictor (docs/reference.md §8).
 
 `evaluate_coco` runs a predictor over a COCO-format image set and scores it
 with pycocotools: the 12 standard AP/AR numbers, optionally the false
@@ -19,6 +19,8 @@ import os
 from typing import Dict, Iterable, List, Mapping, Optional, Sequence
 
 import numpy as np
+
+from tf_centernet.data.coco import load_image as load_image_rgb  # the one image reader
 
 logger = logging.getLogger(__name__)
 
@@ -58,20 +60,6 @@ def load_coco(annotation_file: str, verbose: bool = False):
 
     with _quiet(not verbose):
         return COCO(annotation_file)
-
-
-def load_image_rgb(path: str) -> np.ndarray:
-    """Reads an image file as uint8 RGB `(height, width, 3)`.
-
-    Raises:
-        FileNotFoundError: the file is missing or unreadable.
-    """
-    import cv2
-
-    image = cv2.imread(path, cv2.IMREAD_COLOR)
-    if image is None:
-        raise FileNotFoundError(f"Cannot read image {path!r}.")
-    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
 
 
 def detections_to_coco(
@@ -142,7 +130,7 @@ def coco_metrics(
     image_ids: Optional[Iterable[int]] = None,
     verbose: bool = False,
 ) -> Dict[str, float]:
-    """The 12 standard COCO box metrics (SPEC §8).
+    """The 12 standard COCO box metrics (docs/reference.md §8).
 
     Args:
         coco_gt: `pycocotools.coco.COCO`. Ground truth.
@@ -176,7 +164,7 @@ def false_discovery_rates(
     coco_dt_or_results,
     image_ids: Optional[Iterable[int]] = None,
 ) -> Dict[str, float]:
-    """False discovery rates of the CenterNet paper (SPEC §8; paper Tables 1, 3).
+    """False discovery rates of the CenterNet paper (docs/reference.md §8; paper Tables 1, 3).
 
     FD = 1 - AP, with AP averaged over the IoU thresholds 0.05:0.05:0.5
     (10 thresholds) instead of 0.5:0.05:0.95; FD5, FD25, FD50 = 1 - AP at IoU
@@ -242,7 +230,7 @@ def evaluate_coco(
     compute_fd: bool = False,
     verbose: bool = True,
 ) -> Dict[str, float]:
-    """Runs a predictor over a COCO image set and scores it (SPEC §8).
+    """Runs a predictor over a COCO image set and scores it (docs/reference.md §8).
 
     Images are taken in ascending image-id order (the first `max_images` of
     them); only they are evaluated.

@@ -1,4 +1,4 @@
-"""Test-time preprocessing, network call and decoding in one graph (SPEC §7.5).
+"""Test-time preprocessing, network call and decoding in one graph (docs/reference.md §7.5).
 
 `Predictor` turns a batch of uint8 RGB images of different sizes into
 detections in original-image pixels. Per test scale ``s`` each image of size
@@ -16,13 +16,13 @@ images of one size) this is exactly the releases' input.
 
 from __future__ import annotations
 
-from typing import Dict, List, Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import tensorflow as tf
 
 from tf_centernet.config import Config
-from tf_centernet.decode import ScaleGeometry, decode_detections
+from tf_centernet.decode import Decoder, ScaleGeometry
 
 __all__ = ["Predictor", "preprocess_images", "pad_batch"]
 
@@ -34,7 +34,7 @@ def preprocess_images(
     mean: Sequence[float],
     std: Sequence[float],
 ) -> Tuple[tf.Tensor, ScaleGeometry]:
-    """Builds the network input of one test scale (SPEC §7.5).
+    """Builds the network input of one test scale (docs/reference.md §7.5).
 
     Each image is cropped to its true size, resized (bilinear, half-pixel
     centres, no antialiasing, rounded to integers like OpenCV's uint8
@@ -173,6 +173,7 @@ class Predictor:
         flip_test: bool or None. Override of ``config.decode.flip_test``.
 
     Attributes:
+        decoder: the `tf_centernet.decode.Decoder` of ``config.decode``.
         predict: the `tf.function` ``(images uint8 (None, None, None, 3),
             image_sizes int32 (None, 2)) -> dict`` (see `__call__`); its
             concrete function is the serving signature.
@@ -218,9 +219,10 @@ class Predictor:
         self.use_centers = bool(use_centers)
         if self.use_centers and 1.0 not in self.scales:
             raise ValueError(
-                "The central-region filter takes its centers from scale 1 (SPEC "
-                f"§7.4); test scales {list(self.scales)} lack it."
+                "The central-region filter takes its centers from scale 1 (docs/"
+                f"reference.md §7.4); test scales {list(self.scales)} lack it."
             )
+        self.decoder = Decoder(config.decode, use_centers=self.use_centers)
         self.mean = tuple(float(v) for v in config.data.mean)
         self.std = tuple(float(v) for v in config.data.std)
         self.predict = tf.function(
@@ -231,18 +233,33 @@ class Predictor:
             ],
         )
 
-    def _predict(self, images: tf.Tensor, image_sizes: tf.Tensor) -> Dict[str, tf.Tensor]:
+    def detect(self, images: tf.Tensor, preprocess: Callable) -> Dict[str, tf.Tensor]:
+        """The per-scale loop: preprocess, network (with the flipped copy), decode.
+
+        The one loop behind `predict` and the exports' fixed-size graphs.
+
+        Args:
+            images: uint8 tensor `(batch, height, width, 3)`.
+            preprocess: callable ``(images, scale) -> (canvas, ScaleGeometry)``,
+                e.g. `preprocess_images` with the image sizes bound.
+
+        Returns:
+            The dict of `Decoder` (boxes in original-image pixels).
+        """
         outputs, geometry = [], []
         for scale in self.scales:
-            canvas, geo = preprocess_images(images, image_sizes, scale, self.mean, self.std)
+            canvas, geo = preprocess(images, scale)
             if self.flip_test:
                 # (2 * batch, Hc, Wc, 3): unflipped first, as decode expects.
                 canvas = tf.concat([canvas, tf.reverse(canvas, axis=[2])], axis=0)
             outputs.append(self.model(canvas, training=False))
             geometry.append(geo)
-        return decode_detections(
-            outputs, geometry, self.decode_config,
-            use_centers=self.use_centers, flip_test=self.flip_test,
+        return self.decoder.decode(outputs, geometry, flip_test=self.flip_test)
+
+    def _predict(self, images: tf.Tensor, image_sizes: tf.Tensor) -> Dict[str, tf.Tensor]:
+        return self.detect(
+            images,
+            lambda batch, scale: preprocess_images(batch, image_sizes, scale, self.mean, self.std),
         )
 
     def __call__(
@@ -263,7 +280,8 @@ class Predictor:
             y1, x2, y2]`` in original-image pixels, ``scores`` float32
             `(batch, max_detections)`, ``classes`` int32 `(batch,
             max_detections)` (0-based), ``num_detections`` int32 `(batch,)`;
-            rows past ``num_detections`` are zero.
+            past ``num_detections`` boxes and scores are 0 and classes -1
+            (`tf_centernet.decode.Decoder`).
 
         Raises:
             TypeError: images are not uint8.

@@ -1,4 +1,4 @@
-"""Training losses of CornerNet and CenterNet (SPEC section 5).
+"""Training losses of CornerNet and CenterNet (docs/reference.md §5).
 
 All functions take NHWC head outputs and the padded targets built by
 `tf_centernet.targets.encode_targets` (batched):
@@ -20,27 +20,14 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-HEATMAP_CLAMP = 1e-4  # sigmoid outputs clamped to [1e-4, 1 - 1e-4] (SPEC 5)
+from tf_centernet.ops.gather import gather_cells as gather_at
+
+HEATMAP_CLAMP = 1e-4  # sigmoid outputs clamped to [1e-4, 1 - 1e-4] (docs/reference.md §5)
 
 
 def _normalise(total, count):
     """total / max(1, count): the single normalisation rule of this module."""
     return total / tf.maximum(tf.cast(count, total.dtype), 1.0)
-
-
-def gather_at(feature, index):
-    """Values of a feature map at flat cell indices.
-
-    Args:
-        feature: (batch, height, width, channels) tensor.
-        index: int32 (batch, max_objects), y * width + x.
-
-    Returns:
-        (batch, max_objects, channels) tensor of `feature`'s dtype.
-    """
-    shape = tf.shape(feature)
-    flat = tf.reshape(feature, [shape[0], shape[1] * shape[2], shape[3]])
-    return tf.gather(flat, index, batch_dims=1)
 
 
 def focal_loss_elements(logits, target, alpha=2.0, beta=4.0):
@@ -68,7 +55,7 @@ def focal_loss_elements(logits, target, alpha=2.0, beta=4.0):
 
 
 def focal_loss(logits, target, alpha=2.0, beta=4.0):
-    """Penalty-reduced focal loss over a batch (SPEC 5, CornerNet eq. 1).
+    """Penalty-reduced focal loss over a batch (docs/reference.md §5, CornerNet eq. 1).
 
     Sum over all cells and images divided by the number of positive cells of
     the whole batch (as the releases do), or by 1 when there are none.
@@ -122,7 +109,7 @@ def embedding_loss(tl_embedding, br_embedding, mask):
 
 
 def offset_loss(predicted, target, mask):
-    """Smooth-L1 (beta 1) offset loss (CornerNet eq. 2, SPEC 5).
+    """Smooth-L1 (beta 1) offset loss (CornerNet eq. 2, docs/reference.md §5).
 
     Summed over real objects and both axes, divided by the number of real
     objects in the batch (0 when there are none).
@@ -142,7 +129,7 @@ def offset_loss(predicted, target, mask):
 
 
 def detection_losses(outputs, targets, config, uses_centers):
-    """All loss terms of a (multi-stack) prediction, and their total (SPEC 5).
+    """All loss terms of a (multi-stack) prediction, and their total (docs/reference.md §5).
 
     total = focal(corners) + focal(center) + pull_weight * pull +
     push_weight * push + offset_weight * (offset(corners) + offset(center)),

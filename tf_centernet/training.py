@@ -6,7 +6,7 @@ What `train` does, in order:
    when there are any, else one device (the CPU);
 2. reads the COCO data (`tf_centernet.data.CocoDataset`) and builds the
    `tf.data` pipeline (augmentation and targets in-graph);
-3. builds the model and Adam with the piecewise-constant schedule of SPEC 6
+3. builds the model and Adam with the piecewise-constant schedule of docs/reference.md §6
    (learning rate x decay_rate after each of `decay_steps`);
 4. restores the latest checkpoint of `model_dir/checkpoints` if there is
    one (model, optimizer state and step), so re-running an interrupted
@@ -23,7 +23,6 @@ batches exactly.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -33,6 +32,7 @@ import keras
 import tensorflow as tf
 
 from tf_centernet import config as config_lib
+from tf_centernet.data.labels import CLASSES_FILE, class_labels, read_classes, write_classes  # noqa: F401
 from tf_centernet.models.detector import build_model
 
 logger = logging.getLogger("tf_centernet")
@@ -69,7 +69,7 @@ def get_strategy(kind="auto"):
 
 
 def learning_rate_schedule(train_config):
-    """Piecewise-constant learning rate (SPEC section 6).
+    """Piecewise-constant learning rate (docs/reference.md §6).
 
     Args:
         train_config: `TrainConfig`: learning_rate, decay_steps, decay_rate.
@@ -83,64 +83,6 @@ def learning_rate_schedule(train_config):
         return train_config.learning_rate
     values = [train_config.learning_rate * train_config.decay_rate**i for i in range(len(boundaries) + 1)]
     return keras.optimizers.schedules.PiecewiseConstantDecay(boundaries, values)
-
-
-CLASSES_FILE = "classes.json"
-
-
-def write_classes(model_dir, dataset):
-    """Records the class index -> COCO category id and name mapping."""
-    with open(os.path.join(model_dir, CLASSES_FILE), "w", encoding="utf-8") as f:
-        json.dump({"category_ids": list(dataset.category_ids), "names": list(dataset.class_names)}, f)
-
-
-def read_classes(model_dir):
-    """The mapping written by `write_classes`, or None when absent."""
-    path = os.path.join(model_dir or "", CLASSES_FILE)
-    if not os.path.isfile(path):
-        return None
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)
-
-
-def class_labels(config, model_dir=None):
-    """Class index -> COCO category id and name, for a (trained) model.
-
-    In order: the model directory's ``classes.json`` (written by `train`);
-    else the ``categories`` of ``data.train_annotations`` (then
-    ``data.val_annotations``) sorted by id, the order
-    `tf_centernet.data.CocoDataset` gives class indices; else ids
-    ``1 .. num_classes`` named by their number.
-
-    Args:
-        config: `Config`.
-        model_dir: str or None. Defaults to ``config.train.model_dir``.
-
-    Returns:
-        (category_ids, names): two lists of ``model.num_classes`` entries.
-
-    Raises:
-        ValueError: the mapping found has another number of classes than
-            ``model.num_classes``.
-    """
-    n = config.model.num_classes
-    found = read_classes(model_dir or config.train.model_dir)
-    source = "classes.json"
-    if found is None:
-        for path in (config.data.train_annotations, config.data.val_annotations):
-            if path and os.path.isfile(path):
-                with open(path, encoding="utf-8") as f:
-                    categories = sorted(json.load(f).get("categories", []), key=lambda c: c["id"])
-                found = {"category_ids": [c["id"] for c in categories], "names": [c["name"] for c in categories]}
-                source = path
-                break
-    if found is None:
-        return list(range(1, n + 1)), [str(i) for i in range(1, n + 1)]
-    if len(found["category_ids"]) != n:
-        raise ValueError(
-            f"{source} has {len(found['category_ids'])} categories but model.num_classes is {n}."
-        )
-    return [int(c) for c in found["category_ids"]], [str(name) for name in found["names"]]
 
 
 def checkpoint_path(model_dir, step):
@@ -240,7 +182,7 @@ def load_trained_model(config, checkpoint):
     Raises:
         FileNotFoundError: no checkpoint there.
     """
-    model = build_model(config.model, config.loss)
+    model = build_model(config.model, config.loss, config.decode)
     size = config.data.input_size
     model.build((None, size, size, 3))
     path = latest_checkpoint(checkpoint) if os.path.isdir(checkpoint) else checkpoint

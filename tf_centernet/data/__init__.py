@@ -1,4 +1,4 @@
-"""Datasets, augmentation and the `tf.data` input pipeline (SPEC 4 and 6)."""
+"""Datasets, augmentation and the `tf.data` input pipeline (docs/reference.md §4 and 6)."""
 
 from tf_centernet.data.augment import (
     apply_color_jitter,

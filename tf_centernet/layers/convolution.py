@@ -1,4 +1,4 @@
-"""Convolution module and residual block of the hourglass (SPEC section 1).
+"""Convolution module and residual block of the hourglass (docs/reference.md §1).
 
 Padding follows the releases (PyTorch, symmetric ``k // 2``) exactly: for
 stride 1 Keras' "same" padding is identical; for stride 2 it is not (Keras
@@ -46,8 +46,28 @@ def batch_norm(name=None):
     )
 
 
+class AttributeConfig:
+    """Mixin: ``get_config`` adds the attributes named in ``CONFIG_KEYS``.
+
+    For layers and models whose constructor arguments are stored under their
+    own names, so that ``cls(**layer.get_config())`` rebuilds the layer.
+    """
+
+    CONFIG_KEYS = ()
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({key: getattr(self, key) for key in self.CONFIG_KEYS})
+        return config
+
+    def _store(self, **values):
+        """Stores constructor arguments as attributes of the same names."""
+        for key, value in values.items():
+            setattr(self, key, value)
+
+
 @keras.saving.register_keras_serializable(package="tf_centernet")
-class ConvModule(keras.layers.Layer):
+class ConvModule(AttributeConfig, keras.layers.Layer):
     """Convolution (no bias) + BatchNorm + ReLU: the releases' "convolution".
 
     Args:
@@ -56,7 +76,7 @@ class ConvModule(keras.layers.Layer):
             Defaults to 3.
         strides: int. Defaults to 1.
         with_bn: bool. If False, the convolution has a bias and no
-            BatchNorm (the first layer of each prediction head, SPEC 3).
+            BatchNorm (the first layer of each prediction head, docs/reference.md §3).
             Defaults to True.
 
     Call arguments:
@@ -66,6 +86,8 @@ class ConvModule(keras.layers.Layer):
     Returns:
         (batch, ceil(height / strides), ceil(width / strides), filters).
     """
+
+    CONFIG_KEYS = ("filters", "kernel_size", "strides", "with_bn")
 
     def __init__(self, filters, kernel_size=3, strides=1, with_bn=True, **kwargs):
         super().__init__(**kwargs)
@@ -86,20 +108,11 @@ class ConvModule(keras.layers.Layer):
     def compute_output_shape(self, input_shape):
         return self.conv.compute_output_shape(input_shape)
 
-    def get_config(self):
-        config = super().get_config()
-        config.update(
-            filters=self.filters,
-            kernel_size=self.kernel_size,
-            strides=self.strides,
-            with_bn=self.with_bn,
-        )
-        return config
 
 
 @keras.saving.register_keras_serializable(package="tf_centernet")
-class ResidualBlock(keras.layers.Layer):
-    """The hourglass residual block (SPEC section 1).
+class ResidualBlock(AttributeConfig, keras.layers.Layer):
+    """The hourglass residual block (docs/reference.md §1).
 
     3x3 conv (stride s) - BN - ReLU - 3x3 conv - BN, plus a skip (identity,
     or 1x1 conv stride s + BN when the stride or the width changes), then
@@ -116,6 +129,8 @@ class ResidualBlock(keras.layers.Layer):
     Returns:
         (batch, ceil(height / strides), ceil(width / strides), filters).
     """
+
+    CONFIG_KEYS = ("filters", "strides")
 
     def __init__(self, filters, strides=1, **kwargs):
         super().__init__(**kwargs)
@@ -147,8 +162,3 @@ class ResidualBlock(keras.layers.Layer):
 
     def compute_output_shape(self, input_shape):
         return self.conv1.compute_output_shape(input_shape)[:-1] + (self.filters,)
-
-    def get_config(self):
-        config = super().get_config()
-        config.update(filters=self.filters, strides=self.strides)
-        return config

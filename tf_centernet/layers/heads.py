@@ -1,17 +1,17 @@
-"""Prediction heads (SPEC section 3)."""
+"""Prediction heads (docs/reference.md §3)."""
 
 from __future__ import annotations
 
 import keras
 
-from tf_centernet.layers.convolution import ConvModule
+from tf_centernet.layers.convolution import AttributeConfig, ConvModule
 
-# Heatmap bias -2.19: sigmoid(-2.19) ~ 0.1 prior probability (SPEC 3).
+# Heatmap bias -2.19: sigmoid(-2.19) ~ 0.1 prior probability (docs/reference.md §3).
 HEATMAP_BIAS = -2.19
 
 
 @keras.saving.register_keras_serializable(package="tf_centernet")
-class PredictionHead(keras.layers.Layer):
+class PredictionHead(AttributeConfig, keras.layers.Layer):
     """3x3 convolution (with bias) + ReLU, then a 1x1 convolution.
 
     Args:
@@ -29,6 +29,8 @@ class PredictionHead(keras.layers.Layer):
         before the sigmoid). Cast to float32 so that losses and decoding run
         in full precision under mixed precision.
     """
+
+    CONFIG_KEYS = ("outputs", "channels", "bias_init")
 
     def __init__(self, outputs, channels=256, bias_init=0.0, **kwargs):
         super().__init__(**kwargs)
@@ -48,8 +50,3 @@ class PredictionHead(keras.layers.Layer):
 
     def compute_output_shape(self, input_shape):
         return tuple(input_shape[:-1]) + (self.outputs,)
-
-    def get_config(self):
-        config = super().get_config()
-        config.update(outputs=self.outputs, channels=self.channels, bias_init=self.bias_init)
-        return config

@@ -1,15 +1,15 @@
-"""Hourglass module, stem and stacked hourglass backbone (SPEC section 1)."""
+"""Hourglass module, stem and stacked hourglass backbone (docs/reference.md §1)."""
 
 from __future__ import annotations
 
 import keras
 
-from tf_centernet.layers.convolution import ConvModule, ResidualBlock, batch_norm
+from tf_centernet.layers.convolution import AttributeConfig, ConvModule, ResidualBlock, batch_norm
 
 
 @keras.saving.register_keras_serializable(package="tf_centernet")
-class HourglassModule(keras.layers.Layer):
-    """One recursive hourglass (SPEC section 1).
+class HourglassModule(AttributeConfig, keras.layers.Layer):
+    """One recursive hourglass (docs/reference.md §1).
 
     With widths (w0, w1, ...) and blocks (m0, m1, ...):
 
@@ -33,6 +33,8 @@ class HourglassModule(keras.layers.Layer):
     Returns:
         Tensor with the shape of `inputs`.
     """
+
+    CONFIG_KEYS = ("levels", "widths", "blocks")
 
     def __init__(self, levels, widths, blocks, **kwargs):
         super().__init__(**kwargs)
@@ -78,16 +80,12 @@ class HourglassModule(keras.layers.Layer):
     def compute_output_shape(self, input_shape):
         return input_shape
 
-    def get_config(self):
-        config = super().get_config()
-        config.update(levels=self.levels, widths=self.widths, blocks=self.blocks)
-        return config
 
 
 @keras.saving.register_keras_serializable(package="tf_centernet")
-class Stem(keras.layers.Layer):
+class Stem(AttributeConfig, keras.layers.Layer):
     """7x7 stride-2 convolution module to `stem_channels`, then a stride-2
-    residual block to `width` channels: output stride 4 (SPEC section 1).
+    residual block to `width` channels: output stride 4 (docs/reference.md §1).
 
     Call arguments:
         inputs: (batch, height, width, 3) normalised images.
@@ -96,6 +94,8 @@ class Stem(keras.layers.Layer):
         (batch, ceil(height / 4), ceil(width / 4), width); 128 x 128 for a
         511 x 511 input.
     """
+
+    CONFIG_KEYS = ("stem_channels", "width")
 
     def __init__(self, stem_channels=128, width=256, **kwargs):
         super().__init__(**kwargs)
@@ -107,15 +107,11 @@ class Stem(keras.layers.Layer):
     def call(self, inputs, training=None):
         return self.residual(self.conv(inputs, training=training), training=training)
 
-    def get_config(self):
-        config = super().get_config()
-        config.update(stem_channels=self.stem_channels, width=self.width)
-        return config
 
 
 @keras.saving.register_keras_serializable(package="tf_centernet")
-class HourglassBackbone(keras.layers.Layer):
-    """Stacked hourglass network (SPEC section 1).
+class HourglassBackbone(AttributeConfig, keras.layers.Layer):
+    """Stacked hourglass network (docs/reference.md §1).
 
     Stem, then `num_stacks` x (hourglass module, 3x3 convolution module
     ``cnv`` to `head_channels`). Between stacks: ReLU(BN(conv1x1(x)) +
@@ -141,6 +137,8 @@ class HourglassBackbone(keras.layers.Layer):
         stack.
     """
 
+    CONFIG_KEYS = ("num_stacks", "levels", "widths", "blocks", "stem_channels", "head_channels")
+
     def __init__(
         self,
         num_stacks,
@@ -152,12 +150,8 @@ class HourglassBackbone(keras.layers.Layer):
         **kwargs,
     ):
         super().__init__(**kwargs)
-        self.num_stacks = num_stacks
-        self.levels = levels
-        self.widths = list(widths)
-        self.blocks = list(blocks)
-        self.stem_channels = stem_channels
-        self.head_channels = head_channels
+        self._store(num_stacks=num_stacks, levels=levels, widths=list(widths), blocks=list(blocks),
+                    stem_channels=stem_channels, head_channels=head_channels)
         w0 = widths[0]
         self.stem = Stem(stem_channels, w0, name="stem")
         self.hourglasses = [
@@ -198,15 +192,3 @@ class HourglassBackbone(keras.layers.Layer):
                 )
                 inter = self.inter_blocks[i](inter, training=training)
         return features
-
-    def get_config(self):
-        config = super().get_config()
-        config.update(
-            num_stacks=self.num_stacks,
-            levels=self.levels,
-            widths=self.widths,
-            blocks=self.blocks,
-            stem_channels=self.stem_channels,
-            head_channels=self.head_channels,
-        )
-        return config

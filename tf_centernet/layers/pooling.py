@@ -1,6 +1,6 @@
 """Corner pooling, cascade corner pooling and center pooling modules.
 
-SPEC section 2; CornerNet paper section 3.4 (Fig. 7), CenterNet paper
+docs/reference.md §2; CornerNet paper section 3.4 (Fig. 7), CenterNet paper
 section 3.3 (Fig. 4). All three end the same way: a 3x3 convolution from
 `pool_channels` back to `channels` (no bias) + BN, added to BN(conv1x1(x)),
 ReLU, and a 3x3 convolution module.
@@ -10,18 +10,20 @@ from __future__ import annotations
 
 import keras
 
-from tf_centernet.layers.convolution import ConvModule, batch_norm
+from tf_centernet.layers.convolution import AttributeConfig, ConvModule, batch_norm
 from tf_centernet.ops import pooling as pooling_ops
 
-# (first, second) pooling direction of each corner (SPEC section 2).
+# (first, second) pooling direction of each corner (docs/reference.md §2).
 CORNER_DIRECTIONS = {
     "top_left": ("top", "left"),
     "bottom_right": ("bottom", "right"),
 }
 
 
-class _PoolingModule(keras.layers.Layer):
+class _PoolingModule(AttributeConfig, keras.layers.Layer):
     """Shared tail of the three pooling modules."""
+
+    CONFIG_KEYS = ("channels", "pool_channels", "impl")
 
     def __init__(self, channels=256, pool_channels=128, impl="scan", **kwargs):
         super().__init__(**kwargs)
@@ -46,14 +48,12 @@ class _PoolingModule(keras.layers.Layer):
     def compute_output_shape(self, input_shape):
         return tuple(input_shape[:-1]) + (self.channels,)
 
-    def get_config(self):
-        config = super().get_config()
-        config.update(channels=self.channels, pool_channels=self.pool_channels, impl=self.impl)
-        return config
 
 
 class _CornerModule(_PoolingModule):
     """A pooling module for one corner: validates and records `corner`."""
+
+    CONFIG_KEYS = _PoolingModule.CONFIG_KEYS + ("corner",)
 
     def __init__(self, corner="top_left", channels=256, pool_channels=128, impl="scan", **kwargs):
         super().__init__(channels, pool_channels, impl, **kwargs)
@@ -63,15 +63,11 @@ class _CornerModule(_PoolingModule):
         self.branch_1 = ConvModule(pool_channels, 3, name="p1_conv1")
         self.branch_2 = ConvModule(pool_channels, 3, name="p2_conv1")
 
-    def get_config(self):
-        config = super().get_config()
-        config["corner"] = self.corner
-        return config
 
 
 @keras.saving.register_keras_serializable(package="tf_centernet")
 class CornerPooling(_CornerModule):
-    """CornerNet's corner pooling module (SPEC section 2).
+    """CornerNet's corner pooling module (docs/reference.md §2).
 
     Two 3x3 convolution modules `channels` -> `pool_channels`; the first pooled
     along the corner's first direction (top / bottom), the second along its
@@ -101,7 +97,7 @@ class CornerPooling(_CornerModule):
 
 @keras.saving.register_keras_serializable(package="tf_centernet")
 class CascadeCornerPooling(_CornerModule):
-    """CenterNet's cascade corner pooling module (SPEC section 2).
+    """CenterNet's cascade corner pooling module (docs/reference.md §2).
 
     For the top-left corner (first = top, second = left):
     branch A = top(conv3x3(cbr_a(x) + left(cbr_look_a(x)))),
@@ -136,7 +132,7 @@ class CascadeCornerPooling(_CornerModule):
 
 @keras.saving.register_keras_serializable(package="tf_centernet")
 class CenterPooling(_PoolingModule):
-    """CenterNet's center pooling module (SPEC section 2).
+    """CenterNet's center pooling module (docs/reference.md §2).
 
     Column max (top then bottom pooling) of one 3x3 convolution module plus
     row max (left then right pooling) of another, then the shared tail: a

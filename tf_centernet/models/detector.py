@@ -1,9 +1,10 @@
-"""CornerNet and CenterNet detectors (SPEC sections 1-3 and 5).
+"""CornerNet and CenterNet detectors (docs/reference.md, "Architecture", "Losses").
 
-`KeypointDetector.call` returns the raw head outputs as a dict; decoding is
-separate (`tf_centernet.decode`, `tf_centernet.inference`). Training uses
-`model.fit`: `compute_loss` implements SPEC section 5 and reports each term
-as a metric (and so to TensorBoard).
+`KeypointDetector.call` returns the raw head outputs as a dict;
+`predict_step` (so `model.predict`) and `export` add the model's `Decoder`
+layer and return detections. Training uses `model.fit`: `compute_loss`
+implements the losses and reports each term as a metric (and so to
+TensorBoard).
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ import tensorflow as tf
 
 from tf_centernet import losses
 from tf_centernet.config import BACKBONES, LossConfig
-from tf_centernet.layers.convolution import ConvModule
+from tf_centernet.decode.decoder import Decoder
+from tf_centernet.layers.convolution import AttributeConfig, ConvModule
 from tf_centernet.layers.heads import HEATMAP_BIAS, PredictionHead
 from tf_centernet.layers.hourglass import HourglassBackbone
 from tf_centernet.layers.pooling import CascadeCornerPooling, CenterPooling, CornerPooling
@@ -24,13 +26,13 @@ LOSS_TERMS = ("focal_corner", "focal_center", "pull", "push", "offset_corner", "
 
 
 @keras.saving.register_keras_serializable(package="tf_centernet")
-class KeypointDetector(keras.Model):
+class KeypointDetector(AttributeConfig, keras.Model):
     """Stacked-hourglass keypoint detector: CornerNet or CenterNet.
 
     Per stack: a top-left and a bottom-right pooling module (corner pooling,
     or cascade corner pooling for CenterNet), heads for heatmap, embedding
     and offset of each corner; CenterNet adds a center pooling module with
-    center heatmap and offset heads (SPEC sections 2-3).
+    center heatmap and offset heads (docs/reference.md §2-3).
 
     Args:
         num_classes: int. Object classes (no background channel).
@@ -49,6 +51,10 @@ class KeypointDetector(keras.Model):
         pooling_impl: str. "scan", "auto" or "custom".
         loss_config: dict of `tf_centernet.config.LossConfig` fields, or
             None for the defaults.
+        decoder: `tf_centernet.decode.Decoder`, its serialized config, or
+            None for ``Decoder(DecodeConfig(), use_centers=centers)``. Run by
+            `predict_step` and `export`; replace it with ``model.decoder =
+            ...``.
 
     Call arguments:
         images: float (batch, height, width, 3), normalised; height and width
@@ -63,7 +69,15 @@ class KeypointDetector(keras.Model):
         output cells (x, y); with centers ``ct_heatmap`` and ``ct_offset``.
         All float32. With training=True each value is a list with one
         tensor per stack; otherwise the last stack's tensor.
+
+    `model.predict(images)` instead returns the detections of `detect`.
     """
+
+    CONFIG_KEYS = (
+        "num_classes", "num_stacks", "levels", "widths", "blocks", "stem_channels", "head_channels",
+        "pool_channels", "centers", "cascade_corner_pooling", "center_pooling", "heatmap_bias",
+        "pooling_impl", "loss_config",
+    )
 
     def __init__(
         self,
@@ -81,23 +95,17 @@ class KeypointDetector(keras.Model):
         heatmap_bias=HEATMAP_BIAS,
         pooling_impl="scan",
         loss_config=None,
+        decoder=None,
         **kwargs,
     ):
         super().__init__(**kwargs)
-        self.num_classes = num_classes
-        self.num_stacks = num_stacks
-        self.levels = levels
-        self.widths = list(widths)
-        self.blocks = list(blocks)
-        self.stem_channels = stem_channels
-        self.head_channels = head_channels
-        self.pool_channels = pool_channels
-        self.centers = centers
-        self.cascade_corner_pooling = cascade_corner_pooling
-        self.center_pooling = center_pooling
-        self.heatmap_bias = heatmap_bias
-        self.pooling_impl = pooling_impl
-        self.loss_config = dict(loss_config or {})
+        self._store(
+            num_classes=num_classes, num_stacks=num_stacks, levels=levels, widths=list(widths),
+            blocks=list(blocks), stem_channels=stem_channels, head_channels=head_channels,
+            pool_channels=pool_channels, centers=centers, cascade_corner_pooling=cascade_corner_pooling,
+            center_pooling=center_pooling, heatmap_bias=heatmap_bias, pooling_impl=pooling_impl,
+            loss_config=dict(loss_config or {}),
+        )
         self._loss_settings = LossConfig(**self.loss_config)
 
         self.backbone = HourglassBackbone(
@@ -127,6 +135,9 @@ class KeypointDetector(keras.Model):
                 modules["ct_offset"] = PredictionHead(2, hidden, name=f"ct_offset_{s}")
             self.stack_modules.append(modules)
         self.trackers = {name: keras.metrics.Mean(name=name) for name in LOSS_TERMS}
+        if isinstance(decoder, dict):
+            decoder = keras.saving.deserialize_keras_object(decoder)
+        self.decoder = decoder if decoder is not None else Decoder(use_centers=centers, name="decoder")
 
     @property
     def output_keys(self):
@@ -165,8 +176,68 @@ class KeypointDetector(keras.Model):
         ]
         return {key: [p[key] for p in per_stack] for key in self.output_keys}
 
+    def detect(self, images):
+        """Detections of normalised network inputs: network and `decoder`.
+
+        With ``decoder.flip_test`` the horizontally flipped images run in the
+        same batch (the releases' flip test); one scale, the input as given
+        (multi-scale testing and original-image pixels: `Predictor`).
+
+        Args:
+            images: float tensor `(batch, H, W, 3)`, normalised like the
+                training data (``(pixel / 255 - mean) / std``), sizes as for
+                `call`.
+
+        Returns:
+            The `Decoder` dict: ``boxes`` float32 `(batch, N, 4)` ``[x1, y1,
+            x2, y2]`` in input pixels, ``scores`` float32 `(batch, N)`,
+            ``classes`` int32 `(batch, N)` (-1 past ``num_detections``),
+            ``num_detections`` int32 `(batch,)`.
+        """
+        images = tf.convert_to_tensor(images, tf.float32)
+        inputs = images
+        if self.decoder.flip_test:
+            inputs = tf.concat([images, tf.reverse(images, axis=[2])], axis=0)
+        return self.decoder(self(inputs, training=False), images=images)
+
+    def predict_step(self, data):
+        """`model.predict`: the detections of `detect` for each batch."""
+        x, _, _ = keras.utils.unpack_x_y_sample_weight(data)
+        return self.detect(x)
+
+    def export(self, filepath, format="tf_saved_model", verbose=None, input_signature=None, **kwargs):
+        """Keras' export, with a ``serve`` endpoint that returns detections.
+
+        For ``format="tf_saved_model"`` the SavedModel's ``serve`` (and
+        ``serving_default``) signature takes ``images`` float32 `(batch, H,
+        W, 3)` (normalised, as `detect`) and returns the `detect` dict;
+        ``serve_heads`` returns the raw head outputs. Other formats: see
+        `keras.Model.export` (raw head outputs). For uint8 images of any
+        size in original-image pixels use `tf_centernet.export`.
+
+        Args:
+            filepath: str. SavedModel folder.
+            format: str. Defaults to `"tf_saved_model"`.
+            verbose: bool or None. Print a summary of the endpoints.
+            input_signature: list of one `tf.TensorSpec` or None. Defaults
+                to ``(None, None, None, 3)`` float32.
+            **kwargs: passed to `keras.Model.export` for other formats.
+        """
+        if format != "tf_saved_model":
+            return super().export(filepath, format=format, verbose=verbose,
+                                  input_signature=input_signature, **kwargs)
+        from keras.export import ExportArchive
+
+        spec = input_signature or [tf.TensorSpec([None, None, None, 3], tf.float32, name="images")]
+        archive = ExportArchive()
+        archive.track(self)
+        archive.add_endpoint("serve", self.detect, input_signature=spec)
+        archive.add_endpoint("serve_heads", lambda images: self(images, training=False), input_signature=spec)
+        archive.write_out(filepath, verbose=bool(verbose))
+        return filepath
+
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
-        """SPEC section 5 loss for `fit`; updates one metric per term.
+        """docs/reference.md §5 loss for `fit`; updates one metric per term.
 
         `y` is the target dict of `tf_centernet.data.build_train_dataset`.
         Under a distribution strategy the returned value is divided by the
@@ -189,22 +260,7 @@ class KeypointDetector(keras.Model):
 
     def get_config(self):
         config = super().get_config()
-        config.update(
-            num_classes=self.num_classes,
-            num_stacks=self.num_stacks,
-            levels=self.levels,
-            widths=self.widths,
-            blocks=self.blocks,
-            stem_channels=self.stem_channels,
-            head_channels=self.head_channels,
-            pool_channels=self.pool_channels,
-            centers=self.centers,
-            cascade_corner_pooling=self.cascade_corner_pooling,
-            center_pooling=self.center_pooling,
-            heatmap_bias=self.heatmap_bias,
-            pooling_impl=self.pooling_impl,
-            loss_config=self.loss_config,
-        )
+        config["decoder"] = keras.saving.serialize_keras_object(self.decoder)
         return config
 
 
@@ -238,12 +294,14 @@ class CenterNet(KeypointDetector):
         super().__init__(**kwargs)
 
 
-def build_model(model_config, loss_config=None):
+def build_model(model_config, loss_config=None, decode_config=None):
     """A `KeypointDetector` from a `tf_centernet.config.ModelConfig`.
 
     Args:
         model_config: `ModelConfig`.
         loss_config: `LossConfig` or None.
+        decode_config: `DecodeConfig` or None. Configures the model's
+            `Decoder` (`model.predict`).
 
     Returns:
         An unbuilt `CenterNet` or `CornerNet` (call it once or `build` it).
@@ -266,6 +324,7 @@ def build_model(model_config, loss_config=None):
         heatmap_bias=model_config.heatmap_bias,
         pooling_impl=model_config.pooling_impl,
         loss_config=dataclasses.asdict(loss_config) if loss_config is not None else None,
+        decoder=Decoder(decode_config, use_centers=centernet and model_config.central_region, name="decoder"),
         name=model_config.architecture,
     )
 

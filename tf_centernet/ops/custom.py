@@ -1,6 +1,6 @@
 """The compiled directional-pooling ops: lazy build and load, gradient.
 
-SPEC section 2. Two custom TensorFlow ops, ``TfCenterNet>DirectionalPool``
+docs/reference.md §2. Two custom TensorFlow ops, ``TfCenterNet>DirectionalPool``
 and ``TfCenterNet>DirectionalPoolGrad``, serve the four directions: a
 cumulative maximum along ``axis``, scanned from index 0 or, with
 ``reverse=True``, from the last index (top pooling is axis 1 reversed, left
@@ -30,7 +30,7 @@ Behaviour (the tie rule of the pure-TF scans, so both agree):
 
 Sources are looked for in ``custom_ops/`` beside the package (a checkout or
 an editable install) and in ``<prefix>/share/tf-centernet/custom_ops``
-(where ``setup.py`` installs them for a regular install).
+(where ``pyproject.toml`` installs them for a regular install).
 """
 
 from __future__ import annotations
@@ -227,7 +227,7 @@ def warn_fallback(reason):
 
 
 def directional_pool(x, axis, reverse, name=None):
-    """Cumulative max along `axis` with the compiled op (SPEC section 2).
+    """Cumulative max along `axis` with the compiled op (docs/reference.md §2).
 
     Args:
         x: tensor of rank >= 1, float16, bfloat16, float32 or float64.

@@ -1,5 +1,5 @@
 // Directional (corner) pooling: the functors behind the ops of
-// cc/ops/directional_pool_ops.cc. SPEC section 2.
+// cc/ops/directional_pool_ops.cc. docs/reference.md §2.
 //
 // A tensor is seen as (outer, n, inner) with n the scanned axis, so one
 // kernel serves the four directions: on NHWC, top/bottom pooling scan axis 1

@@ -1,4 +1,4 @@
-// Registrations of the directional (corner) pooling ops. SPEC section 2.
+// Registrations of the directional (corner) pooling ops. docs/reference.md §2.
 //
 // One op pair serves the four directions: a cumulative maximum along `axis`,
 // scanned from index 0 (`reverse=false`) or from the last index

@@ -1,0 +1,262 @@
+"""Steps 6-7 of decoding: per-class soft-NMS and the best detections.
+
+Bodla et al., "Soft-NMS" (2017), in the releases' form; see docs/reference.md,
+"Soft-NMS".
+"""
+
+from __future__ import annotations
+
+from typing import Dict, Optional
+
+import tensorflow as tf
+
+from tf_centernet.config import DecodeConfig
+from tf_centernet.decode.geometry import INVALID_SCORE
+
+_DEFAULTS = DecodeConfig()
+
+
+def box_iou(box: tf.Tensor, boxes: tf.Tensor, inclusive: bool = True) -> tf.Tensor:
+    """IoU of one box per image against many.
+
+    With `inclusive`, widths and heights are ``x2 - x1 + 1`` (the releases'
+    pixel-inclusive convention of their soft-NMS); overlaps below zero count
+    as no overlap.
+
+    Args:
+        box: float32 tensor `(batch, 4)`.
+        boxes: float32 tensor `(batch, n, 4)`.
+        inclusive: bool. Add 1 to widths and heights. Defaults to `True`.
+
+    Returns:
+        float32 tensor `(batch, n)`.
+    """
+    one = 1.0 if inclusive else 0.0
+    bx1, by1, bx2, by2 = [t[:, None] for t in tf.unstack(box, axis=-1)]
+    x1, y1, x2, y2 = tf.unstack(boxes, axis=-1)
+    iw = tf.maximum(tf.minimum(bx2, x2) - tf.maximum(bx1, x1) + one, 0.0)
+    ih = tf.maximum(tf.minimum(by2, y2) - tf.maximum(by1, y1) + one, 0.0)
+    inter = iw * ih
+    union = (bx2 - bx1 + one) * (by2 - by1 + one) + (x2 - x1 + one) * (y2 - y1 + one) - inter
+    return tf.math.divide_no_nan(inter, union)
+
+
+def soft_nms(
+    boxes: tf.Tensor, scores: tf.Tensor, classes: tf.Tensor,
+    max_detections: int = _DEFAULTS.max_detections,
+    sigma: float = _DEFAULTS.soft_nms_sigma,
+    score_threshold: float = _DEFAULTS.score_threshold,
+    method: str = "gaussian",
+    tl_scores: Optional[tf.Tensor] = None,
+    br_scores: Optional[tf.Tensor] = None,
+    weight_exp: float = _DEFAULTS.merge_weight_exp,
+    inclusive: bool = True,
+) -> Dict[str, tf.Tensor]:
+    """Per-class Gaussian soft-NMS that keeps the best `max_detections` (docs/reference.md §7.6-7.7).
+
+    Greedy, as Bodla et al. and the releases' `soft_nms`: repeatedly select
+    the remaining box with the highest current score; every remaining box of
+    the same class is multiplied by ``exp(-IoU^2 / sigma)`` (IoU with the
+    selected box, pixel-inclusive areas when `inclusive`), and boxes whose
+    score is then below `score_threshold` are removed. Classes never
+    interact, so one loop over all classes gives the per-class result; and
+    since the remaining scores only decrease, the selections come out in
+    non-increasing score order, so the first `max_detections` selections are
+    exactly the best `max_detections` per image after per-class soft-NMS. The
+    loop therefore stops after `max_detections` selections.
+
+    With ``method="merge"`` (the releases' `soft_nms_merge`) the selected box
+    is replaced by the weighted mean of itself and the remaining overlapping
+    boxes of its class, each weighted by ``(1 - w)^weight_exp`` (w: its
+    Gaussian weight) times its top-left score for x1, y1 and its
+    bottom-right score for x2, y2; scores decay as in ``"gaussian"``.
+
+    Args:
+        boxes: float32 tensor `(batch, n, 4)`, image pixels.
+        scores: float32 tensor `(batch, n)`; boxes below `score_threshold`
+            (including the -1 of rejected candidates) never enter.
+        classes: int32 tensor `(batch, n)`.
+        max_detections: int. Selections per image. Defaults to ``DecodeConfig.max_detections``.
+        sigma: float. Gaussian parameter (release form exp(-IoU^2/sigma)).
+            Defaults to ``DecodeConfig.soft_nms_sigma``.
+        score_threshold: float. Defaults to ``DecodeConfig.score_threshold``.
+        method: str. ``"gaussian"`` or ``"merge"``. Defaults to
+            `"gaussian"`.
+        tl_scores: float32 tensor `(batch, n)` or None. Needed for "merge".
+        br_scores: float32 tensor `(batch, n)` or None. Needed for "merge".
+        weight_exp: float. Exponent of the merge weights. Defaults to ``DecodeConfig.merge_weight_exp``.
+        inclusive: bool. Pixel-inclusive IoU (`box_iou`). Defaults to `True`.
+
+    Returns:
+        dict with ``boxes`` float32 `(batch, max_detections, 4)`, ``scores``
+        float32 `(batch, max_detections)` (score at selection),
+        ``classes`` int32 `(batch, max_detections)`, ``num_detections``
+        int32 `(batch,)`; rows past ``num_detections`` are zero.
+
+    Raises:
+        ValueError: unknown `method`, or "merge" without corner scores.
+    """
+    if method not in ("gaussian", "merge"):
+        raise ValueError(f"soft_nms method must be 'gaussian' or 'merge', got {method!r}.")
+    merge = method == "merge"
+    if merge and (tl_scores is None or br_scores is None):
+        raise ValueError("soft_nms(method='merge') needs tl_scores and br_scores.")
+    boxes = tf.cast(boxes, tf.float32)
+    scores = tf.cast(scores, tf.float32)
+    classes = tf.cast(classes, tf.int32)
+    batch = tf.shape(scores)[0]
+    n = tf.shape(scores)[1]
+    if merge:
+        tl_scores = tf.cast(tl_scores, tf.float32)
+        br_scores = tf.cast(br_scores, tf.float32)
+    else:
+        tl_scores = br_scores = tf.zeros_like(scores)
+
+    active0 = scores >= score_threshold
+    out_boxes0 = tf.zeros([batch, max_detections, 4], tf.float32)
+    out_scores0 = tf.zeros([batch, max_detections], tf.float32)
+    out_classes0 = tf.zeros([batch, max_detections], tf.int32)
+    count0 = tf.zeros([batch], tf.int32)
+    neg_inf = tf.constant(float("-inf"), tf.float32)
+
+    def cond(i, active, current, out_boxes, out_scores, out_classes, count):
+        return (i < max_detections) & tf.reduce_any(active)
+
+    def body(i, active, current, out_boxes, out_scores, out_classes, count):
+        has = tf.reduce_any(active, axis=1)  # (batch,)
+        # top_k(k=1) picks the lowest index among equal maxima.
+        best_score, best = tf.math.top_k(tf.where(active, current, neg_inf), k=1)
+        best_score, best = best_score[:, 0], best[:, 0]  # (batch,)
+        best_box = tf.gather(boxes, best, batch_dims=1)  # (batch, 4)
+        best_class = tf.gather(classes, best, batch_dims=1)
+        is_best = tf.one_hot(best, n, on_value=True, off_value=False, dtype=tf.bool)
+        iou = box_iou(best_box, boxes, inclusive)  # (batch, n)
+        same = active & ~is_best & tf.equal(classes, best_class[:, None])
+        weight = tf.exp(-(iou * iou) / sigma)
+        if merge:
+            mw = tf.where(same & (iou > 0.0), tf.pow(1.0 - weight, weight_exp), 0.0)
+            tw = tl_scores * mw  # (batch, n)
+            bw = br_scores * mw
+            best_tl = tf.gather(tl_scores, best, batch_dims=1)
+            best_br = tf.gather(br_scores, best, batch_dims=1)
+            bx1, by1, bx2, by2 = tf.unstack(best_box, axis=-1)
+            x1, y1, x2, y2 = tf.unstack(boxes, axis=-1)
+            mts = best_tl + tf.reduce_sum(tw, axis=1)
+            mbs = best_br + tf.reduce_sum(bw, axis=1)
+            merged = tf.stack(
+                [
+                    (bx1 * best_tl + tf.reduce_sum(x1 * tw, axis=1)) / mts,
+                    (by1 * best_tl + tf.reduce_sum(y1 * tw, axis=1)) / mts,
+                    (bx2 * best_br + tf.reduce_sum(x2 * bw, axis=1)) / mbs,
+                    (by2 * best_br + tf.reduce_sum(y2 * bw, axis=1)) / mbs,
+                ],
+                axis=-1,
+            )
+            ok = (mts > 0.0) & (mbs > 0.0)
+            best_box = tf.where(ok[:, None], merged, best_box)
+        current = tf.where(same, current * weight, current)
+        active = active & ~is_best & (current >= score_threshold)
+
+        slot = tf.one_hot(i, max_detections, on_value=True, off_value=False, dtype=tf.bool)
+        write = slot[None, :] & has[:, None]  # (batch, max_detections)
+        out_boxes = tf.where(write[..., None], best_box[:, None, :], out_boxes)
+        out_scores = tf.where(write, best_score[:, None], out_scores)
+        out_classes = tf.where(write, best_class[:, None], out_classes)
+        count = count + tf.cast(has, tf.int32)
+        return i + 1, active, current, out_boxes, out_scores, out_classes, count
+
+    _, _, _, out_boxes, out_scores, out_classes, count = tf.while_loop(
+        cond,
+        body,
+        (tf.constant(0), active0, scores, out_boxes0, out_scores0, out_classes0, count0),
+        maximum_iterations=max_detections,
+    )
+    return {
+        "boxes": out_boxes,
+        "scores": out_scores,
+        "classes": out_classes,
+        "num_detections": count,
+    }
+
+
+def soft_nms_with_tf_op(
+    boxes: tf.Tensor, scores: tf.Tensor, classes: tf.Tensor,
+    max_detections: int = _DEFAULTS.max_detections,
+    sigma: float = _DEFAULTS.soft_nms_sigma,
+    score_threshold: float = _DEFAULTS.score_threshold,
+) -> Dict[str, tf.Tensor]:
+    """Per-class Gaussian soft-NMS of one image with TF's built-in kernel.
+
+    An alternative to `soft_nms` (which `decode_detections` uses), kept for
+    comparison and for runtimes that prefer the fused kernel. TensorFlow's
+    `non_max_suppression_with_scores` weighs by ``exp(-0.5 / soft_nms_sigma *
+    IoU^2)`` (`non_max_suppression_op.cc`: ``scale = -0.5 / soft_nms_sigma``)
+    = ``exp(-IoU^2 / (2 soft_nms_sigma))``, so ``soft_nms_sigma = sigma / 2``
+    reproduces the releases' ``exp(-IoU^2 / sigma)``; `iou_threshold` = 1 so
+    that no box is hard-suppressed (older kernels zero the weight above it).
+    Differences from `soft_nms`: IoU with exclusive areas (no +1), boxes at
+    exactly `score_threshold` are dropped (the kernel keeps ``> threshold``).
+    Classes are separated by shifting each class's boxes by
+    ``class * (max coordinate + 1)`` along both axes.
+
+    Args:
+        boxes: float32 tensor `(n, 4)` ``[x1, y1, x2, y2]``, image pixels.
+        scores: float32 tensor `(n,)`.
+        classes: int32 tensor `(n,)`.
+        max_detections: int. Defaults to ``DecodeConfig.max_detections``.
+        sigma: float. Release-form Gaussian parameter. Defaults to ``DecodeConfig.soft_nms_sigma``.
+        score_threshold: float. Defaults to ``DecodeConfig.score_threshold``.
+
+    Returns:
+        dict with ``boxes`` `(max_detections, 4)`, ``scores``, ``classes``,
+        ``num_detections`` (scalar int32), zero-padded.
+    """
+    boxes = tf.cast(boxes, tf.float32)
+    shift = tf.reduce_max(tf.abs(boxes)) + 1.0
+    offset = tf.cast(classes, tf.float32)[:, None] * shift
+    # TF's kernel takes [y1, x1, y2, x2]; the kernel is symmetric in x and y.
+    shifted = tf.gather(boxes, [1, 0, 3, 2], axis=1) + offset
+    index, new_scores = tf.image.non_max_suppression_with_scores(
+        shifted, scores, max_output_size=max_detections, iou_threshold=1.0,
+        score_threshold=score_threshold, soft_nms_sigma=sigma / 2.0,
+    )
+    num = tf.shape(index)[0]
+    pad = max_detections - num
+    return {
+        "boxes": tf.pad(tf.gather(boxes, index), [[0, pad], [0, 0]]),
+        "scores": tf.pad(new_scores, [[0, pad]]),
+        "classes": tf.pad(tf.gather(classes, index), [[0, pad]]),
+        "num_detections": num,
+    }
+
+
+def top_detections(
+    boxes: tf.Tensor, scores: tf.Tensor, classes: tf.Tensor, max_detections: int = 100
+) -> Dict[str, tf.Tensor]:
+    """The `max_detections` best valid (score > -1) boxes, without NMS.
+
+    Args:
+        boxes: float32 tensor `(batch, n, 4)`.
+        scores: float32 tensor `(batch, n)`.
+        classes: int32 tensor `(batch, n)`.
+        max_detections: int. Defaults to ``DecodeConfig.max_detections``.
+
+    Returns:
+        The dict of `soft_nms`.
+    """
+    n = scores.shape[1]
+    k = max_detections if n is None else min(max_detections, n)
+    valid = scores > INVALID_SCORE
+    masked = tf.where(valid, scores, float("-inf"))
+    top, inds = tf.math.top_k(masked, k=k)
+    keep = tf.math.is_finite(top)
+    pad = [[0, 0], [0, max_detections - k]]
+    out_boxes = tf.where(keep[..., None], tf.gather(boxes, inds, batch_dims=1), 0.0)
+    out_scores = tf.where(keep, top, 0.0)
+    out_classes = tf.where(keep, tf.gather(classes, inds, batch_dims=1), 0)
+    return {
+        "boxes": tf.pad(out_boxes, pad + [[0, 0]]),
+        "scores": tf.pad(out_scores, pad),
+        "classes": tf.pad(out_classes, pad),
+        "num_detections": tf.reduce_sum(tf.cast(keep, tf.int32), axis=1),
+    }

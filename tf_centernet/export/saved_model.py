@@ -1,0 +1,81 @@
+"""SavedModel export for TF Serving: ``serving_default`` and ``serving_bytes``."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+from typing import Optional, Sequence
+
+import tensorflow as tf
+
+from tf_centernet.config import Config
+from tf_centernet.export.common import prepare_output, quiet_absl
+from tf_centernet.export.module import DetectionModule, label_map_from_config
+
+logger = logging.getLogger("tf_centernet")
+
+SERVING_DEFAULT = "serving_default"
+SERVING_BYTES = "serving_bytes"
+LABEL_MAP_FILE = "label_map.json"
+
+
+def export_saved_model(
+    model, config: Config, output: str,
+    category_ids: Optional[Sequence[int]] = None,
+    class_names: Optional[Sequence[str]] = None,
+    flip_test: Optional[bool] = None,
+) -> str:
+    """Writes a SavedModel with the ``serving_default`` and ``serving_bytes`` signatures.
+
+    ``serving_default``: ``images`` uint8 `(batch, height, width, 3)` (RGB,
+    any size; one size per request batch). ``serving_bytes``:
+    ``image_bytes`` string `(batch,)` of encoded JPEG/PNG images, of any
+    sizes, each detected on its own. Both return the `to_detection_api`
+    dict. The label map (``[{"id": ..., "name": ...}]`` in class order) is
+    saved as the asset ``assets/label_map.json``.
+
+    TF Serving wants a numbered version folder: write to
+    ``.../MODEL_NAME/1``.
+
+    Args:
+        model: a built detector (see `DetectionModule`).
+        config: `Config`.
+        output: str. SavedModel folder (created; must not hold a SavedModel).
+        category_ids: sequence of ints or None. Defaults to
+            `label_map_from_config`.
+        class_names: sequence of str or None. Defaults to
+            `label_map_from_config` (when `category_ids` is None too) or
+            the ids' string form.
+        flip_test: bool or None. Defaults to ``config.decode.flip_test``.
+
+    Returns:
+        str. The absolute path of the SavedModel folder.
+
+    Raises:
+        FileExistsError: `output` already holds a SavedModel.
+    """
+    output = prepare_output(output, is_dir=True)
+    if os.path.exists(os.path.join(output, "saved_model.pb")):
+        raise FileExistsError(f"{output} already holds a SavedModel; choose a new version folder.")
+    if category_ids is None:
+        category_ids, default_names = label_map_from_config(config)
+        class_names = class_names or default_names
+    class_names = list(class_names or [str(c) for c in category_ids])
+    module = DetectionModule(model, config, category_ids=category_ids, flip_test=flip_test)
+    with tempfile.TemporaryDirectory() as tmp:
+        label_path = os.path.join(tmp, LABEL_MAP_FILE)
+        entries = [{"id": int(i), "name": str(n)} for i, n in zip(module.category_ids, class_names)]
+        with open(label_path, "w", encoding="utf-8") as f:
+            f.write("[\n" + ",\n".join(json.dumps(e) for e in entries) + "\n]\n")
+        module.label_map = tf.saved_model.Asset(label_path)
+        signatures = {
+            SERVING_DEFAULT: module.serve.get_concrete_function(),
+            SERVING_BYTES: module.serve_bytes.get_concrete_function(),
+        }
+        module.heads.get_concrete_function()
+        with quiet_absl():
+            tf.saved_model.save(module, output, signatures=signatures)
+    logger.info("Wrote SavedModel %s (signatures %s, %s)", output, SERVING_DEFAULT, SERVING_BYTES)
+    return output
