@@ -67,24 +67,26 @@ def cmd_train(args):
 
 
 def cmd_evaluate(args):
-    from tf_centernet.evaluation import evaluate_coco
+    from tf_centernet.data.records import open_dataset
+    from tf_centernet.evaluation import evaluate_dataset
     from tf_centernet.inference import Predictor
     from tf_centernet.training import load_trained_model
 
     config = _load_config(args)
     model = load_trained_model(config, _checkpoint(args, config))
-    _, category_ids = _class_names(config, args)
+    names, category_ids = _class_names(config, args)
+    dataset = open_dataset(config, "val", class_names=names)
     predictor = Predictor(model, config)
     output = args.output or os.path.join(config.train.model_dir, "eval")
     os.makedirs(output, exist_ok=True)
-    evaluate_coco(
+    evaluate_dataset(
         predictor,
-        config.data.val_annotations,
-        config.data.val_images,
+        dataset,
         category_ids,
         output_json=os.path.join(output, "detections.json"),
         metrics_json=os.path.join(output, "metrics.json"),
         max_images=args.max_images,
+        compute_fd=True,
     )
     logger.info("Wrote %s", output)
     return 0

@@ -4,7 +4,8 @@ What `train` does, in order:
 
 1. picks a strategy (`get_strategy`): MirroredStrategy over the visible GPUs
    when there are any, else one device (the CPU);
-2. reads the COCO data (`tf_centernet.data.CocoDataset`) and builds the
+2. reads the data (COCO, Pascal VOC or TFRecord:
+   `tf_centernet.data.records.open_dataset`) and builds the
    `tf.data` pipeline (augmentation and targets in-graph);
 3. builds the model and Adam with the piecewise-constant schedule of SPEC 6
    (learning rate x decay_rate after each of `decay_steps`);
@@ -128,7 +129,7 @@ def class_labels(config, model_dir=None):
     source = "classes.json"
     if found is None:
         for path in (config.data.train_annotations, config.data.val_annotations):
-            if path and os.path.isfile(path):
+            if path and path.lower().endswith(".json") and os.path.isfile(path):
                 with open(path, encoding="utf-8") as f:
                     categories = sorted(json.load(f).get("categories", []), key=lambda c: c["id"])
                 found = {"category_ids": [c["id"] for c in categories], "names": [c["name"] for c in categories]}
@@ -270,7 +271,8 @@ def train(config, strategy=None, verbose=1, extra_callbacks=()):
     Raises:
         ValueError: the data's number of classes differs from the model's.
     """
-    from tf_centernet.data import CocoDataset, build_train_dataset
+    from tf_centernet.data import build_train_dataset
+    from tf_centernet.data.records import open_dataset
 
     tc = config.train
     model_dir = tc.model_dir
@@ -281,9 +283,7 @@ def train(config, strategy=None, verbose=1, extra_callbacks=()):
     if tc.mixed_precision:
         keras.mixed_precision.set_global_policy("mixed_float16")
 
-    dataset = CocoDataset(
-        config.data.train_annotations, config.data.train_images, crowd=config.data.crowd
-    )
+    dataset = open_dataset(config, "train")
     if dataset.num_classes != config.model.num_classes:
         raise ValueError(
             f"The annotations have {dataset.num_classes} categories but "
