@@ -284,6 +284,10 @@ def train(config, strategy=None, verbose=1, extra_callbacks=()):
         keras.mixed_precision.set_global_policy("mixed_float16")
 
     dataset = open_dataset(config, "train")
+    from tf_centernet.data.check import check_dataset
+
+    report = check_dataset(dataset, config, decode_images=False)
+    (logger.warning if report.counts else logger.info)("Data check: %s", report.summary())
     if dataset.num_classes != config.model.num_classes:
         raise ValueError(
             f"The annotations have {dataset.num_classes} categories but "

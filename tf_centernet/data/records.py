@@ -152,6 +152,8 @@ def open_dataset(config, split: str = "train", class_names: Optional[Sequence[st
     if fmt not in FORMATS:
         raise ValueError(f"data.format must be one of {FORMATS} or empty (detect), got {fmt!r}.")
     classes = data.classes or (list(class_names) if class_names else "")
+    # Class names of a trained model (its classes.json) keep a validation
+    # split's class indices those of training.
     if fmt == "coco":
         from tf_centernet.data.coco import CocoDataset
 
