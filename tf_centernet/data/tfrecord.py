@@ -119,6 +119,7 @@ def parse_example(serialized: bytes, where: str = "record") -> dict:
         labels=labels.astype(np.int64),
         texts=texts,
         crowd=(crowd.astype(bool) if len(crowd) else np.zeros(len(labels), bool)),
+        where=where,
     )
 
 
@@ -221,7 +222,7 @@ class TfRecordDataset:
             boxes, labels, ignore = [], [], []
             texts = e["texts"] or [None] * len(e["labels"])
             for index, (box, label, text, crowd_flag) in enumerate(zip(e["boxes"], e["labels"], texts, e["crowd"])):
-                where = f"{name} object {index}"
+                where = f"{e['where']} ({name}) object {index}"
                 cls = index_of_text.get(text) if by_text else class_of.get(int(label))
                 if cls is None:
                     field = f"image/object/class/text {text!r}" if by_text else f"image/object/class/label {int(label)}"
