@@ -272,12 +272,16 @@ def test_evaluation_of_ground_truth_boxes_is_perfect_and_difficult_is_ignored(bc
     assert metrics["AP"] == pytest.approx(1.0) and metrics["FD"] == pytest.approx(0.0)
 
 
-def test_check_data_fails_on_a_class_count_mismatch(bccd, capsys):
+def test_check_data_fails_on_a_class_count_mismatch(bccd, tmp_path, capsys):
     assert main(["check-data", "--config", "bccd_small", "--split", "val", "--no-decode"]) == 0
     assert main(["check-data", "--config", "bccd_small", "--split", "val", "--no-decode",
                  "--set", "model.num_classes=4"]) == 1
     printed = capsys.readouterr().out
     assert "ERROR: 3 classes in the data but model.num_classes is 4" in printed
+    (tmp_path / "classes.txt").write_text("Platelets\nRBC\nWBC\nOther\n")
+    assert main(["check-data", "--config", "bccd_small", "--split", "val", "--no-decode",
+                 "--classes", str(tmp_path / "classes.txt")]) == 1
+    assert "ERROR: 4 classes in the data but model.num_classes is 3" in capsys.readouterr().out
     assert "images: 72 (0 without objects)" in printed and "RBC: 805" in printed
 
 

@@ -48,6 +48,8 @@ def _load_config(args):
         name = os.path.join(model_dir, "config.yaml")
     if name is None:
         raise SystemExit("error: give --config NAME_OR_PATH (or --model-dir of a trained model).")
+    if getattr(args, "classes", None):
+        overrides.append(f"data.classes={args.classes}")
     if model_dir and args.command == "train":
         overrides.append(f"train.model_dir={model_dir}")
     return load_config(name, overrides)
@@ -308,6 +310,7 @@ def build_parser():
             help="config name in configs/ (e.g. centernet_small) or a YAML path",
         )
         p.add_argument("--set", nargs="+", metavar="KEY=VALUE", help="config overrides, e.g. train.total_steps=100")
+        p.add_argument("--classes", help="class list file, one name per line (data.classes; VOC / TFRecord)")
 
     p = sub.add_parser("train", help="train, or resume from the latest checkpoint")
     common(p)

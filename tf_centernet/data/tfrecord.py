@@ -156,6 +156,8 @@ class TfRecordDataset:
     def __init__(self, pattern: str, classes="", crowd: str = "drop"):
         from tf_centernet.data.voc import read_class_file
 
+        if crowd not in ("drop", "keep"):
+            raise ValueError(f"data.crowd must be 'drop' or 'keep', got {crowd!r}.")
         self.files = tfrecord_files(pattern)
         self.annotation_file = pattern
         skipped: Dict[str, int] = collections.Counter()

@@ -31,7 +31,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from tf_centernet.data.coco import CocoRecord
-from tf_centernet.data.records import DIFFICULT_MODES, log_skipped, sanitize_box
+from tf_centernet.data.records import DIFFICULT_MODES, image_size, log_skipped, sanitize_box
 
 logger = logging.getLogger(__name__)
 
@@ -292,8 +292,6 @@ class VocDataset:
                 continue
             width, height = info["width"], info["height"]
             if check_files and (width is None or height is None):
-                from tf_centernet.data.records import image_size
-
                 height, width = image_size(image_path)
                 repaired["size_from_image"] += 1
             boxes, labels, ignore = [], [], []
