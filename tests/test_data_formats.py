@@ -303,3 +303,27 @@ def test_make_example_uses_the_file_bytes(bccd, tmp_path):
     with open(dataset.records[0].file_name, "rb") as f:
         assert feature["image/encoded"].bytes_list.value[0] == f.read()
     assert feature["image/object/bbox/xmax"].float_list.value[0] == pytest.approx(dataset.records[0].boxes[0, 2] / 640)
+
+
+def test_training_pipeline_decodes_tfrecord_images_from_memory(tmp_path):
+    from tf_centernet.data.pipeline import build_train_dataset
+
+    image = np.zeros((64, 64, 3), np.uint8)
+    image[16:48, 8:40] = 255  # one white box, the object
+    jpeg = tf.io.encode_jpeg(image, quality=100).numpy()
+    serialized = _example(image__encoded=jpeg, image__height=64, image__width=64, image__source_id=b"1",
+                          image__object__class__label=[1], image__object__bbox__xmin=[8 / 64],
+                          image__object__bbox__ymin=[16 / 64], image__object__bbox__xmax=[40 / 64],
+                          image__object__bbox__ymax=[48 / 64])
+    path = str(tmp_path / "one.tfrecord")
+    with tf.io.TFRecordWriter(path) as writer:
+        writer.write(serialized)
+    dataset = TfRecordDataset(path)
+    config = load_config("bccd_small", ["model.num_classes=1", "data.input_size=63", "data.mean=[0,0,0]",
+                                        "data.std=[1,1,1]"])
+    images, targets = next(iter(build_train_dataset(dataset, config, batch_size=1, shuffle=False, augment=False)))
+    assert images.shape == (1, 63, 63, 3)
+    assert int(targets["num_objects"][0]) == 1
+    # Unaugmented: the 64 px image resized to 63 px; the box stays white.
+    assert float(tf.reduce_mean(images[0, 20:44, 12:36])) > 0.95
+    assert float(tf.reduce_mean(images[0, 50:, 50:])) < 0.05
