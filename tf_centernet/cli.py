@@ -7,6 +7,9 @@ Commands:
 * ``detect``: draw detections on images and write them as COCO JSON;
 * ``export``: SavedModel (TF Serving), TFLite, TF-TRT or ONNX (`tf_centernet.export`);
 * ``demo``: the whole loop on a synthetic data set it creates (no download).
+* ``check-data``: report on the training and validation data (exit 1 when
+  something would make training wrong);
+* ``convert-data``: write the data as TFRecord shards (TF OD API layout);
 * ``build-ops``: compile the corner-pooling custom ops into their cache
   (`tf_centernet.ops.custom`; otherwise built on first use).
 
@@ -45,6 +48,8 @@ def _load_config(args):
         name = os.path.join(model_dir, "config.yaml")
     if name is None:
         raise SystemExit("error: give --config NAME_OR_PATH (or --model-dir of a trained model).")
+    if getattr(args, "classes", None):
+        overrides.append(f"data.classes={args.classes}")
     if model_dir and args.command == "train":
         overrides.append(f"train.model_dir={model_dir}")
     return load_config(name, overrides)
@@ -67,24 +72,26 @@ def cmd_train(args):
 
 
 def cmd_evaluate(args):
-    from tf_centernet.evaluation import evaluate_coco
+    from tf_centernet.data.records import open_dataset
+    from tf_centernet.evaluation import evaluate_dataset
     from tf_centernet.inference import Predictor
     from tf_centernet.training import load_trained_model
 
     config = _load_config(args)
     model = load_trained_model(config, _checkpoint(args, config))
-    _, category_ids = _class_names(config, args)
+    names, category_ids = _class_names(config, args)
+    dataset = open_dataset(config, "val", class_names=names)
     predictor = Predictor(model, config)
     output = args.output or os.path.join(config.train.model_dir, "eval")
     os.makedirs(output, exist_ok=True)
-    evaluate_coco(
+    evaluate_dataset(
         predictor,
-        config.data.val_annotations,
-        config.data.val_images,
+        dataset,
         category_ids,
         output_json=os.path.join(output, "detections.json"),
         metrics_json=os.path.join(output, "metrics.json"),
         max_images=args.max_images,
+        compute_fd=True,
     )
     logger.info("Wrote %s", output)
     return 0
@@ -220,6 +227,51 @@ def cmd_demo(args):
     return 0
 
 
+def _splits(config, which):
+    names = ["train", "val"] if which == "both" else [which]
+    return [s for s in names if getattr(config.data, f"{s}_annotations")]
+
+
+def cmd_check_data(args):
+    """Reads the training and validation data once and prints the report."""
+    from tf_centernet.data.check import check_dataset
+    from tf_centernet.data.records import open_dataset
+
+    config = _load_config(args)
+    failed, train_names = False, None
+    for split in _splits(config, args.split):
+        dataset = open_dataset(config, split, class_names=train_names)
+        report = check_dataset(dataset, config, decode_images=not args.no_decode)
+        if split == "train":
+            train_names = list(dataset.class_names)
+        elif train_names is not None and list(dataset.class_names) != train_names:
+            report.errors.append(f"classes {dataset.class_names} differ from training's {train_names}")
+        print(report.text())
+        failed = failed or bool(report.errors)
+    print("check-data:", "problems found (see ERROR lines)" if failed else "OK")
+    return 1 if failed else 0
+
+
+def cmd_convert_data(args):
+    """Writes the configured data as TFRecord shards plus classes.txt."""
+    from tf_centernet.data.records import open_dataset
+    from tf_centernet.data.tfrecord import write_class_file, write_tfrecords
+
+    config = _load_config(args)
+    os.makedirs(args.output, exist_ok=True)
+    names = None
+    for split in _splits(config, args.split):
+        dataset = open_dataset(config, split, class_names=names)
+        names = names or list(dataset.class_names)
+        paths = write_tfrecords(dataset, os.path.join(args.output, split), args.shards)
+        logger.info("%s: %d images -> %s", split, len(dataset), ", ".join(paths))
+        pattern = os.path.join(args.output, f"{split}-*-of-*.tfrecord")
+        print(f"data.{split}_annotations={pattern}")
+    if names:
+        print("data.classes=" + write_class_file(names, os.path.join(args.output, "classes.txt")))
+    return 0
+
+
 def cmd_build_ops(args):
     """Compiles (or finds cached) and loads the corner-pooling custom ops."""
     from tf_centernet.ops import custom
@@ -252,6 +304,7 @@ def build_parser():
             help="config name in configs/ (e.g. centernet_small) or a YAML path",
         )
         p.add_argument("--set", nargs="+", metavar="KEY=VALUE", help="config overrides, e.g. train.total_steps=100")
+        p.add_argument("--classes", help="class list file, one name per line (data.classes; VOC / TFRecord)")
 
     p = sub.add_parser("train", help="train, or resume from the latest checkpoint")
     common(p)
@@ -307,6 +360,19 @@ def build_parser():
     p.add_argument("--output", default="runs/demo", help="output folder (default: runs/demo)")
     p.add_argument("--steps", type=int, default=300, help="training steps (default: 300)")
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("check-data", help="report on the data; exit 1 when training would go wrong")
+    common(p, config_required=True)
+    p.add_argument("--split", default="both", choices=["train", "val", "both"])
+    p.add_argument("--no-decode", action="store_true", help="do not decode every image (faster)")
+    p.set_defaults(func=cmd_check_data)
+
+    p = sub.add_parser("convert-data", help="write the data as TFRecord shards (TF OD API keys)")
+    common(p, config_required=True)
+    p.add_argument("--output", required=True, help="folder for SPLIT-0000i-of-0000N.tfrecord and classes.txt")
+    p.add_argument("--split", default="both", choices=["train", "val", "both"])
+    p.add_argument("--shards", type=int, default=1, help="files per split (default: 1)")
+    p.set_defaults(func=cmd_convert_data)
 
     p = sub.add_parser("build-ops", help="compile the corner-pooling custom ops (else built on first use)")
     p.add_argument("--cuda", default="auto", choices=["auto", "yes", "no"],

@@ -123,10 +123,25 @@ class DataConfig:
     releases list them in BGR; docs/reference.md §6).
     """
 
+    # Annotations: a COCO .json, a VOC root / XML folder / ImageSets .txt,
+    # or TFRecord files (a file, glob pattern or folder); images: the image
+    # folder (COCO; VOC default ROOT/JPEGImages; unused for TFRecord).
+    # Relative paths written in a config file resolve against that file's
+    # folder (`load_config`); command-line overrides against the working
+    # directory.
     train_images: str = ""
     train_annotations: str = ""
     val_images: str = ""
     val_annotations: str = ""
+    # "coco" | "voc" | "tfrecord"; empty: detected from the annotations path
+    # (tf_centernet.data.records.detect_format).
+    format: str = ""
+    # VOC / TFRecord class list file (one name per line); empty: VOC names
+    # found in the XML (sorted), TFRecord `image/object/class/text` names.
+    classes: str = ""
+    # VOC `difficult` objects: "drop", "ignore" (not trained on, ignore
+    # regions in evaluation, as COCO crowd) or "keep".
+    difficult: str = "ignore"
     input_size: int = 511
     max_objects: int = 128
     # Random crop (docs/reference.md §6).
@@ -288,7 +303,10 @@ def load_config(
     schema = OmegaConf.structured(Config)
     parts = [schema]
     if name_or_path:
-        parts.append(OmegaConf.load(resolve_config_path(name_or_path)))
+        path = resolve_config_path(name_or_path)
+        loaded = OmegaConf.load(path)
+        _resolve_data_paths(loaded, os.path.dirname(os.path.abspath(path)))
+        parts.append(loaded)
     try:
         if overrides:
             parts.append(OmegaConf.from_dotlist(list(overrides)))
@@ -296,6 +314,13 @@ def load_config(
     except OmegaConfBaseException as error:
         # Unknown key or wrong type: the message names the full key.
         raise ValueError(f"Invalid configuration ({name_or_path or 'defaults'}): {error}") from error
+    # Overrides given relative to the working directory become absolute, so
+    # the config.yaml written into a model directory reads the same data.
+    for key in DATA_PATH_KEYS:
+        value = getattr(config.data, key)
+        if value:
+            parts = [os.path.expanduser(p) for p in value.split(",")]
+            setattr(config.data, key, ",".join(os.path.abspath(p) for p in parts))
     config.model.hourglass()  # validate early, with a clear message
     if config.model.architecture not in ("centernet", "cornernet"):
         raise ValueError(
@@ -303,6 +328,28 @@ def load_config(
             f"{config.model.architecture!r}."
         )
     return config
+
+
+DATA_PATH_KEYS = ("train_images", "train_annotations", "val_images", "val_annotations", "classes")
+
+
+def _resolve_data_paths(loaded, folder: str) -> None:
+    """Makes the relative data paths of a loaded YAML absolute against `folder`.
+
+    Only non-empty, relative paths are changed; ``~`` is expanded first.
+    A comma-separated TFRecord list is resolved item by item.
+    """
+    data = loaded.get("data") if hasattr(loaded, "get") else None
+    if data is None:
+        return
+    for key in DATA_PATH_KEYS:
+        value = data.get(key)
+        if not isinstance(value, str) or not value:
+            continue
+        parts = [os.path.expanduser(p) for p in value.split(",")]
+        data[key] = ",".join(
+            p if os.path.isabs(p) else os.path.normpath(os.path.join(folder, p)) for p in parts
+        )
 
 
 def to_yaml(config: Config) -> str:

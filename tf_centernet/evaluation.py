@@ -34,6 +34,7 @@ __all__ = [
     "false_discovery_rates",
     "format_metrics_table",
     "evaluate_coco",
+    "evaluate_dataset",
 ]
 
 # Order of COCOeval.stats.
@@ -257,8 +258,6 @@ def evaluate_coco(
         dict from `COCO_METRIC_NAMES` (and `FD_METRIC_NAMES` with
         `compute_fd`) to floats in [0, 1] (-1 where undefined).
     """
-    from tqdm import tqdm
-
     coco_gt = load_coco(coco_gt_file)
     if category_ids is None:
         category_ids = sorted(coco_gt.getCatIds())
@@ -266,12 +265,81 @@ def evaluate_coco(
     if max_images is not None:
         image_ids = image_ids[: int(max_images)]
 
+    def load(image_id):
+        info = coco_gt.loadImgs([image_id])[0]
+        return load_image_rgb(os.path.join(image_dir, info["file_name"]))
+
+    return _evaluate(
+        predictor, coco_gt, image_ids, load, category_ids, output_json, metrics_json,
+        batch_size, compute_fd, verbose,
+    )
+
+
+def evaluate_dataset(
+    predictor,
+    dataset,
+    category_ids: Optional[Sequence[int]] = None,
+    output_json: Optional[str] = None,
+    metrics_json: Optional[str] = None,
+    max_images: Optional[int] = None,
+    batch_size: int = 1,
+    compute_fd: bool = False,
+    verbose: bool = True,
+) -> Dict[str, float]:
+    """`evaluate_coco` on a dataset of any format (COCO, VOC, TFRecord).
+
+    The ground truth is built in memory
+    (`tf_centernet.data.records.coco_ground_truth`) and scored by the same
+    pycocotools code, so AP numbers are comparable across formats. Only the
+    dataset's records (images that could be read) are evaluated, in
+    ascending image id order.
+
+    Args:
+        dataset: `CocoDataset`, `VocDataset` or `TfRecordDataset`.
+        category_ids: COCO category id of each class index; default the
+            dataset's ``category_ids``.
+        Others as in `evaluate_coco`.
+
+    Returns:
+        dict of metrics, as `evaluate_coco`.
+    """
+    from tf_centernet.data.records import coco_ground_truth
+
+    coco_gt = coco_ground_truth(dataset)
+    if category_ids is None:
+        category_ids = list(dataset.category_ids)
+    by_id = {r.image_id: r for r in dataset.records}
+    image_ids = sorted(by_id)
+    if max_images is not None:
+        image_ids = image_ids[: int(max_images)]
+
+    def load(image_id):
+        record = by_id[image_id]
+        if record.encoded is None:
+            return load_image_rgb(record.file_name)
+        import cv2
+
+        image = cv2.imdecode(np.frombuffer(record.encoded, np.uint8), cv2.IMREAD_COLOR)
+        if image is None:
+            raise ValueError(f"Cannot decode the image of record {record.file_name!r}.")
+        return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+    return _evaluate(
+        predictor, coco_gt, image_ids, load, category_ids, output_json, metrics_json,
+        batch_size, compute_fd, verbose,
+    )
+
+
+def _evaluate(predictor, coco_gt, image_ids, load, category_ids, output_json, metrics_json,
+              batch_size, compute_fd, verbose):
+    """Predicts `image_ids` (images from `load(id)`) and scores them."""
+    from tqdm import tqdm
+
     results: List[dict] = []
     progress = tqdm(total=len(image_ids), desc="evaluating", unit="img", disable=not verbose)
     for start in range(0, len(image_ids), batch_size):
         ids = image_ids[start : start + batch_size]
-        infos = coco_gt.loadImgs(ids)
-        images = [load_image_rgb(os.path.join(image_dir, info["file_name"])) for info in infos]
+        images = [load(i) for i in ids]
         predictions = predictor.predict_images(images, batch_size=len(images))
         for image_id, pred in zip(ids, predictions):
             results.extend(

@@ -4,7 +4,8 @@ What `train` does, in order:
 
 1. picks a strategy (`get_strategy`): MirroredStrategy over the visible GPUs
    when there are any, else one device (the CPU);
-2. reads the COCO data (`tf_centernet.data.CocoDataset`) and builds the
+2. reads the data (COCO, Pascal VOC or TFRecord:
+   `tf_centernet.data.records.open_dataset`) and builds the
    `tf.data` pipeline (augmentation and targets in-graph);
 3. builds the model and Adam with the piecewise-constant schedule of docs/reference.md §6
    (learning rate x decay_rate after each of `decay_steps`);
@@ -212,7 +213,8 @@ def train(config, strategy=None, verbose=1, extra_callbacks=()):
     Raises:
         ValueError: the data's number of classes differs from the model's.
     """
-    from tf_centernet.data import CocoDataset, build_train_dataset
+    from tf_centernet.data import build_train_dataset
+    from tf_centernet.data.records import open_dataset
 
     tc = config.train
     model_dir = tc.model_dir
@@ -223,9 +225,11 @@ def train(config, strategy=None, verbose=1, extra_callbacks=()):
     if tc.mixed_precision:
         keras.mixed_precision.set_global_policy("mixed_float16")
 
-    dataset = CocoDataset(
-        config.data.train_annotations, config.data.train_images, crowd=config.data.crowd
-    )
+    dataset = open_dataset(config, "train")
+    from tf_centernet.data.check import check_dataset
+
+    report = check_dataset(dataset, config, decode_images=False)
+    (logger.warning if report.counts else logger.info)("Data check: %s", report.summary())
     if dataset.num_classes != config.model.num_classes:
         raise ValueError(
             f"The annotations have {dataset.num_classes} categories but "

@@ -1,4 +1,4 @@
-"""Datasets, augmentation and the `tf.data` input pipeline (docs/reference.md §4 and 6)."""
+"""Datasets (COCO, Pascal VOC, TFRecord: `records.open_dataset`), augmentation and the `tf.data` input pipeline (docs/reference.md §4 and 6)."""
 
 from tf_centernet.data.augment import (
     apply_color_jitter,
@@ -17,12 +17,16 @@ from tf_centernet.data.augment import (
 )
 from tf_centernet.data.coco import CocoDataset, CocoRecord, load_image
 from tf_centernet.data.pipeline import build_train_dataset, decode_image
+from tf_centernet.data.records import coco_ground_truth, detect_format, open_dataset
 from tf_centernet.data.synthetic import make_synthetic_coco
 
 __all__ = [
     "CocoDataset",
     "CocoRecord",
     "apply_color_jitter",
+    "coco_ground_truth",
+    "detect_format",
+    "open_dataset",
     "augment_for_training",
     "build_train_dataset",
     "clip_boxes",

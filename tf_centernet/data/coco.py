@@ -16,7 +16,7 @@ import json
 import logging
 import math
 import os
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 import cv2
 import numpy as np
@@ -39,6 +39,8 @@ class CocoRecord:
         boxes: float32 ``(num_objects, 4)``. ``[x1, y1, x2, y2]`` pixels,
             ``x2 = x + w`` as in the releases.
         classes: int32 ``(num_objects,)``. 0-based class indices.
+        encoded: bytes or None. The encoded image (TFRecord inputs), read
+            instead of `file_name` when set.
     """
 
     image_id: int
@@ -47,6 +49,7 @@ class CocoRecord:
     width: int
     boxes: np.ndarray
     classes: np.ndarray
+    encoded: Optional[bytes] = None
 
     @property
     def num_objects(self) -> int:
@@ -109,6 +112,8 @@ class CocoDataset:
         ValueError: unreadable JSON, missing ``images`` / ``annotations`` /
             ``categories`` lists, or an unknown `crowd` mode.
     """
+
+    format = "coco"
 
     def __init__(
         self,

@@ -69,7 +69,7 @@ def class_labels(config, model_dir=None):
     source = "classes.json"
     if found is None:
         for path in (config.data.train_annotations, config.data.val_annotations):
-            if path and os.path.isfile(path):
+            if path and path.lower().endswith(".json") and os.path.isfile(path):
                 with open(path, encoding="utf-8") as f:
                     categories = sorted(json.load(f).get("categories", []), key=lambda c: c["id"])
                 found = {"category_ids": [c["id"] for c in categories], "names": [c["name"] for c in categories]}

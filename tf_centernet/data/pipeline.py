@@ -32,7 +32,18 @@ def decode_image(path: tf.Tensor) -> tf.Tensor:
     Returns:
         uint8 ``(height, width, 3)`` RGB.
     """
-    data = tf.io.read_file(path)
+    return decode_image_bytes(tf.io.read_file(path))
+
+
+def decode_image_bytes(data: tf.Tensor) -> tf.Tensor:
+    """Decodes an encoded image (JPEG, PNG, ...) as `decode_image` does.
+
+    Args:
+        data: scalar string tensor, the file's bytes.
+
+    Returns:
+        uint8 ``(height, width, 3)`` RGB.
+    """
     image = tf.cond(
         tf.io.is_jpeg(data),
         lambda: tf.io.decode_jpeg(data, channels=3, dct_method="INTEGER_ACCURATE"),
@@ -60,7 +71,9 @@ def build_train_dataset(
     reproducible whatever the parallelism.
 
     Args:
-        dataset: `CocoDataset`. Must hold at least one record.
+        dataset: a dataset of `tf_centernet.data.records` (`CocoDataset`,
+            `VocDataset`, `TfRecordDataset`). Must hold at least one record.
+            Records with ``encoded`` bytes are decoded from memory.
         config: `tf_centernet.config.Config`. Uses ``config.data`` (sizes,
             augmentation, targets), ``config.model.num_classes`` and
             ``config.model.uses_centers``, ``config.train.batch_size`` and
@@ -105,7 +118,12 @@ def build_train_dataset(
     start_element = int(start_element)
 
     records = dataset.records
-    paths = tf.constant([r.file_name for r in records])
+    # TFRecord inputs carry their encoded images; file-based ones a path.
+    in_memory = any(r.encoded is not None for r in records)
+    if in_memory:
+        sources = tf.constant([r.encoded if r.encoded is not None else b"" for r in records])
+    else:
+        sources = tf.constant([r.file_name for r in records])
     counts = np.array([r.num_objects for r in records], np.int64)
     splits = tf.constant(np.concatenate([[0], np.cumsum(counts)]), tf.int64)
     all_boxes = tf.constant(
@@ -117,7 +135,8 @@ def build_train_dataset(
 
     def load(element_number, index):
         start, end = splits[index], splits[index + 1]
-        image = decode_image(tf.gather(paths, index))
+        source = tf.gather(sources, index)
+        image = decode_image_bytes(source) if in_memory else decode_image(source)
         image, boxes, classes = augment_for_training(
             image,
             all_boxes[start:end],

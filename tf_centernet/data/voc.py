@@ -1,0 +1,352 @@
+"""Pascal VOC detection datasets (LabelImg, CVAT and Roboflow exports).
+
+Two layouts are read:
+
+* the VOC layout: ``ROOT/Annotations/*.xml``, ``ROOT/JPEGImages/`` and
+  ``ROOT/ImageSets/Main/{train,val,test,...}.txt``; a split is named by its
+  image-set file (``.../ImageSets/Main/train.txt``) or, with ``split=``, by
+  its name;
+* a plain folder holding XML files (and, by default, the images beside
+  them), without image sets: every XML of the folder is read.
+
+The XML is parsed with the standard library's `xml.etree.ElementTree`
+(which resolves no external entities). Boxes are VOC's 1-based inclusive
+pixel corners and are kept as they are, ``[xmin, ymin, xmax, ymax]``, the
+convention the TF OD API and most VOC loaders use (no +1 / -1 shift).
+
+Class indices are 0-based in the order of the class list: the lines of a
+``classes`` file when given, else the sorted set of ``<name>`` values of the
+split read (logged, so a run can be reproduced with a classes file). The
+COCO category id of class index i is ``i + 1``.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import os
+import xml.etree.ElementTree as ElementTree
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from tf_centernet.data.coco import CocoRecord
+from tf_centernet.data.records import DIFFICULT_MODES, image_size, log_skipped, sanitize_box
+
+logger = logging.getLogger(__name__)
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".JPG", ".JPEG", ".PNG")
+
+
+class VocError(ValueError):
+    """A malformed VOC file; the message names the file and the field."""
+
+
+def read_class_file(path: str) -> List[str]:
+    """Class names, one per line (blank lines and ``#`` comments ignored).
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: no names, or a name listed twice.
+    """
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"Class list file not found: {path}")
+    with open(path, encoding="utf-8") as handle:
+        names = [line.strip() for line in handle]
+    names = [n for n in names if n and not n.startswith("#")]
+    if not names:
+        raise ValueError(f"{path}: the class list is empty.")
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise ValueError(f"{path}: class names listed twice: {duplicates}.")
+    return names
+
+
+def _text(element, field: str, path: str, required: bool = True) -> Optional[str]:
+    child = element.find(field)
+    if child is None or child.text is None or not child.text.strip():
+        if required:
+            raise VocError(f"{path}: missing <{field}>.")
+        return None
+    return child.text.strip()
+
+
+def _number(element, field: str, path: str) -> float:
+    text = _text(element, field, path)
+    try:
+        return float(text)
+    except ValueError:
+        raise VocError(f"{path}: <{field}> is not a number: {text!r}.") from None
+
+
+def parse_voc_xml(path: str) -> dict:
+    """Reads one VOC annotation file.
+
+    Args:
+        path: str. The XML file.
+
+    Returns:
+        dict with ``filename`` (str or None), ``width``/``height`` (int or
+        None when ``<size>`` is absent or zero) and ``objects``: a list of
+        dicts ``name`` (str), ``box`` (4 floats ``[xmin, ymin, xmax, ymax]``,
+        pixels), ``difficult`` (bool), ``truncated`` (bool).
+
+    Raises:
+        VocError: unparsable XML, or an ``<object>`` without ``<name>`` or
+            with a missing / non-numeric ``<bndbox>`` field (the message
+            names the file, the object number and the field).
+    """
+    try:
+        root = ElementTree.parse(path).getroot()
+    except ElementTree.ParseError as error:
+        raise VocError(f"{path}: not well-formed XML ({error}).") from None
+    if root.tag != "annotation":
+        raise VocError(f"{path}: root element is <{root.tag}>, expected <annotation>.")
+    width = height = None
+    size = root.find("size")
+    if size is not None:
+        try:
+            width = int(float(_text(size, "width", path)))
+            height = int(float(_text(size, "height", path)))
+        except (VocError, ValueError):
+            width = height = None
+    objects = []
+    for number, obj in enumerate(root.findall("object")):
+        where = f"{path} (object {number})"
+        name = _text(obj, "name", where)
+        bndbox = obj.find("bndbox")
+        if bndbox is None:
+            raise VocError(f"{where}: missing <bndbox>.")
+        box = [_number(bndbox, key, where) for key in ("xmin", "ymin", "xmax", "ymax")]
+        flags = {}
+        for key in ("difficult", "truncated"):
+            text = _text(obj, key, where, required=False)
+            flags[key] = text not in (None, "0", "false", "False")
+        objects.append(dict(name=name, box=box, **flags))
+    return dict(
+        filename=_text(root, "filename", path, required=False),
+        width=width or None,
+        height=height or None,
+        objects=objects,
+    )
+
+
+def _find_image(image_dir: str, stem: str, filename: Optional[str]) -> str:
+    if filename:
+        candidate = os.path.join(image_dir, os.path.basename(filename))
+        if os.path.isfile(candidate):
+            return candidate
+    for ext in IMAGE_EXTENSIONS:
+        candidate = os.path.join(image_dir, stem + ext)
+        if os.path.isfile(candidate):
+            return candidate
+    return os.path.join(image_dir, os.path.basename(filename) if filename else stem + ".jpg")
+
+
+def resolve_voc_paths(
+    annotations: str, images: str = "", split: str = ""
+) -> Tuple[List[str], str, Optional[str]]:
+    """The XML files, image folder and image-set file of a VOC split.
+
+    Args:
+        annotations: str. An image-set file (``ROOT/ImageSets/Main/NAME.txt``),
+            a VOC root (with ``Annotations/``) or a folder of XML files.
+        images: str. Image folder; default ``ROOT/JPEGImages`` for the VOC
+            layout, else the XML folder itself.
+        split: str. Image-set name when `annotations` is a VOC root; empty:
+            every XML of ``Annotations/``.
+
+    Returns:
+        (xml paths, image folder, image-set file or None).
+
+    Raises:
+        FileNotFoundError: a missing path, image-set file or XML folder.
+    """
+    image_set = None
+    if os.path.isfile(annotations):
+        image_set = annotations
+        root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(annotations))))
+        xml_dir = os.path.join(root, "Annotations")
+    elif os.path.isdir(annotations):
+        root = annotations
+        xml_dir = os.path.join(root, "Annotations")
+        if not os.path.isdir(xml_dir):
+            xml_dir = root
+        if split:
+            image_set = os.path.join(root, "ImageSets", "Main", split + ".txt")
+            if not os.path.isfile(image_set):
+                raise FileNotFoundError(f"VOC image-set file not found: {image_set}")
+    else:
+        raise FileNotFoundError(f"VOC annotations not found: {annotations}")
+    if not os.path.isdir(xml_dir):
+        raise FileNotFoundError(f"VOC annotation folder not found: {xml_dir}")
+    if not images:
+        jpeg_dir = os.path.join(root, "JPEGImages")
+        images = jpeg_dir if os.path.isdir(jpeg_dir) else xml_dir
+    if image_set:
+        with open(image_set, encoding="utf-8") as handle:
+            # VOC image sets may carry a second column (+1/-1 per class files).
+            stems = [line.split()[0] for line in handle if line.strip()]
+        paths = [os.path.join(xml_dir, stem + ".xml") for stem in stems]
+    else:
+        paths = sorted(
+            os.path.join(xml_dir, name) for name in os.listdir(xml_dir) if name.lower().endswith(".xml")
+        )
+    return paths, images, image_set
+
+
+class VocDataset:
+    """A Pascal VOC detection split, with the attributes of `CocoDataset`.
+
+    Counted in `skipped` and reported in one warning (never silent):
+    unreadable or malformed XML files (``bad_xml``, their image dropped),
+    listed XML files that do not exist (``missing_xml``), images whose file
+    is missing (``missing_image``), objects of a class outside the class
+    file (``unknown_class``), degenerate or fully out-of-image boxes and
+    NaN boxes (see `sanitize_box`). Boxes sticking out of the image are
+    clipped to it and counted in `repaired` (``clipped_box``).
+
+    ``difficult`` objects: ``"drop"`` removes them, ``"ignore"`` removes them
+    from training but keeps them in the evaluation ground truth as crowd
+    regions (a detection on one is neither a true nor a false positive, as
+    COCO treats ``iscrowd``), ``"keep"`` trains on them as ordinary objects.
+
+    Attributes:
+        records: list of `CocoRecord` (image ids 1, 2, ... in split order).
+        class_names: list of str. category_ids: list of int (``1..n``).
+        num_classes: int. skipped, repaired: dict reason -> count.
+        ignored: dict image id -> (float32 ``(m, 4)`` boxes, int32 ``(m,)``
+            classes) of the ignore regions.
+        problems: list of str, the first messages of each skipped kind.
+
+    Args:
+        annotations: str. See `resolve_voc_paths`.
+        images: str. Image folder (see `resolve_voc_paths`).
+        classes: str or sequence of str. A class list file or the names.
+            Empty: the sorted names found in the split.
+        difficult: str. ``"drop"``, ``"ignore"`` (default) or ``"keep"``.
+        split: str. Image-set name when `annotations` is a VOC root.
+        check_files: bool. Skip images whose file is missing. Default True.
+
+    Raises:
+        FileNotFoundError: missing folders / image-set / class files.
+        ValueError: unknown `difficult` mode, or no object class at all.
+    """
+
+    format = "voc"
+
+    def __init__(
+        self,
+        annotations: str,
+        images: str = "",
+        classes="",
+        difficult: str = "ignore",
+        split: str = "",
+        check_files: bool = True,
+    ):
+        if difficult not in DIFFICULT_MODES:
+            raise ValueError(f"data.difficult must be one of {DIFFICULT_MODES}, got {difficult!r}.")
+        paths, image_dir, image_set = resolve_voc_paths(annotations, images, split)
+        self.annotation_file = image_set or annotations
+        self.image_dir = image_dir
+        skipped: Dict[str, int] = collections.Counter()
+        repaired: Dict[str, int] = collections.Counter()
+        self.problems: List[str] = []
+
+        def problem(reason, message):
+            skipped[reason] += 1
+            if sum(1 for p in self.problems if p.startswith(reason + ":")) < 5:
+                self.problems.append(f"{reason}: {message}")
+
+        parsed = []
+        for path in paths:
+            if not os.path.isfile(path):
+                problem("missing_xml", f"{path} is listed in {image_set} but does not exist")
+                continue
+            try:
+                parsed.append((path, parse_voc_xml(path)))
+            except VocError as error:
+                problem("bad_xml", str(error))
+
+        if isinstance(classes, str) and classes:
+            names = read_class_file(classes)
+        elif classes and not isinstance(classes, str):
+            names = list(classes)
+        else:
+            names = sorted({o["name"] for _, info in parsed for o in info["objects"]})
+            logger.info("%s: classes from the XML names (sorted): %s", self.annotation_file, names)
+        if not names:
+            raise ValueError(f"{self.annotation_file}: no object class found (no <object><name>).")
+        self.class_names = names
+        self.category_ids = list(range(1, len(names) + 1))
+        self.num_classes = len(names)
+        class_of = {name: index for index, name in enumerate(names)}
+
+        self.records: List[CocoRecord] = []
+        self.ignored: Dict[int, np.ndarray] = {}
+        for path, info in parsed:
+            stem = os.path.splitext(os.path.basename(path))[0]
+            image_path = _find_image(image_dir, stem, info["filename"])
+            if check_files and not os.path.isfile(image_path):
+                problem("missing_image", f"{path}: <filename> {image_path} does not exist")
+                continue
+            width, height = info["width"], info["height"]
+            if check_files and (width is None or height is None):
+                height, width = image_size(image_path)
+                repaired["size_from_image"] += 1
+            boxes, labels, ignore = [], [], []
+            for number, obj in enumerate(info["objects"]):
+                where = f"{path} (object {number}, <name>{obj['name']}</name>)"
+                if obj["name"] not in class_of:
+                    problem("unknown_class", f"{where}: class not in the class list {names}")
+                    continue
+                box, reason = sanitize_box(obj["box"], width, height)
+                if reason == "clipped_box":
+                    repaired[reason] += 1
+                elif reason:
+                    problem(reason, f"{where}: <bndbox> {obj['box']} ({reason})")
+                    continue
+                if obj["difficult"] and difficult != "keep":
+                    skipped["difficult"] += 1
+                    if difficult == "ignore":
+                        ignore.append((box, class_of[obj["name"]]))
+                    continue
+                boxes.append(box)
+                labels.append(class_of[obj["name"]])
+            image_id = len(self.records) + 1
+            if ignore:
+                self.ignored[image_id] = (
+                    np.asarray([b for b, _ in ignore], np.float32).reshape(-1, 4),
+                    np.asarray([c for _, c in ignore], np.int32),
+                )
+            self.records.append(
+                CocoRecord(
+                    image_id=image_id,
+                    file_name=image_path,
+                    height=int(height or 0),
+                    width=int(width or 0),
+                    boxes=np.asarray(boxes, np.float32).reshape(-1, 4),
+                    classes=np.asarray(labels, np.int32).reshape(-1),
+                )
+            )
+        self.skipped = dict(skipped)
+        self.repaired = dict(repaired)
+        log_skipped(logger, self.annotation_file, self.skipped, self.repaired, self.problems)
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, index: int) -> CocoRecord:
+        return self.records[index]
+
+    @property
+    def num_objects(self) -> int:
+        """Total number of kept objects."""
+        return sum(record.num_objects for record in self.records)
+
+    def __repr__(self) -> str:
+        return (
+            f"VocDataset({self.annotation_file!r}, images={len(self)}, "
+            f"objects={self.num_objects}, classes={self.num_classes})"
+        )
+
