@@ -7,6 +7,8 @@ Commands:
 * ``detect``: draw detections on images and write them as COCO JSON;
 * ``export``: SavedModel (TF Serving), TFLite, TF-TRT or ONNX (`tf_centernet.export`);
 * ``demo``: the whole loop on a synthetic data set it creates (no download).
+* ``convert``: an authors' PyTorch release snapshot -> a model directory
+  (`tf_centernet.convert`; needs the ``convert`` extra, torch).
 * ``build-ops``: compile the corner-pooling custom ops into their cache
   (`tf_centernet.ops.custom`; otherwise built on first use).
 
@@ -47,6 +49,8 @@ def _load_config(args):
         raise SystemExit("error: give --config NAME_OR_PATH (or --model-dir of a trained model).")
     if model_dir and args.command == "train":
         overrides.append(f"train.model_dir={model_dir}")
+    if getattr(args, "init_from", None):
+        overrides.append(f"train.init_from={os.path.abspath(args.init_from)}")
     return load_config(name, overrides)
 
 
@@ -226,6 +230,22 @@ def cmd_demo(args):
     return 0
 
 
+def cmd_convert(args):
+    """Converts a release snapshot into a model directory (`tf_centernet.convert`)."""
+    from tf_centernet.convert import convert_snapshot
+
+    config = _load_config(args)
+    try:
+        path = convert_snapshot(args.snapshot, config, args.model_dir, classes_file=args.classes)
+    except ImportError as error:
+        logger.error("%s", error)
+        return 2
+    logger.info(
+        "Converted %s -> %s; run e.g. tf-centernet detect --model-dir %s IMAGE", args.snapshot, path, args.model_dir
+    )
+    return 0
+
+
 def cmd_build_ops(args):
     """Compiles (or finds cached) and loads the corner-pooling custom ops."""
     from tf_centernet.ops import custom
@@ -262,6 +282,12 @@ def build_parser():
     p = sub.add_parser("train", help="train, or resume from the latest checkpoint")
     common(p)
     p.add_argument("--model-dir", help="where checkpoints, logs and config.yaml go (train.model_dir)")
+    p.add_argument(
+        "--init-from",
+        metavar="DIR_OR_SNAPSHOT",
+        help="start a new run from a converted or trained model directory or a release snapshot "
+        "(train.init_from); with another class count the heatmap output layers are re-initialized",
+    )
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("evaluate", help="COCO AP on data.val_annotations")
@@ -313,6 +339,16 @@ def build_parser():
     p.add_argument("--output", default="runs/demo", help="output folder (default: runs/demo)")
     p.add_argument("--steps", type=int, default=300, help="training steps (default: 300)")
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("convert", help="convert an authors' PyTorch snapshot (.pkl/.pth) into a model directory")
+    common(p, config_required=True)
+    p.add_argument("snapshot", help="release snapshot, e.g. CenterNet-104_480000.pkl")
+    p.add_argument("--model-dir", required=True, help="output model directory (new or without checkpoints)")
+    p.add_argument(
+        "--classes",
+        help="class names, one per line (default: COCO's 80 in the releases' order for 80 classes, else 1..N)",
+    )
+    p.set_defaults(func=cmd_convert)
 
     p = sub.add_parser("build-ops", help="compile the corner-pooling custom ops (else built on first use)")
     p.add_argument("--cuda", default="auto", choices=["auto", "yes", "no"],

@@ -10,7 +10,10 @@ What `train` does, in order:
    (learning rate x decay_rate after each of `decay_steps`);
 4. restores the latest checkpoint of `model_dir/checkpoints` if there is
    one (model, optimizer state and step), so re-running an interrupted
-   command resumes where it stopped;
+   command resumes where it stopped; otherwise loads `train.init_from` (a
+   converted or trained model directory, or a release snapshot) if set,
+   re-initializing the heatmap output layers when the class count differs
+   (`tf_centernet.convert.finetune`);
 5. runs `fit` with a progress bar, a checkpoint every `checkpoint_every`
    steps and at the end, TensorBoard scalars of every loss term in
    `model_dir/logs`, and stops exactly at `total_steps`.
@@ -307,6 +310,12 @@ def train(config, strategy=None, verbose=1, extra_callbacks=()):
         if resume_from:
             model.load_weights(resume_from)
             logger.info("Resumed from %s (step %d)", resume_from, int(optimizer.iterations.numpy()))
+            if tc.init_from:
+                logger.info("train.init_from=%s ignored: resuming from %s", tc.init_from, resume_from)
+        elif tc.init_from:
+            from tf_centernet.convert.finetune import initialize_from
+
+            initialize_from(model, tc.init_from)
 
     step = int(optimizer.iterations.numpy())
     if step >= tc.total_steps:
