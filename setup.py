@@ -25,11 +25,18 @@ CORE = [
 TFLITE = ["ai-edge-litert>=1.2"]
 ONNX = ["tf2onnx>=1.16,<1.18", "onnx>=1.14", "onnxruntime>=1.17"]
 
+# Reading the authors' PyTorch snapshots (`tf-centernet convert`,
+# `train --init-from SNAPSHOT`): torch.load(weights_only=True) reads their
+# legacy and zip formats. The CPU build is enough: install it from PyTorch's
+# CPU wheel index (--extra-index-url https://download.pytorch.org/whl/cpu).
+CONVERT = ["torch>=2.1,<3"]
+
 EXTRAS = {
     # The export tests run TFLite and onnxruntime (about 55 MB of wheels).
     "test": ["pytest>=8", *TFLITE, *ONNX],
     "tflite": TFLITE,
     "onnx": ONNX,
+    "convert": CONVERT,
     # Reading TF Model Garden / TF OD API TFRecords. Pulls tf-keras; never
     # imported by the core package.
     "model-garden": ["tf-models-official~=2.20.0"],

@@ -271,7 +271,11 @@ def train(config, strategy=None, verbose=1, extra_callbacks=()):
         `History` of this run (empty if training was already complete).
 
     Raises:
-        ValueError: the data's number of classes differs from the model's.
+        ValueError: the data's number of classes differs from the model's,
+            or `train.init_from` does not match the model beyond its class
+            count (the message names the first mismatching keys).
+        FileNotFoundError: `train.init_from` does not exist.
+        ImportError: `train.init_from` is a snapshot and torch is missing.
     """
     from tf_centernet.data import CocoDataset, build_train_dataset
 

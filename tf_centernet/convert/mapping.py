@@ -39,7 +39,7 @@ from typing import Dict, Iterable, List, Mapping, Sequence, Tuple
 import keras
 import numpy as np
 
-from tf_centernet.convert.inspect import as_overrides, describe_state
+from tf_centernet.convert.describe import as_overrides, describe_state
 from tf_centernet.layers.convolution import ConvModule
 from tf_centernet.layers.pooling import CascadeCornerPooling
 
