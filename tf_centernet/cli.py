@@ -235,11 +235,7 @@ def cmd_convert(args):
     from tf_centernet.convert import convert_snapshot
 
     config = _load_config(args)
-    try:
-        path = convert_snapshot(args.snapshot, config, args.model_dir, classes_file=args.classes)
-    except ImportError as error:
-        logger.error("%s", error)
-        return 2
+    path = convert_snapshot(args.snapshot, config, args.model_dir, classes_file=args.classes)
     logger.info(
         "Converted %s -> %s; run e.g. tf-centernet detect --model-dir %s IMAGE", args.snapshot, path, args.model_dir
     )
@@ -363,7 +359,8 @@ def main(argv=None):
     _setup_logging(args.verbose)
     try:
         return args.func(args)
-    except (FileNotFoundError, ValueError) as error:
+    except (FileNotFoundError, ValueError, ImportError) as error:
+        # ImportError: an optional extra is missing (the message names it).
         if args.verbose:
             raise
         logger.error("%s (run with -v for the traceback)", error)
