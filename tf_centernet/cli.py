@@ -10,6 +10,8 @@ Commands:
 * ``check-data``: report on the training and validation data (exit 1 when
   something would make training wrong);
 * ``convert-data``: write the data as TFRecord shards (TF OD API layout);
+* ``convert``: an authors' PyTorch release snapshot -> a model directory
+  (`tf_centernet.convert`; needs the ``convert`` extra, torch).
 * ``build-ops``: compile the corner-pooling custom ops into their cache
   (`tf_centernet.ops.custom`; otherwise built on first use).
 
@@ -52,6 +54,8 @@ def _load_config(args):
         overrides.append(f"data.classes={args.classes}")
     if model_dir and args.command == "train":
         overrides.append(f"train.model_dir={model_dir}")
+    if getattr(args, "init_from", None):
+        overrides.append(f"train.init_from={os.path.abspath(args.init_from)}")
     return load_config(name, overrides)
 
 
@@ -272,6 +276,18 @@ def cmd_convert_data(args):
     return 0
 
 
+def cmd_convert(args):
+    """Converts a release snapshot into a model directory (`tf_centernet.convert`)."""
+    from tf_centernet.convert import convert_snapshot
+
+    config = _load_config(args)
+    path = convert_snapshot(args.snapshot, config, args.model_dir, classes_file=args.classes)
+    logger.info(
+        "Converted %s -> %s; run e.g. tf-centernet detect --model-dir %s IMAGE", args.snapshot, path, args.model_dir
+    )
+    return 0
+
+
 def cmd_build_ops(args):
     """Compiles (or finds cached) and loads the corner-pooling custom ops."""
     from tf_centernet.ops import custom
@@ -309,6 +325,12 @@ def build_parser():
     p = sub.add_parser("train", help="train, or resume from the latest checkpoint")
     common(p)
     p.add_argument("--model-dir", help="where checkpoints, logs and config.yaml go (train.model_dir)")
+    p.add_argument(
+        "--init-from",
+        metavar="DIR_OR_SNAPSHOT",
+        help="start a new run from a converted or trained model directory or a release snapshot "
+        "(train.init_from); with another class count the heatmap output layers are re-initialized",
+    )
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("evaluate", help="COCO AP on data.val_annotations")
@@ -374,6 +396,14 @@ def build_parser():
     p.add_argument("--shards", type=int, default=1, help="files per split (default: 1)")
     p.set_defaults(func=cmd_convert_data)
 
+    p = sub.add_parser("convert", help="convert an authors' PyTorch snapshot (.pkl/.pth) into a model directory")
+    common(p, config_required=True)
+    p.add_argument("snapshot", help="release snapshot, e.g. CenterNet-104_480000.pkl")
+    p.add_argument("--model-dir", required=True, help="output model directory (new or without checkpoints)")
+    # --classes (from `common`): class names, one per line; default COCO's 80
+    # in the releases' order for 80 classes, else 1..N.
+    p.set_defaults(func=cmd_convert)
+
     p = sub.add_parser("build-ops", help="compile the corner-pooling custom ops (else built on first use)")
     p.add_argument("--cuda", default="auto", choices=["auto", "yes", "no"],
                    help="CUDA kernels too; auto: when nvcc, a CUDA TensorFlow and a GPU are present")
@@ -387,7 +417,8 @@ def main(argv=None):
     _setup_logging(args.verbose)
     try:
         return args.func(args)
-    except (FileNotFoundError, ValueError) as error:
+    except (FileNotFoundError, ValueError, ImportError) as error:
+        # ImportError: an optional extra is missing (the message names it).
         if args.verbose:
             raise
         logger.error("%s (run with -v for the traceback)", error)

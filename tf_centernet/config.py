@@ -210,6 +210,11 @@ class TrainConfig:
     # "mirrored" or "one_device"; see tf_centernet.training.get_strategy.
     strategy: str = "auto"
     seed: int = 0
+    # Initial weights for a new run (ignored when model_dir has checkpoints):
+    # a model directory (converted or trained) or a release snapshot; with
+    # another class count the heatmap output layers are re-initialized
+    # (tf_centernet.convert.finetune).
+    init_from: str = ""
 
 
 @dataclass

@@ -11,7 +11,10 @@ What `train` does, in order:
    (learning rate x decay_rate after each of `decay_steps`);
 4. restores the latest checkpoint of `model_dir/checkpoints` if there is
    one (model, optimizer state and step), so re-running an interrupted
-   command resumes where it stopped;
+   command resumes where it stopped; otherwise loads `train.init_from` (a
+   converted or trained model directory, or a release snapshot) if set,
+   re-initializing the heatmap output layers when the class count differs
+   (`tf_centernet.convert.finetune`);
 5. runs `fit` with a progress bar, a checkpoint every `checkpoint_every`
    steps and at the end, TensorBoard scalars of every loss term in
    `model_dir/logs`, and stops exactly at `total_steps`.
@@ -211,7 +214,11 @@ def train(config, strategy=None, verbose=1, extra_callbacks=()):
         `History` of this run (empty if training was already complete).
 
     Raises:
-        ValueError: the data's number of classes differs from the model's.
+        ValueError: the data's number of classes differs from the model's,
+            or `train.init_from` does not match the model beyond its class
+            count (the message names the first mismatching keys).
+        FileNotFoundError: `train.init_from` does not exist.
+        ImportError: `train.init_from` is a snapshot and torch is missing.
     """
     from tf_centernet.data import build_train_dataset
     from tf_centernet.data.records import open_dataset
@@ -253,6 +260,12 @@ def train(config, strategy=None, verbose=1, extra_callbacks=()):
         if resume_from:
             model.load_weights(resume_from)
             logger.info("Resumed from %s (step %d)", resume_from, int(optimizer.iterations.numpy()))
+            if tc.init_from:
+                logger.info("train.init_from=%s ignored: resuming from %s", tc.init_from, resume_from)
+        elif tc.init_from:
+            from tf_centernet.convert.finetune import initialize_from
+
+            initialize_from(model, tc.init_from)
 
     step = int(optimizer.iterations.numpy())
     if step >= tc.total_steps:

@@ -1,0 +1,85 @@
+"""Initializing a model for training from a converted model or a snapshot.
+
+`tf-centernet train --init-from DIR_OR_SNAPSHOT` (``train.init_from``):
+every variable is loaded from the source except, when the class count
+differs, the heatmap output layers (the 1x1 convolutions of the
+``*_heatmap`` heads), which keep their fresh initialization (bias
+``model.heatmap_bias``, -2.19). The log lists what was re-initialized.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+
+from tf_centernet import config as config_lib
+from tf_centernet.convert.mapping import LoadReport, load_release_state, release_state
+from tf_centernet.convert.snapshot import read_snapshot
+
+logger = logging.getLogger("tf_centernet")
+
+__all__ = ["initialize_from", "model_dir_state"]
+
+
+def model_dir_state(model_dir: str):
+    """A model directory's latest weights as a release state dict.
+
+    Args:
+        model_dir: str. Holds ``config.yaml`` and ``checkpoints/`` (what
+            `train` and `tf-centernet convert` write).
+
+    Returns:
+        dict release key -> NumPy array (release layout).
+
+    Raises:
+        FileNotFoundError: no config.yaml or no checkpoint there.
+    """
+    from tf_centernet.convert.model_dir import build_for_conversion
+    from tf_centernet.training import latest_checkpoint
+
+    config_path = os.path.join(model_dir, "config.yaml")
+    if not os.path.isfile(config_path):
+        raise FileNotFoundError(f"{model_dir} has no config.yaml: not a model directory.")
+    checkpoint = latest_checkpoint(model_dir)
+    if checkpoint is None:
+        raise FileNotFoundError(f"{model_dir} holds no checkpoints/ckpt-STEP.weights.h5.")
+    config = config_lib.load_config(config_path)
+    source = build_for_conversion(config)
+    source.load_weights(checkpoint)
+    return release_state(source, with_batch_counts=False)
+
+
+def initialize_from(model, source: str) -> LoadReport:
+    """Loads a source's weights into a built model, allowing new classes.
+
+    Args:
+        model: a built `KeypointDetector` (the model to train).
+        source: str. A model directory (converted or trained) or a release
+            snapshot file.
+
+    Returns:
+        `tf_centernet.convert.mapping.LoadReport`: keys loaded and keys left
+        re-initialized.
+
+    Raises:
+        FileNotFoundError: the source does not exist.
+        ImportError: a snapshot without torch installed.
+        ValueError: the architectures differ beyond the class count (the
+            message names the first mismatching keys).
+    """
+    if os.path.isdir(source):
+        state = model_dir_state(source)
+    elif os.path.isfile(source):
+        state = read_snapshot(source)
+    else:
+        raise FileNotFoundError(f"train.init_from: no model directory or snapshot at {source}")
+    report = load_release_state(model, state, source=source, new_classes=True)
+    logger.info("Initialized %d tensors from %s", len(report.loaded), source)
+    if report.reinitialized:
+        layers = sorted({key.rsplit(".", 1)[0] for key in report.reinitialized})
+        logger.info(
+            "Class count differs from %s: heatmap output layers re-initialized (bias %.2f), not loaded: %s",
+            source, model.heatmap_bias, ", ".join(layers),
+        )
+    return report

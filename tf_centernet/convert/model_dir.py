@@ -1,0 +1,91 @@
+"""Converting a release snapshot into a model directory.
+
+The directory is what `tf-centernet train` writes, so `evaluate`, `detect`,
+`export` and `train --init-from` take it unchanged:
+
+- ``config.yaml``: the configuration the snapshot was converted with;
+- ``classes.json``: class index -> category id and name
+  (`tf_centernet.convert.labels.snapshot_labels`);
+- ``checkpoints/ckpt-0.weights.h5``: the weights (Keras weights file, no
+  optimizer state).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import types
+from typing import Optional
+
+from tf_centernet import config as config_lib
+from tf_centernet.convert.labels import snapshot_labels
+from tf_centernet.convert.mapping import load_release_state
+from tf_centernet.convert.snapshot import read_snapshot
+from tf_centernet.models.detector import build_model
+from tf_centernet.training import list_checkpoints, save_checkpoint, write_classes
+
+logger = logging.getLogger("tf_centernet")
+
+__all__ = ["build_for_conversion", "convert_snapshot"]
+
+
+def build_for_conversion(config):
+    """The built `KeypointDetector` of `config`, to receive converted weights.
+
+    Uses the scan pooling (variables do not depend on the implementation)
+    so that building never compiles the custom ops.
+    """
+    model_config = dataclasses.replace(config.model, pooling_impl="scan")
+    model = build_model(model_config, config.loss)
+    size = config.data.input_size
+    model.build((None, size, size, 3))
+    return model
+
+
+def convert_snapshot(snapshot: str, config, model_dir: str, classes_file: Optional[str] = None) -> str:
+    """Converts a release snapshot into a model directory.
+
+    Args:
+        snapshot: str. A release ``.pkl`` (torch 0.4 legacy format) or a
+            zip-format ``.pth`` state dict, keys ``module.*``.
+        config: `tf_centernet.config.Config` whose model matches the
+            snapshot (e.g. ``load_config("centernet_hg104")``).
+        model_dir: str. Output folder; created; must hold no checkpoint yet.
+        classes_file: str or None. Class names, one per line (see
+            `tf_centernet.convert.labels.snapshot_labels`).
+
+    Returns:
+        str: the path of the written checkpoint.
+
+    Raises:
+        FileNotFoundError: the snapshot or classes file does not exist.
+        ImportError: torch is missing (the message names the extra).
+        ValueError: `model_dir` already holds checkpoints, a bad classes
+            file, or a snapshot that does not match the configuration
+            (`tf_centernet.convert.mapping.MappingError`, naming the first
+            mismatching keys).
+    """
+    existing = list_checkpoints(model_dir)
+    if existing:
+        raise ValueError(
+            f"{model_dir} already holds checkpoints ({os.path.basename(existing[-1][1])}); "
+            "convert into a new or empty --model-dir."
+        )
+    category_ids, names = snapshot_labels(config.model.num_classes, classes_file)
+    state = read_snapshot(snapshot)
+    model = build_for_conversion(config)
+    report = load_release_state(model, state, source=snapshot)
+    del state
+    logger.info("Converted %d tensors of %s", len(report.loaded), snapshot)
+
+    config = dataclasses.replace(
+        config, train=dataclasses.replace(config.train, model_dir=os.path.abspath(model_dir))
+    )
+    os.makedirs(model_dir, exist_ok=True)
+    with open(os.path.join(model_dir, "config.yaml"), "w", encoding="utf-8") as f:
+        f.write(config_lib.to_yaml(config))
+    write_classes(model_dir, types.SimpleNamespace(category_ids=category_ids, class_names=names))
+    path = save_checkpoint(model, model_dir, 0, keep=1)
+    logger.info("Wrote %s", path)
+    return path
