@@ -25,6 +25,13 @@ from tf_centernet.layers.pooling import CascadeCornerPooling, CenterPooling, Cor
 LOSS_TERMS = ("focal_corner", "focal_center", "pull", "push", "offset_corner", "offset_center")
 
 
+class _DecoderSlot:
+    """Holds a detector's `Decoder` where Keras does not track it."""
+
+    def __init__(self, decoder):
+        self.decoder = decoder
+
+
 @keras.saving.register_keras_serializable(package="tf_centernet")
 class KeypointDetector(AttributeConfig, keras.Model):
     """Stacked-hourglass keypoint detector: CornerNet or CenterNet.
@@ -135,9 +142,33 @@ class KeypointDetector(AttributeConfig, keras.Model):
                 modules["ct_offset"] = PredictionHead(2, hidden, name=f"ct_offset_{s}")
             self.stack_modules.append(modules)
         self.trackers = {name: keras.metrics.Mean(name=name) for name in LOSS_TERMS}
-        if isinstance(decoder, dict):
-            decoder = keras.saving.deserialize_keras_object(decoder)
         self.decoder = decoder if decoder is not None else Decoder(use_centers=centers, name="decoder")
+
+    @property
+    def decoder(self):
+        """The `Decoder` that `predict_step` and `export` run.
+
+        Swap it by assignment (``model.decoder = Decoder(DecodeConfig(...))``);
+        to change its settings assign a new one, as `predict` keeps its traced
+        function until the decoder is replaced.
+        """
+        return self._decoder_slot.decoder
+
+    def __setattr__(self, name, value):
+        if name == "decoder":
+            # Kept out of Keras' tracking: a decoder has no weights, and Keras
+            # refuses new sub-layers once the model is built, which would
+            # forbid swapping it. It is saved through `get_config`.
+            if isinstance(value, dict):
+                value = keras.saving.deserialize_keras_object(value)
+            if not isinstance(value, Decoder):
+                raise TypeError(f"decoder must be a tf_centernet.decode.Decoder, got {type(value).__name__}.")
+            super().__setattr__("_decoder_slot", _DecoderSlot(value))
+            # `predict` caches its traced function: retrace with the new decoder.
+            if getattr(self, "predict_function", None) is not None:
+                self.predict_function = None
+            return
+        super().__setattr__(name, value)
 
     @property
     def output_keys(self):
