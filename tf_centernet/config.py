@@ -160,7 +160,16 @@ class DataConfig:
     # Crowd boxes: "drop" (default) or "keep" (treated as ordinary objects,
     # as the releases do).
     crowd: str = "drop"
+    # tf.data: images decoded, augmented and encoded in parallel: -1 lets
+    # tf.data tune it (AUTOTUNE), 0 runs sequentially, n > 0 uses n calls.
     num_parallel_calls: int = -1  # tf.data.AUTOTUNE
+    # tf.data: keep the input order of the parallel map (reproducible
+    # batches). False lets a fast element overtake a slow one; each image's
+    # augmentation is still a function of its element number.
+    deterministic: bool = True
+    # tf.data: keep the decoded uint8 images in memory after the first epoch
+    # (for small sets: about H * W * 3 bytes per image). Same batches.
+    cache_images: bool = False
 
     @property
     def output_size(self) -> int:
