@@ -82,6 +82,11 @@ class ModelConfig:
     # built on first use) where they load, else the pure-TF scans with one
     # warning; exports always use the scans.
     pooling_impl: str = "auto"
+    # "float32" (default) or "bfloat16": the network computes in bfloat16
+    # (Keras "mixed_bfloat16" policy: float32 weights, bf16 activations),
+    # heads cast back to float32 before the loss and decoding. Opt-in, for
+    # accelerators and CPUs with bf16 units; see docs/bfloat16.md.
+    compute_dtype: str = "float32"
 
     def hourglass(self) -> dict:
         """The resolved hourglass hyper-parameters.
