@@ -202,7 +202,7 @@ def photometric(image_uint8, mean, std, jitter=None, lighting_std=None, lighting
         factors, order = jitter
         factors = tf.convert_to_tensor(factors, tf.float32)
         order = tf.convert_to_tensor(order, tf.int32)
-        channel_means = tf.reduce_mean(tf.reshape(pixels, [-1, 3]), axis=0) / 255.0
+        channel_means = tf.reduce_mean(pixels, axis=[0, 1]) / 255.0
         gray_mean = tf.reduce_sum(channel_means * gray_weights)
         for step in range(3):  # the three operations in their drawn order
             which = order[step]
@@ -219,6 +219,7 @@ def photometric(image_uint8, mean, std, jitter=None, lighting_std=None, lighting
     # (3 in, 3 out): column c maps the input pixel to output channel c.
     matrix = (p * tf.eye(3) + q * gray_weights[:, tf.newaxis]) / (255.0 * std)
     bias = (r + delta - mean) / std
-    flat = tf.reshape(pixels, [-1, 3])
-    out = tf.matmul(flat, matrix) + bias
-    return tf.reshape(out, tf.shape(pixels))
+    # A 1x1 convolution with a bias: one fused pass (faster here than a
+    # (pixels, 3) x (3, 3) matmul).
+    out = tf.nn.bias_add(tf.nn.conv2d(pixels[tf.newaxis], matrix[tf.newaxis, tf.newaxis], 1, "VALID"), bias)
+    return out[0]
