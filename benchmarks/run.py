@@ -66,6 +66,24 @@ def median_ms(fn, repeats, warmup=1):
     return 1e3 * statistics.median(times)
 
 
+def interleaved_ms(fns, repeats, warmup=1):
+    """{name: median ms}, every round running each function once in turn.
+
+    A load change on a shared machine then hits all candidates alike, so
+    their ratios hold better than those of back-to-back medians.
+    """
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    times = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    return {name: 1e3 * statistics.median(values) for name, values in times.items()}
+
+
 # --------------------------------------------------------------------------
 # 1. Input pipeline (runs in a worker subprocess, once per code version).
 # --------------------------------------------------------------------------
@@ -205,7 +223,6 @@ def section_pooling(args):
     rng = np.random.default_rng(0)
     x = tf.constant(rng.normal(size=shape).astype(np.float32))
     upstream = tf.constant(rng.normal(size=shape).astype(np.float32))
-    copy = pooling_bench.median_ms(lambda: tf.raw_ops.DeepCopy(x=x), args.repeats)
     rows = []
     for direction in ("top", "left"):
         axis, toward_end = pooling._DIRECTIONS[direction]
@@ -217,14 +234,15 @@ def section_pooling(args):
             return y, tape.gradient(y, t, output_gradients=g)
 
         old = tf.function(old_step)
-        times = {"copy": copy}
+        fns = {"copy": lambda: tf.raw_ops.DeepCopy(x=x)}
         for impl, jit in (("custom", False), ("scan", False), ("scan", True)):
             name = impl + ("+xla" if jit else "")
             forward = pooling_bench.forward_fn(direction, impl, jit)
             both = pooling_bench.forward_backward_fn(direction, impl, jit)
-            times[f"{name} fwd"] = pooling_bench.median_ms(lambda: forward(x), args.repeats)
-            times[f"{name} fwd+bwd"] = pooling_bench.median_ms(lambda: both(x, upstream), args.repeats)
-        times["scan fwd+bwd before"] = pooling_bench.median_ms(lambda: old(x, upstream), args.repeats)
+            fns[f"{name} fwd"] = lambda forward=forward: forward(x)
+            fns[f"{name} fwd+bwd"] = lambda both=both: both(x, upstream)
+        fns["scan fwd+bwd before"] = lambda: old(x, upstream)
+        times = interleaved_ms(fns, args.repeats)
         rows.append((direction, times))
     table = []
     for direction, t in rows:
@@ -300,8 +318,8 @@ def section_forward(args):
 
     variants, size, config = _forward_models(args)
     image = tf.constant(np.random.default_rng(2).normal(size=(1, size, size, 3)).astype(np.float32))
-    rows = []
     weights = None
+    fns, firsts = {}, {}
     for name, model_config, jit in variants:
         keras.utils.set_random_seed(0)
         model = build_model(model_config)
@@ -309,13 +327,14 @@ def section_forward(args):
         if weights is None:
             weights = model.get_weights()
         model.set_weights(weights)
-        fn = tf.function(lambda t: model(t, training=False), jit_compile=jit)
+        fn = tf.function(lambda t, model=model: model(t, training=False), jit_compile=jit)
         start = time.perf_counter()
         fn(image)  # tracing (and XLA compilation)
-        first = time.perf_counter() - start
-        ms = median_ms(lambda: fn(image)["tl_heatmap"].numpy(), args.forward_repeats, warmup=0)
-        rows.append((name, ms, first))
-        print(f"  forward {name}: {ms:.0f} ms (first call {first:.1f} s)", flush=True)
+        firsts[name] = time.perf_counter() - start
+        fns[name] = lambda fn=fn: fn(image)["tl_heatmap"].numpy()
+        print(f"  forward {name}: first call {firsts[name]:.1f} s", flush=True)
+    times = interleaved_ms(fns, args.forward_repeats, warmup=0)
+    rows = [(name, times[name], firsts[name]) for name in fns]
     base = rows[0][1]
     label = f"CenterNet-52 at {size}" if args.full else f"small CenterNet (centernet_small) at {size}"
     print_table(
@@ -347,8 +366,8 @@ def section_train_step(args):
         for b in boxes
     ]
     targets = {k: tf.stack([t[k] for t in targets]) for k in targets[0]}
-    rows = []
     original = pooling._scan_with_gradient
+    fns = {}
     for name, impl, old_gradient in (("custom", "custom", False), ("scan", "scan", False),
                                      ("scan, gradient before", "scan", True)):
         if old_gradient:
@@ -358,10 +377,12 @@ def section_train_step(args):
             model = build_model(dataclasses_replace(config.model, pooling_impl=impl), config.loss)
             model.build((None, size, size, 3))
             model.compile(optimizer=keras.optimizers.Adam(1e-4), jit_compile=False)
-            ms = median_ms(lambda: model.train_on_batch(images, targets), args.repeats, warmup=2)
+            model.train_on_batch(images, targets)  # traced now, with this gradient
         finally:
             pooling._scan_with_gradient = original
-        rows.append((name, ms))
+        fns[name] = lambda model=model: model.train_on_batch(images, targets)
+    times = interleaved_ms(fns, args.repeats, warmup=1)
+    rows = [(name, times[name]) for name in fns]
     print_table(
         f"5. Training step, centernet_small at {size}, batch 2, ms (median of {args.repeats})",
         ("pooling", "ms", "vs custom"),
