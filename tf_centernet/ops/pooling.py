@@ -208,13 +208,16 @@ def _scan_gradient_static(pooled, upstream, axis, toward_end):
         near, far = _slice(pooled, axis, 0, n - step), _slice(pooled, axis, step, n)
         first_scanned = far if toward_end else near
         same = tf.logical_or(tf.equal(near, far), tf.not_equal(first_scanned, first_scanned))
+        paddings = [[0, 0]] * 4
         if toward_end:
             # The segment start is its last index: sums run toward index 0.
             added = tf.where(same, _slice(sums, axis, 0, n - step), tf.zeros([], sums.dtype))
-            sums = tf.concat([_slice(sums, axis, 0, step), _slice(sums, axis, step, n) + added], axis)
+            paddings[axis] = [step, 0]
         else:
             added = tf.where(same, _slice(sums, axis, step, n), tf.zeros([], sums.dtype))
-            sums = tf.concat([_slice(sums, axis, 0, n - step) + added, _slice(sums, axis, n - step, n)], axis)
+            paddings[axis] = [0, step]
+        # An added zero border instead of a concatenation: XLA fuses it.
+        sums = sums + tf.pad(added, paddings)
         step *= 2
     grad = tf.where(_segment_starts(pooled, axis, toward_end), sums, tf.zeros([], sums.dtype))
     return tf.cast(grad, dtype)
