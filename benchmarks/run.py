@@ -333,7 +333,7 @@ def section_forward(args):
         firsts[name] = time.perf_counter() - start
         fns[name] = lambda fn=fn: fn(image)["tl_heatmap"].numpy()
         print(f"  forward {name}: first call {firsts[name]:.1f} s", flush=True)
-    times = interleaved_ms(fns, args.forward_repeats, warmup=0)
+    times = interleaved_ms(fns, args.forward_repeats, warmup=1)
     rows = [(name, times[name], firsts[name]) for name in fns]
     base = rows[0][1]
     label = f"CenterNet-52 at {size}" if args.full else f"small CenterNet (centernet_small) at {size}"
