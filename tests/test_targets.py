@@ -293,3 +293,41 @@ def test_graph_mode_in_tf_data_static_shapes():
     eager = encode([[10, 20, 100, 120]], [0])
     first = next(iter(dataset))
     np.testing.assert_array_equal(first["tl_heatmap"].numpy(), eager["tl_heatmap"])
+
+
+def test_windowed_heatmaps_equal_dense_windows_bit_for_bit():
+    """Each Gaussian drawn in its own window == the dense per-keypoint maps.
+
+    Reference: one full-map window per keypoint (`gaussian_windows`), merged
+    per class with NumPy's maximum. Random boxes of every size, many on the
+    border and sharing classes, so windows overlap and get clipped.
+    """
+    from tf_centernet.targets import gaussian_radius, gaussian_windows
+
+    rng = np.random.default_rng(21)
+    size, out, num_classes = 255, 64, 4
+    x1 = rng.uniform(0, size - 2, 40)
+    y1 = rng.uniform(0, size - 2, 40)
+    x2 = np.minimum(x1 + rng.uniform(1, 250, 40), size - 1)
+    y2 = np.minimum(y1 + rng.uniform(1, 250, 40), size - 1)
+    boxes = np.stack([x1, y1, x2, y2], 1).astype(np.float32)
+    classes = rng.integers(0, num_classes, 40).astype(np.int32)
+    got = encode_targets(
+        boxes, classes, input_size=size, output_size=out, num_classes=num_classes, max_objects=64
+    )
+    b = boxes.astype(np.float64) * (out / size)
+    radii = np.maximum(
+        np.floor(gaussian_radius((np.ceil(b[:, 3] - b[:, 1]), np.ceil(b[:, 2] - b[:, 0])), 0.7)), 0
+    ).astype(np.int32)
+    keypoints = {
+        "tl": (b[:, [0, 1]], 6.0),
+        "br": (b[:, [2, 3]], 6.0),
+        "ct": ((b[:, [0, 1]] + b[:, [2, 3]]) / 2, 5.0),
+    }
+    for name, (points, divisor) in keypoints.items():
+        cells = np.clip(np.floor(points).astype(np.int32), 0, out - 1)
+        windows = gaussian_windows(cells, radii, divisor, out, out).numpy()
+        expected = np.zeros((out, out, num_classes), np.float32)
+        for i, c in enumerate(classes):
+            expected[:, :, c] = np.maximum(expected[:, :, c], windows[i])
+        np.testing.assert_array_equal(got[f"{name}_heatmap"].numpy(), expected, err_msg=name)

@@ -76,6 +76,11 @@ class ModelConfig:
     # built on first use) where they load, else the pure-TF scans with one
     # warning; exports always use the scans.
     pooling_impl: str = "auto"
+    # "float32" (default) or "bfloat16": the network computes in bfloat16
+    # (Keras "mixed_bfloat16" policy: float32 weights, bf16 activations),
+    # heads cast back to float32 before the loss and decoding. Opt-in, for
+    # accelerators and CPUs with bf16 units; see docs/bfloat16.md.
+    compute_dtype: str = "float32"
 
     def hourglass(self) -> dict:
         """The resolved hourglass hyper-parameters.
@@ -169,7 +174,16 @@ class DataConfig:
     # Crowd boxes: "drop" (default) or "keep" (treated as ordinary objects,
     # as the releases do).
     crowd: str = "drop"
+    # tf.data: images decoded, augmented and encoded in parallel: -1 lets
+    # tf.data tune it (AUTOTUNE), 0 runs sequentially, n > 0 uses n calls.
     num_parallel_calls: int = -1  # tf.data.AUTOTUNE
+    # tf.data: keep the input order of the parallel map (reproducible
+    # batches). False lets a fast element overtake a slow one; each image's
+    # augmentation is still a function of its element number.
+    deterministic: bool = True
+    # tf.data: keep the decoded uint8 images in memory after the first epoch
+    # (for small sets: about H * W * 3 bytes per image). Same batches.
+    cache_images: bool = False
 
     @property
     def output_size(self) -> int:

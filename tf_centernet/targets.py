@@ -1,10 +1,9 @@
 """Training-target encoder for CornerNet and CenterNet (SPEC section 4).
 
 One image at a time, inside `tf.data` (graph mode), with static output shapes
-and no Python loop over boxes: every object gets a Gaussian window on a
-meshgrid ``(num_objects, height, width)`` and the class maps are the
-element-wise maximum over the objects of each class
-(`tf.math.unsorted_segment_max`).
+and no Python loop over boxes: every keypoint's Gaussian is computed in its
+own ``(2r + 1)^2`` window only (all keypoints at once) and merged into the
+NHWC class maps with an element-wise maximum (`tf.tensor_scatter_nd_max`).
 
 Conventions:
 
@@ -26,15 +25,14 @@ from typing import Dict, Sequence, Tuple, Union
 import numpy as np
 import tensorflow as tf
 
-# Values of the Gaussian below float64 machine epsilon are set to zero, as in
-# the releases' `gaussian2D` (SPEC section 4). With a square window of radius r
-# and sigma = (2r + 1) / 6 the smallest value in the window is exp(-9) for
-# large r, so in practice this only matters for custom sigma divisors.
-_FLOAT64_EPS = float(np.finfo(np.float64).eps)  # 2.220446049250313e-16
-
-# Sigma divisors of the releases: sigma = diameter / divisor.
-CORNER_SIGMA_DIVISOR = 6.0
-CENTER_SIGMA_DIVISOR = 5.0
+from tf_centernet.gaussians import (  # noqa: F401 (re-exported)
+    _FLOAT64_EPS,
+    CENTER_SIGMA_DIVISOR,
+    CORNER_SIGMA_DIVISOR,
+    draw_gaussian,
+    draw_windows,
+    gaussian_windows,
+)
 
 # The releases reserve 128 embedding/offset slots per image.
 RELEASE_MAX_OBJECTS = 128
@@ -202,94 +200,6 @@ def gaussian_radius(det_size, min_overlap, variant: str = "release"):
     return minimum(minimum(r1, r2), r3)
 
 
-def gaussian_windows(
-    centers: tf.Tensor,
-    radii: tf.Tensor,
-    sigma_divisors: Union[float, tf.Tensor],
-    height: Union[int, tf.Tensor],
-    width: Union[int, tf.Tensor],
-) -> tf.Tensor:
-    """One clipped square Gaussian window per keypoint, on the full map.
-
-    The vectorised kernel behind `draw_gaussian` and `encode_targets`
-    (SPEC section 4): diameter ``d = 2r + 1``, ``sigma = d / divisor``,
-    value ``exp(-(dx^2 + dy^2) / (2 sigma^2))`` for ``|dx| <= r`` and
-    ``|dy| <= r`` (a square window), 0 outside it, values below float64
-    machine epsilon set to 0. Parts of the window outside the map are simply
-    not there (the releases clip the window at the borders).
-
-    Args:
-        centers: int tensor ``(n, 2)``. Keypoint cells ``(x, y)``.
-        radii: int tensor ``(n,)``. Radii in cells (0 gives a single 1).
-        sigma_divisors: float or float tensor ``(n,)``. 6 for corners, 5 for
-            centers.
-        height: int or scalar int tensor. Map height in cells.
-        width: int or scalar int tensor. Map width in cells.
-
-    Returns:
-        float32 tensor ``(n, height, width)``; exactly 1 at each center that
-        lies on the map.
-    """
-    centers = tf.reshape(tf.cast(centers, tf.int32), [-1, 2])
-    radii = tf.reshape(tf.cast(radii, tf.int32), [-1])
-    # (n, width) and (n, height) signed distances in cells.
-    dx = tf.range(width, dtype=tf.int32)[tf.newaxis, :] - centers[:, 0:1]
-    dy = tf.range(height, dtype=tf.int32)[tf.newaxis, :] - centers[:, 1:2]
-    inf = tf.constant(np.inf, tf.float32)
-    dx2 = tf.where(
-        tf.abs(dx) <= radii[:, tf.newaxis], tf.cast(dx * dx, tf.float32), inf
-    )
-    dy2 = tf.where(
-        tf.abs(dy) <= radii[:, tf.newaxis], tf.cast(dy * dy, tf.float32), inf
-    )
-    sigma = tf.cast(2 * radii + 1, tf.float32) / tf.cast(sigma_divisors, tf.float32)
-    # (n, 1, 1)
-    two_sigma2 = tf.reshape(2.0 * sigma * sigma, [-1, 1, 1])
-    # (n, height, width); outside the window the exponent is inf -> exp 0.
-    exponent = (dy2[:, :, tf.newaxis] + dx2[:, tf.newaxis, :]) / two_sigma2
-    windows = tf.exp(-exponent)
-    return tf.where(windows < _FLOAT64_EPS, tf.zeros_like(windows), windows)
-
-
-def draw_gaussian(heatmap, center, radius, sigma_divisor: float = CORNER_SIGMA_DIVISOR):
-    """Merges one Gaussian into a heatmap with an element-wise maximum.
-
-    The single-object form of the releases' `draw_gaussian` (SPEC section 4),
-    built on the same kernel as `encode_targets` (`gaussian_windows`).
-
-    Args:
-        heatmap: float tensor or array ``(height, width)``.
-        center: ``(x, y)`` integer cell.
-        radius: int. Radius in cells, e.g. ``max(0, int(gaussian_radius(...)))``.
-        sigma_divisor: float. ``sigma = (2 radius + 1) / sigma_divisor``; 6 for
-            corners, 5 for centers. Defaults to 6.
-
-    Returns:
-        tf tensor ``(height, width)`` of the heatmap's float dtype:
-        ``max(heatmap, window)``.
-
-    Example:
-
-    >>> import numpy as np
-    >>> out = draw_gaussian(np.zeros((5, 5), np.float32), (0, 0), 1)
-    >>> float(out[0, 0]), bool(out[0, 2] == 0)
-    (1.0, True)
-    """
-    heatmap = tf.convert_to_tensor(heatmap)
-    if not heatmap.dtype.is_floating:
-        heatmap = tf.cast(heatmap, tf.float32)
-    heatmap.shape.assert_has_rank(2)
-    shape = tf.shape(heatmap)
-    window = gaussian_windows(
-        tf.reshape(tf.cast(center, tf.int32), [1, 2]),
-        tf.reshape(tf.cast(radius, tf.int32), [1]),
-        sigma_divisor,
-        shape[0],
-        shape[1],
-    )[0]
-    return tf.maximum(heatmap, tf.cast(window, heatmap.dtype))
-
-
 def _pad_slots(values: tf.Tensor, count: tf.Tensor, max_objects: int) -> tf.Tensor:
     """The first `count` rows of `values`, zero-padded to `max_objects` rows."""
     values = values[:count]
@@ -422,26 +332,18 @@ def encode_targets(
     else:
         radii = tf.zeros([num_objects], tf.int32)
 
-    # All kinds at once: kind-major rows so segment k * C + c is (kind k,
-    # class c). (kinds * n, 2) centers, (kinds * n,) radii and divisors.
+    # All kinds at once, kind-major: keypoint k * n + i is kind k, object i.
     kind_cells = tf.reshape(tf.transpose(cells, [1, 0, 2]), [-1, 2])
     kind_radii = tf.tile(radii, [num_kinds])
     divisors = [CORNER_SIGMA_DIVISOR, CORNER_SIGMA_DIVISOR, CENTER_SIGMA_DIVISOR]
     kind_divisors = tf.repeat(
         tf.constant(divisors[:num_kinds], tf.float32), num_objects
     )
-    segments = tf.reshape(
-        classes[tf.newaxis, :] + num_classes * tf.range(num_kinds)[:, tf.newaxis], [-1]
+    kinds = tf.repeat(tf.range(num_kinds), num_objects)
+    maps = draw_windows(
+        kind_cells, kind_radii, kind_divisors, kinds, tf.tile(classes, [num_kinds]),
+        num_kinds, out_h, out_w, num_classes,
     )
-    # (kinds * n, H, W)
-    windows = gaussian_windows(kind_cells, kind_radii, kind_divisors, out_h, out_w)
-    # (kinds * C, H * W); empty segments hold the lowest float -> clamp at 0.
-    maps = tf.math.unsorted_segment_max(
-        tf.reshape(windows, [-1, out_h * out_w]), segments, num_kinds * num_classes
-    )
-    maps = tf.maximum(maps, 0.0)
-    # (kinds, H, W, C)
-    maps = tf.transpose(tf.reshape(maps, [num_kinds, num_classes, out_h, out_w]), [0, 2, 3, 1])
 
     count = tf.minimum(num_objects, max_objects)
     names = ("tl", "br", "ct")[:num_kinds]

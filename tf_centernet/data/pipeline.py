@@ -70,6 +70,12 @@ def build_train_dataset(
     with ``(config.train.seed, element number)``, so a run's inputs are
     reproducible whatever the parallelism.
 
+    `tf.data` options from ``config.data``: ``num_parallel_calls`` (parallel
+    map of read, decode, augment and encode; -1 autotuned, 0 sequential),
+    ``deterministic`` (keep the order; False lets elements overtake, each
+    still augmented by its own element number) and ``cache_images`` (decode
+    each image once and keep it in memory: same batches, for small sets).
+
     Args:
         dataset: a dataset of `tf_centernet.data.records` (`CocoDataset`,
             `VocDataset`, `TfRecordDataset`). Must hold at least one record.
@@ -133,10 +139,12 @@ def build_train_dataset(
         np.concatenate([r.classes for r in records] + [np.zeros((0,), np.int32)])
     )
 
-    def load(element_number, index):
-        start, end = splits[index], splits[index + 1]
+    def read(index):
         source = tf.gather(sources, index)
-        image = decode_image_bytes(source) if in_memory else decode_image(source)
+        return decode_image_bytes(source) if in_memory else decode_image(source)
+
+    def augment_and_encode(element_number, index, image):
+        start, end = splits[index], splits[index + 1]
         image, boxes, classes = augment_for_training(
             image,
             all_boxes[start:end],
@@ -159,18 +167,40 @@ def build_train_dataset(
         )
         return image, targets
 
-    indices = tf.data.Dataset.range(len(records))
-    if shuffle:
-        indices = indices.shuffle(
-            len(records), seed=seed + start_element, reshuffle_each_iteration=True
-        )
-    if repeat:
-        indices = indices.repeat()
     parallel = data.num_parallel_calls
     if parallel is None or parallel < 0:
         parallel = tf.data.AUTOTUNE
     else:
         parallel = int(parallel) or None  # 0: sequential
-    result = indices.enumerate(start=start_element).map(load, num_parallel_calls=parallel)
+    deterministic = bool(getattr(data, "deterministic", True))
+    indices = tf.data.Dataset.range(len(records))
+    if getattr(data, "cache_images", False):
+        # (index, decoded image), decoded once; the shuffle below permutes
+        # these pairs exactly as it would the bare indices (same seed, same
+        # length), so batches equal the uncached pipeline's.
+        items = indices.map(
+            lambda index: (index, read(index)),
+            num_parallel_calls=parallel,
+        ).cache()
+    else:
+        items = indices
+    if shuffle:
+        items = items.shuffle(
+            len(records), seed=seed + start_element, reshuffle_each_iteration=True
+        )
+    if repeat:
+        items = items.repeat()
+    if getattr(data, "cache_images", False):
+
+        def load(element_number, item):
+            return augment_and_encode(element_number, *item)
+
+    else:
+
+        def load(element_number, index):
+            return augment_and_encode(element_number, index, read(index))
+
+    order = {} if parallel is None else {"deterministic": deterministic}
+    result = items.enumerate(start=start_element).map(load, num_parallel_calls=parallel, **order)
     result = result.batch(batch_size, drop_remainder=True)
     return result.prefetch(tf.data.AUTOTUNE)

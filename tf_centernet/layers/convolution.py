@@ -39,10 +39,10 @@ def conv2d(filters, kernel_size, strides=1, use_bias=False, name=None):
     )
 
 
-def batch_norm(name=None):
+def batch_norm(name=None, dtype=None):
     """BatchNormalization with the releases' (PyTorch) momentum and epsilon."""
     return keras.layers.BatchNormalization(
-        momentum=BN_MOMENTUM, epsilon=BN_EPSILON, name=name
+        momentum=BN_MOMENTUM, epsilon=BN_EPSILON, name=name, dtype=dtype
     )
 
 
@@ -147,10 +147,13 @@ class ResidualBlock(AttributeConfig, keras.layers.Layer):
     def build(self, input_shape):
         if self.strides != 1 or input_shape[-1] != self.filters:
             # 1x1 stride-s convolution samples pixel s*i: no padding needed.
+            # Created here, after __init__: take this block's dtype policy
+            # (e.g. mixed_bfloat16), not whatever is global now.
             self.skip_conv = keras.layers.Conv2D(
-                self.filters, 1, strides=self.strides, use_bias=False, name="skip_conv"
+                self.filters, 1, strides=self.strides, use_bias=False, name="skip_conv",
+                dtype=self.dtype_policy,
             )
-            self.skip_bn = batch_norm(name="skip_bn")
+            self.skip_bn = batch_norm(name="skip_bn", dtype=self.dtype_policy)
 
     def call(self, inputs, training=None):
         x = self.relu(self.bn1(self.conv1(inputs), training=training))

@@ -336,7 +336,37 @@ def build_model(model_config, loss_config=None, decode_config=None):
 
     Returns:
         An unbuilt `CenterNet` or `CornerNet` (call it once or `build` it).
+        With ``model_config.compute_dtype="bfloat16"`` its layers compute in
+        bfloat16 (Keras ``mixed_bfloat16``: float32 weights, so checkpoints
+        are interchangeable) and its outputs are float32.
+
+    Raises:
+        ValueError: unknown ``compute_dtype``.
     """
+    compute_dtype = getattr(model_config, "compute_dtype", "float32")
+    if compute_dtype not in _POLICIES:
+        raise ValueError(
+            f"model.compute_dtype must be one of {sorted(_POLICIES)}, got {compute_dtype!r}."
+        )
+    policy = _POLICIES[compute_dtype]
+    if policy is None:
+        return _build(model_config, loss_config)
+    # Layers take the global policy when they are created: set it for the
+    # construction only.
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(policy)
+    try:
+        return _build(model_config, loss_config)
+    finally:
+        keras.config.set_dtype_policy(previous)
+
+
+# model.compute_dtype -> Keras policy (None: the global one, float32 unless
+# training set mixed precision).
+_POLICIES = {"float32": None, "bfloat16": "mixed_bfloat16"}
+
+
+def _build(model_config, loss_config):
     hg = model_config.hourglass()
     centernet = model_config.architecture == "centernet"
     cls = CenterNet if centernet else CornerNet

@@ -19,8 +19,10 @@ maximum. When several positions hold the maximum, it goes to the one nearest
 the *start of the scan* (the farthest from the output position): e.g. for
 ``top_pool`` the lowest tied row. This is the releases' rule (their kernels
 scan from the image border and replace the running maximum only on a strict
-increase). It follows from ``tf.maximum``'s gradient, which on a tie goes to
-its first argument; every step passes the farther half first.
+increase). The scan's gradient is not differentiated step by step: a custom
+gradient (`scan_gradient`) sums the upstream gradient over each run of equal
+outputs and writes it at the run's start, from the forward output alone, as
+the compiled op does; XLA-compiled, a few passes over memory.
 
 Implementations (the ``impl`` argument, and ``model.pooling_impl``):
 
@@ -110,6 +112,143 @@ def _cummax_scan_dynamic(x, axis, toward_end):
 
     _, x = tf.while_loop(lambda k, y: k < num_steps, body, [0, x])
     return x
+
+
+def _scan_with_gradient(x, axis, toward_end):
+    """`_cummax_scan` with the gradient of `scan_gradient` (same tie rule)."""
+
+    @tf.custom_gradient
+    def pool(x):
+        y = _cummax_scan(x, axis, toward_end)
+
+        def grad(upstream):
+            return scan_gradient(y, upstream, axis, toward_end)
+
+        return y, grad
+
+    return pool(x)
+
+
+def scan_gradient(pooled, upstream, axis, toward_end):
+    """Gradient of a directional max pooling, from its output alone.
+
+    The running maximum changes value only where the scan meets a new strict
+    maximum: those positions ("starts") split each line into segments of
+    equal output, and every output of a segment takes its maximum from the
+    segment's start, the tied position nearest the scan start (the
+    releases' tie rule, module docstring). So the gradient is the sum of
+    `upstream` over each segment, written at its start; elsewhere zero.
+
+    With a static axis length the segment sums are a log-step segmented
+    scan (the forward's doubling, with additions limited to equal outputs),
+    compiled by XLA into a few fused passes; with a dynamic length, segment
+    numbers from a cumulative sum of the start flags and one
+    `tf.math.unsorted_segment_sum`. Either way a NaN output continues the
+    segment of the first NaN scanned, which gets all of its gradient (as
+    the compiled op does).
+
+    Args:
+        pooled: the forward output, NHWC (batch, height, width, channels),
+            float16, bfloat16, float32 or float64.
+        upstream: gradient with respect to `pooled`, same shape and dtype.
+        axis: int. 1 (height) or 2 (width).
+        toward_end: bool. True when ``out[i] = max(x[i:])`` (the scan starts
+            at the last index: top and left pooling), False when
+            ``out[i] = max(x[:i+1])`` (bottom and right pooling).
+
+    Returns:
+        Tensor, the gradient with respect to the pooled input, same shape
+        and dtype as `pooled`. Sums are taken in float32 for 16-bit inputs.
+    """
+    pooled = tf.convert_to_tensor(pooled)
+    upstream = tf.convert_to_tensor(upstream, pooled.dtype)
+    if pooled.shape[axis] is None:
+        return _scan_gradient_dynamic(pooled, upstream, axis, toward_end)
+    key = (axis, toward_end)
+    if key not in _COMPILED_GRADIENTS:
+        _COMPILED_GRADIENTS[key] = tf.function(
+            lambda y, dy: _scan_gradient_static(y, dy, axis, toward_end),
+            jit_compile=True,
+            autograph=False,
+        )
+    return _COMPILED_GRADIENTS[key](pooled, upstream)
+
+
+_COMPILED_GRADIENTS = {}
+
+
+def _accumulation_dtype(dtype):
+    return tf.float32 if dtype in (tf.float16, tf.bfloat16) else dtype
+
+
+def _segment_starts(pooled, axis, toward_end):
+    """Bool, True where the scan meets a new value (and at the scan start)."""
+    shape = tf.shape(pooled, out_type=tf.int32)
+    n = shape[axis]
+    head = _slice_dynamic(pooled, axis, 0, tf.maximum(n - 1, 0))
+    tail = _slice_dynamic(pooled, axis, tf.minimum(n, 1), n)
+    # The neighbour nearer the scan start: tail for toward_end, head otherwise.
+    current, previous = (head, tail) if toward_end else (tail, head)
+    # A new value, unless the previous one was NaN (NaN continues a NaN run).
+    starts = tf.logical_and(tf.not_equal(current, previous), tf.equal(previous, previous))
+    first = tf.ones(tf.tensor_scatter_nd_update(shape, [[axis]], [tf.minimum(n, 1)]), tf.bool)
+    return tf.concat([starts, first] if toward_end else [first, starts], axis)
+
+
+def _scan_gradient_static(pooled, upstream, axis, toward_end):
+    """`scan_gradient` for a static axis length: log-step segmented sums."""
+    dtype = upstream.dtype
+    sums = tf.cast(upstream, _accumulation_dtype(dtype))
+    n = pooled.shape[axis]
+    step = 1
+    while step < n:
+        # Positions i and i + step are in the same segment when they hold
+        # the same output (outputs are monotone along the scan) or, once a
+        # NaN was scanned, both NaN (test the one scanned first).
+        near, far = _slice(pooled, axis, 0, n - step), _slice(pooled, axis, step, n)
+        first_scanned = far if toward_end else near
+        same = tf.logical_or(tf.equal(near, far), tf.not_equal(first_scanned, first_scanned))
+        paddings = [[0, 0]] * 4
+        if toward_end:
+            # The segment start is its last index: sums run toward index 0.
+            added = tf.where(same, _slice(sums, axis, 0, n - step), tf.zeros([], sums.dtype))
+            paddings[axis] = [step, 0]
+        else:
+            added = tf.where(same, _slice(sums, axis, step, n), tf.zeros([], sums.dtype))
+            paddings[axis] = [0, step]
+        # An added zero border instead of a concatenation: XLA fuses it.
+        sums = sums + tf.pad(added, paddings)
+        step *= 2
+    grad = tf.where(_segment_starts(pooled, axis, toward_end), sums, tf.zeros([], sums.dtype))
+    return tf.cast(grad, dtype)
+
+
+def _scan_gradient_dynamic(pooled, upstream, axis, toward_end):
+    """`scan_gradient` for a dynamic axis length: one segment sum."""
+    dtype = upstream.dtype
+    upstream = tf.cast(upstream, _accumulation_dtype(dtype))
+    shape = tf.shape(pooled, out_type=tf.int32)
+    n = shape[axis]
+    starts = _segment_starts(pooled, axis, toward_end)
+    # Segment number within the line (0 at the scan start) ...
+    local = tf.cumsum(tf.cast(starts, tf.int32), axis=axis, reverse=toward_end) - 1
+    # ... plus the line's own range of n numbers: lines are indexed by the
+    # other three axes, broadcast from a tensor with `axis` of length 1.
+    line_shape = tf.tensor_scatter_nd_update(shape, [[axis]], [1])
+    lines = tf.reshape(tf.range(tf.reduce_prod(line_shape)), line_shape)
+    ids = local + lines * n
+    sums = tf.math.unsorted_segment_sum(
+        tf.reshape(upstream, [-1]), tf.reshape(ids, [-1]), tf.size(pooled, out_type=tf.int32)
+    )
+    grad = tf.where(starts, tf.reshape(tf.gather(sums, ids), shape), tf.zeros_like(upstream))
+    return tf.cast(grad, dtype)
+
+
+def _slice_dynamic(x, axis, start, stop):
+    """x[..., start:stop, ...] along `axis` (bounds may be tensors)."""
+    begin = tf.tensor_scatter_nd_update(tf.zeros([4], tf.int32), [[axis]], [start])
+    size = tf.tensor_scatter_nd_update(tf.fill([4], -1), [[axis]], [stop - start])
+    return tf.slice(x, begin, size)
 
 
 _scan_only = threading.local()
@@ -242,7 +381,7 @@ def directional_pool(x, direction, impl="scan"):
         from tf_centernet.ops import custom
 
         return custom.directional_pool(x, axis, reverse=toward_end)
-    return _cummax_scan(x, axis, toward_end)
+    return _scan_with_gradient(x, axis, toward_end)
 
 
 def top_pool(x, impl="scan"):
