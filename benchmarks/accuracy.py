@@ -13,7 +13,7 @@ do not change how much computation it gets; wall time is recorded beside
 it. ``--deadline HH:MM`` (UTC) also stops training at that wall time (the
 line then shows the CPU minutes actually used). With a CPU budget the
 learning rate is ``train.learning_rate`` until ``--decay-at`` of the budget
-(default 0.85), then x ``train.decay_rate`` (the step schedule of SPEC 6
+(default 0.85), then x ``train.decay_rate`` (the step schedule of docs/reference.md §6
 expressed in budget fractions, since the step count is not known ahead).
 
 BCCD (train on ``train``, evaluate on ``test``), CenterNet and CornerNet with

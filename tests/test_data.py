@@ -1,4 +1,4 @@
-"""Tests of the COCO loader, augmentation (SPEC 6) and the input pipeline."""
+"""Tests of the COCO loader, augmentation (docs/reference.md §6) and the input pipeline."""
 
 import collections
 import copy

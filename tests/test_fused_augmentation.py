@@ -1,4 +1,4 @@
-"""Fused photometric augmentation == the step-by-step chain (SPEC section 6)."""
+"""Fused photometric augmentation == the step-by-step chain (docs/reference.md §6)."""
 
 import numpy as np
 import pytest

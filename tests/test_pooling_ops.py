@@ -1,4 +1,4 @@
-"""Directional pooling scans against brute-force NumPy (SPEC section 2)."""
+"""Directional pooling scans against brute-force NumPy (docs/reference.md §2)."""
 
 import numpy as np
 import pytest

@@ -1,4 +1,4 @@
-"""The pure-TF scans' custom gradient (SPEC section 2, tie rule).
+"""The pure-TF scans' custom gradient (docs/reference.md §2, tie rule).
 
 `tf_centernet.ops.pooling.scan_gradient` replaces differentiating the scan's
 steps: it must equal the brute-force NumPy reference (gradient to the tied

@@ -1,4 +1,4 @@
-"""Tests of the training-target encoder (SPEC section 4).
+"""Tests of the training-target encoder (docs/reference.md §4).
 
 Expected values are derived by hand (in the comments) or by brute-force NumPy
 loops written here, independent of `tf_centernet.targets`.

@@ -1,4 +1,4 @@
-"""Gaussian keypoint windows on output-grid maps (SPEC section 4).
+"""Gaussian keypoint windows on output-grid maps (docs/reference.md §4).
 
 The kernels behind `tf_centernet.targets.encode_targets`: a square window of
 radius r around a keypoint cell, ``exp(-(dx^2 + dy^2) / (2 sigma^2))`` with
@@ -13,7 +13,7 @@ import numpy as np
 import tensorflow as tf
 
 # Values of the Gaussian below float64 machine epsilon are set to zero, as in
-# the releases' `gaussian2D` (SPEC section 4). With a square window of radius r
+# the releases' `gaussian2D` (docs/reference.md §4). With a square window of radius r
 # and sigma = (2r + 1) / 6 the smallest value in the window is exp(-9) for
 # large r, so in practice this only matters for custom sigma divisors.
 _FLOAT64_EPS = float(np.finfo(np.float64).eps)  # 2.220446049250313e-16
@@ -32,7 +32,7 @@ def gaussian_windows(
     """One clipped square Gaussian window per keypoint, on the full map.
 
     The vectorised kernel behind `draw_gaussian` and `encode_targets`
-    (SPEC section 4): diameter ``d = 2r + 1``, ``sigma = d / divisor``,
+    (docs/reference.md §4): diameter ``d = 2r + 1``, ``sigma = d / divisor``,
     value ``exp(-(dx^2 + dy^2) / (2 sigma^2))`` for ``|dx| <= r`` and
     ``|dy| <= r`` (a square window), 0 outside it, values below float64
     machine epsilon set to 0. Parts of the window outside the map are simply
@@ -74,7 +74,7 @@ def gaussian_windows(
 def draw_gaussian(heatmap, center, radius, sigma_divisor: float = CORNER_SIGMA_DIVISOR):
     """Merges one Gaussian into a heatmap with an element-wise maximum.
 
-    The single-object form of the releases' `draw_gaussian` (SPEC section 4),
+    The single-object form of the releases' `draw_gaussian` (docs/reference.md §4),
     built on the same kernel as `encode_targets` (`gaussian_windows`).
 
     Args:

@@ -1,4 +1,4 @@
-"""Training-target encoder for CornerNet and CenterNet (SPEC section 4).
+"""Training-target encoder for CornerNet and CenterNet (docs/reference.md §4).
 
 One image at a time, inside `tf.data` (graph mode), with static output shapes
 and no Python loop over boxes: every keypoint's Gaussian is computed in its
@@ -8,7 +8,7 @@ NHWC class maps with an element-wise maximum (`tf.tensor_scatter_nd_max`).
 Conventions:
 
 - Boxes are ``[x1, y1, x2, y2]`` in input pixels, float32, already clipped to
-  the input image and filtered (SPEC section 6).
+  the input image and filtered (docs/reference.md §6).
 - A keypoint at input position ``x`` lands at ``fx = x * output / input`` on
   the output grid; its integer cell is ``floor(fx)`` and its offset target
   ``fx - floor(fx)`` (in cells). Flat indices are ``cell_y * width + cell_x``.
@@ -105,7 +105,7 @@ def gaussian_radius(det_size, min_overlap, variant: str = "release"):
 
     i.e. the larger roots, divided by 2 instead of 2a. This is a quirk of the
     releases, reproduced on purpose because all published numbers were
-    trained with it (SPEC section 4): with ``s = w + h``, r3 <= s (sqrt(t) - t)
+    trained with it (docs/reference.md §4): with ``s = w + h``, r3 <= s (sqrt(t) - t)
     <= s / 4 while r1 >= s / 2 and r2 >= s, so the result is always the
     case-3 radius multiplied by ``a3 = 4t`` (2.8 times the geometric case-3
     radius at t = 0.7), and cases 1 and 2 never bind.
@@ -221,7 +221,7 @@ def encode_targets(
     with_centers: bool = True,
     radius_variant: str = "release",
 ) -> Dict[str, tf.Tensor]:
-    """Heatmaps, offsets, flat indices and mask of one image (SPEC section 4).
+    """Heatmaps, offsets, flat indices and mask of one image (docs/reference.md §4).
 
     Runs eagerly or in graph mode (inside `tf.data.Dataset.map`) with static
     output shapes and no Python loop over boxes.

@@ -2,7 +2,7 @@
 
 The mapping is built from the model's own structure (not from Keras'
 generated variable paths): each release module name is paired with the
-layer that implements it (SPEC sections 1-3):
+layer that implements it (docs/reference.md §1-3):
 
 ====================================  ======================================
 release key prefix                    layer here

@@ -1,4 +1,4 @@
-"""Training-time data augmentation (SPEC section 6), as TF graph functions.
+"""Training-time data augmentation (docs/reference.md §6), as TF graph functions.
 
 Every function works eagerly and inside `tf.data.Dataset.map` (graph mode).
 Images are NHWC without the batch axis, ``(height, width, 3)``, RGB; boxes
@@ -124,7 +124,7 @@ def random_crop(
     border: int = 128,
     seed: _Seed = None,
 ):
-    """Random crop around a random center, zero outside the image (SPEC 6).
+    """Random crop around a random center, zero outside the image (docs/reference.md §6).
 
     The releases' `random_crop`: a scale s is picked uniformly from `scales`;
     the crop is ``int(view_height * s) x int(view_width * s)``; the border
@@ -172,7 +172,7 @@ def random_crop(
 
 
 def full_image_crop(image, boxes):
-    """Pads the image, centred, into a square of side max(H, W) (SPEC 6).
+    """Pads the image, centred, into a square of side max(H, W) (docs/reference.md §6).
 
     The releases' `_full_image_crop` (used when random crop is off): a crop
     of size ``max(H, W)`` around pixel ``(W // 2, H // 2)``; boxes shifted
@@ -195,7 +195,7 @@ def full_image_crop(image, boxes):
 
 
 def resize(image, boxes, size: _IntPair):
-    """Bilinear resize to `size` with the boxes scaled alike (SPEC 6).
+    """Bilinear resize to `size` with the boxes scaled alike (docs/reference.md §6).
 
     The releases' `_resize_image` (`cv2.resize`, bilinear, half-pixel
     centers like `tf.image.resize`). Boxes are multiplied by
@@ -224,7 +224,7 @@ def resize(image, boxes, size: _IntPair):
 
 
 def clip_boxes(boxes, classes, height, width):
-    """Clips boxes to ``[0, size - 1]`` and drops empty ones (SPEC 6).
+    """Clips boxes to ``[0, size - 1]`` and drops empty ones (docs/reference.md §6).
 
     The releases' `_clip_detections`: x to ``[0, width - 1]``, y to
     ``[0, height - 1]``; boxes with ``x2 - x1 <= 0`` or ``y2 - y1 <= 0``
@@ -265,7 +265,7 @@ def flip_horizontal(image, boxes):
 
 
 def random_flip(image, boxes, probability: float = 0.5, seed: _Seed = None):
-    """Horizontal flip with probability `probability` (SPEC 6).
+    """Horizontal flip with probability `probability` (docs/reference.md §6).
 
     Args:
         image: tensor ``(H, W, 3)``.
@@ -285,7 +285,7 @@ def random_flip(image, boxes, probability: float = 0.5, seed: _Seed = None):
 
 
 def augment_for_training(image_uint8, boxes, classes, config, training=True, seed=None):
-    """The full SPEC section 6 chain for one image.
+    """The full docs/reference.md §6 chain for one image.
 
     With ``training=True``: `random_crop` (or `full_image_crop` when
     ``config.random_crop`` is False) -> `resize` to ``config.input_size`` ->

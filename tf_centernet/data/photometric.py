@@ -1,4 +1,4 @@
-"""Photometric augmentation (SPEC section 6): colour jitter, PCA lighting, normalisation.
+"""Photometric augmentation (docs/reference.md §6): colour jitter, PCA lighting, normalisation.
 
 Images are ``(height, width, 3)`` RGB. The step functions (`color_jitter`,
 `lighting`, `normalize`) each take and return a float32 image in [0, 1]
@@ -15,7 +15,7 @@ from typing import Optional, Sequence
 import numpy as np
 import tensorflow as tf
 
-# PCA lighting statistics of the releases (ImageNet/COCO, SPEC section 6).
+# PCA lighting statistics of the releases (ImageNet/COCO, docs/reference.md §6).
 EIGEN_VALUES = np.array([0.2141788, 0.01817699, 0.00341571], np.float32)
 # The releases' eigen-vectors have one row per channel in B, G, R order (the
 # row gives that channel's share of each component). Our images are RGB, so
@@ -66,7 +66,7 @@ def grayscale(image):
 
 
 def color_jitter(image, variance: float = 0.4, seed: _Seed = None):
-    """Brightness, contrast and saturation in random order (SPEC 6).
+    """Brightness, contrast and saturation in random order (docs/reference.md §6).
 
     The releases' `color_jittering_` on an image scaled to [0, 1]: the
     grayscale ``gs`` is taken once, before any change; then, in a random
@@ -119,7 +119,7 @@ def apply_color_jitter(image, factors, order):
 
 
 def lighting(image, std: float = 0.1, seed: _Seed = None):
-    """AlexNet-style PCA lighting noise (SPEC 6).
+    """AlexNet-style PCA lighting noise (docs/reference.md §6).
 
     ``image += eigvec @ (eigval * alpha)`` with ``alpha ~ N(0, std)`` of
     size 3, the releases' eigen-values and eigen-vectors (rows reordered to

@@ -1,4 +1,4 @@
-"""The `tf.data` training input pipeline (SPEC sections 4 and 6).
+"""The `tf.data` training input pipeline (docs/reference.md §4 and §6).
 
 ``indices -> shuffle -> repeat -> (read, decode, augment, encode) in
 parallel -> batch -> prefetch``. The per-image annotations live in constant
@@ -87,7 +87,7 @@ def build_train_dataset(
         batch_size: int or None. Defaults to ``config.train.batch_size``.
         shuffle: bool. Shuffle image order each epoch. Defaults to True.
         repeat: bool. Repeat forever. Defaults to True.
-        augment: bool. Training augmentation (SPEC 6); when False, the image is
+        augment: bool. Training augmentation (docs/reference.md §6); when False, the image is
             padded to a centred square and resized, without flip or colour.
             Defaults to True.
         start_element: int. Number of the first element, for the random

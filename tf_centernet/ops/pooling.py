@@ -1,6 +1,6 @@
 """Directional max pooling: the four scans behind corner and center pooling.
 
-SPEC section 2. For an NHWC tensor ``f`` of shape (batch, height, width,
+docs/reference.md §2. For an NHWC tensor ``f`` of shape (batch, height, width,
 channels), per channel:
 
 * ``top_pool``:    out[i, j] = max(f[i:, j])     (top-left corner, looks down)
@@ -345,7 +345,7 @@ def resolve_impl(impl, dtype=tf.float32):
 
 
 def directional_pool(x, direction, impl="scan"):
-    """Cumulative max of an NHWC tensor along one direction (SPEC section 2).
+    """Cumulative max of an NHWC tensor along one direction (docs/reference.md §2).
 
     Args:
         x: tensor of shape (batch, height, width, channels), float16,
@@ -407,7 +407,7 @@ def right_pool(x, impl="scan"):
 def column_max(x, impl="scan"):
     """Max over the whole column, broadcast back: top_pool then bottom_pool.
 
-    The vertical half of center pooling (SPEC section 2). Same shape as `x`.
+    The vertical half of center pooling (docs/reference.md §2). Same shape as `x`.
     """
     return bottom_pool(top_pool(x, impl), impl)
 
@@ -415,6 +415,6 @@ def column_max(x, impl="scan"):
 def row_max(x, impl="scan"):
     """Max over the whole row, broadcast back: left_pool then right_pool.
 
-    The horizontal half of center pooling (SPEC section 2). Same shape as `x`.
+    The horizontal half of center pooling (docs/reference.md §2). Same shape as `x`.
     """
     return right_pool(left_pool(x, impl), impl)
