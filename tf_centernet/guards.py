@@ -64,9 +64,12 @@ class GuardedAdam(keras.optimizers.Adam):
     """Adam that skips (does not apply) a step with a non-finite loss or gradient.
 
     A skipped step changes nothing: no weight, no moment, and
-    ``iterations`` does not advance. Same variables as `keras.optimizers.Adam`
-    (checkpoints are interchangeable). The loss is seen through
-    `scale_loss`, which Keras' `train_step` calls before the gradients.
+    ``iterations`` does not advance. The decision is all-reduced across
+    replicas, then each variable's Adam update is kept or undone with a
+    `tf.where` (no conditional collective ops). Same variables as
+    `keras.optimizers.Adam` (checkpoints are interchangeable). The loss is
+    seen through `scale_loss`, which Keras' `train_step` calls before the
+    gradients.
     """
 
     _local = threading.local()  # the loss of this thread's (replica's) step
@@ -84,27 +87,40 @@ class GuardedAdam(keras.optimizers.Adam):
         )
         if same_graph:
             checks.append(tf.reduce_all(tf.math.is_finite(loss)))
-        return tf.reduce_all(tf.stack(checks)) if checks else tf.constant(True)
+        finite = tf.reduce_all(tf.stack(checks)) if checks else tf.constant(True)
+        context = tf.distribute.get_replica_context()
+        if context is not None and context.num_replicas_in_sync > 1:
+            bad = context.all_reduce(tf.distribute.ReduceOp.SUM, tf.cast(tf.logical_not(finite), tf.float32))
+            finite = tf.equal(bad, 0.0)
+        return finite
 
     def apply(self, grads, trainable_variables=None):
         grads = list(grads)
         finite = self._finite(grads)
-        parent = super().apply
-        if not tf.distribute.has_strategy() or tf.__internal__.distribute.strategy_supports_no_merge_call():
-            tf.cond(finite, lambda: parent(grads, trainable_variables), lambda: None)
-            return
+        self._step_finite = finite
+        try:
+            super().apply(grads, trainable_variables)
+        finally:
+            self._step_finite = None
+        self.assign_sub(self._iterations, tf.cast(tf.logical_not(finite), self._iterations.dtype))
 
-        # MirroredStrategy: the branch that applies calls merge_call, which a
-        # cond in replica context cannot hold; decide in cross-replica context.
-        def cross_replica(distribution, finite, grads, trainable_variables):
-            agreed = tf.reduce_all(tf.stack(distribution.experimental_local_results(finite)))
+    def update_step(self, gradient, variable, learning_rate):
+        finite = getattr(self, "_step_finite", None)
+        if finite is None:
+            return super().update_step(gradient, variable, learning_rate)
+        index = self._get_variable_index(variable)
+        state = [variable, self._momentums[index], self._velocities[index]]
+        if self.amsgrad:
+            state.append(self._velocity_hats[index])
 
-            def apply_all():
-                distribution.extended.call_for_each_replica(parent, args=(grads, trainable_variables))
+        def read(v):
+            return tf.identity(v.value if isinstance(v, keras.Variable) else v)
 
-            tf.cond(agreed, apply_all, lambda: None)
-
-        tf.distribute.get_replica_context().merge_call(cross_replica, args=(finite, grads, trainable_variables))
+        before = [read(v) for v in state]
+        with tf.control_dependencies(before):
+            super().update_step(gradient, variable, learning_rate)
+        for v, old in zip(state, before):
+            self.assign(v, tf.where(finite, read(v), old))
 
 
 def _format_terms(logs):
@@ -228,7 +244,7 @@ class InterruptGuard(keras.callbacks.Callback):
     def _handle(self, signum, frame):
         name = signal.Signals(signum).name
         if self.signum is not None or not self.in_fit:
-            self.signum = signum
+            self.signum = self.signum or signum
             raise TrainingInterrupted(f"Interrupted by {name}; stopped without saving.", signum)
         self.signum = signum
         logger.warning("%s: finishing the current step, then saving a checkpoint (again to stop at once).", name)
