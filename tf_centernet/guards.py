@@ -31,6 +31,8 @@ import threading
 import keras
 import tensorflow as tf
 
+from tf_centernet.checkpoints import checkpoint_path
+
 logger = logging.getLogger("tf_centernet")
 
 NONFINITE_POLICIES = ("stop", "skip")
@@ -177,7 +179,10 @@ class NonFiniteGuard(keras.callbacks.Callback):
         self.consecutive += 1
         what = f"non-finite loss ({_format_terms(bad)})" if bad else "non-finite gradients (loss terms finite)"
         last = self.checkpoints.last_saved if self.checkpoints is not None else None
-        where = f"the last checkpoint is of step {last}" if last is not None else "no checkpoint was written"
+        if last is not None and os.path.isfile(checkpoint_path(self.checkpoints.model_dir, last)):
+            where = f"the last checkpoint is of step {last}"
+        else:
+            where = "no checkpoint of this run was written"
         if self.policy == "stop" or self.consecutive >= self.max_consecutive:
             if self.policy == "stop":
                 reason = f"Training stopped at step {step}: {what} (train.on_nonfinite=stop)"
@@ -262,7 +267,7 @@ class InterruptGuard(keras.callbacks.Callback):
     def error(self, step, saved_path):
         """The `TrainingInterrupted` to raise after `fit` stopped on a signal."""
         name = signal.Signals(self.signum).name
-        saved = f"saved {saved_path}" if saved_path else "its checkpoint was already saved"
+        saved = f"checkpoint {saved_path}" if saved_path else "no step finished since the last checkpoint"
         return TrainingInterrupted(
             f"Interrupted by {name} at step {step}; {saved}. Run the same command to resume.", self.signum
         )

@@ -292,7 +292,7 @@ def _train_locked(config, dataset, strategy, verbose, extra_callbacks, interrupt
     )
     steps_per_epoch = max(1, min(tc.steps_per_epoch, tc.total_steps))
     checkpoints = CheckpointCallback(
-        model_dir, tc.checkpoint_every, tc.keep_checkpoints, last_saved=step if resume_from else None
+        model_dir, tc.checkpoint_every, tc.keep_checkpoints, last_saved=step  # saved, or step 0: nothing to save
     )
     guard = NonFiniteGuard(tc.on_nonfinite, tc.max_consecutive_nonfinite, checkpoints)
     callbacks = [
@@ -305,9 +305,12 @@ def _train_locked(config, dataset, strategy, verbose, extra_callbacks, interrupt
         ),
         *extra_callbacks,
     ]
+    epochs = math.ceil(tc.total_steps / steps_per_epoch)
+    if tc.on_nonfinite == "skip":  # skipped steps do not count: StopAtStep ends the run
+        epochs *= 2 + tc.max_consecutive_nonfinite
     history = model.fit(
         data,
-        epochs=math.ceil(tc.total_steps / steps_per_epoch),
+        epochs=epochs,
         initial_epoch=step // steps_per_epoch,
         steps_per_epoch=steps_per_epoch,
         callbacks=callbacks,
@@ -320,5 +323,6 @@ def _train_locked(config, dataset, strategy, verbose, extra_callbacks, interrupt
         raise guard.error
     if interrupt.signum is not None:
         step = int(optimizer.iterations.numpy())
-        raise interrupt.error(step, checkpoint_path(model_dir, step) if checkpoints.last_saved == step else None)
+        saved = checkpoint_path(model_dir, step)
+        raise interrupt.error(step, saved if checkpoints.last_saved == step and os.path.isfile(saved) else None)
     return model, history

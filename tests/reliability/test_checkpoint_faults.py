@@ -196,8 +196,9 @@ def run_guard(guard, losses):
     return model
 
 
-def test_nonfinite_guard_stop_names_step_and_terms_and_blocks_checkpoints():
-    checkpoints = ckpt.CheckpointCallback("unused", every=1, last_saved=2)
+def test_nonfinite_guard_stop_names_step_and_terms_and_blocks_checkpoints(tmp_path):
+    save_steps(small_model(), str(tmp_path), [2])
+    checkpoints = ckpt.CheckpointCallback(str(tmp_path), every=1, last_saved=2)
     guard = NonFiniteGuard("stop", checkpoints=checkpoints)
     model = run_guard(guard, [1.0, 2.0, np.nan, 1.0])
     assert model.stop_training and int(model.optimizer.iterations.numpy()) == 2
