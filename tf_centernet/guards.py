@@ -29,6 +29,7 @@ import socket
 import threading
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from tf_centernet.checkpoints import checkpoint_path
@@ -143,6 +144,9 @@ class NonFiniteGuard(keras.callbacks.Callback):
     training was not stopped) and `skipped` the number of skipped steps.
     A step counts as non-finite when a loss term in the batch logs is NaN /
     Inf, or (without loss scaling) when the optimizer did not advance. The
+    With "skip", the non-trainable variables (BatchNorm moving statistics,
+    updated by the forward pass) are copied to the host before each step
+    and restored after a skipped one. The
     batch logs are running means, so after a skip the means restart
     (`reset_metrics`): an epoch's logged losses then cover the steps after
     its last skip.
@@ -159,12 +163,15 @@ class NonFiniteGuard(keras.callbacks.Callback):
         self.consecutive = 0
         self.error = None
         self._before = None
+        self._state = None
 
     def _iterations(self):
         return int(self.model.optimizer.iterations.numpy())
 
     def on_train_batch_begin(self, batch, logs=None):
         self._before = self._iterations()
+        if self.policy == "skip":  # BatchNorm statistics change in the forward pass: keep a copy (small)
+            self._state = [np.array(v.numpy()) for v in self.model.non_trainable_weights]
 
     def on_train_batch_end(self, batch, logs=None):
         logs = {k: float(v) for k, v in (logs or {}).items() if _is_number(v)}
@@ -175,6 +182,8 @@ class NonFiniteGuard(keras.callbacks.Callback):
             self.consecutive = 0
             return
         step = (self._before or 0) + 1
+        for variable, value in zip(self.model.non_trainable_weights, self._state or []):
+            variable.assign(value)  # undo the skipped step's moving statistics
         self.skipped += 1
         self.consecutive += 1
         what = f"non-finite loss ({_format_terms(bad)})" if bad else "non-finite gradients (loss terms finite)"

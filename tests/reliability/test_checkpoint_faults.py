@@ -175,6 +175,7 @@ class _FakeOptimizer:
 class _FakeModel:
     def __init__(self):
         self.optimizer = _FakeOptimizer()
+        self.non_trainable_weights = []
         self.stop_training = False
         self.resets = 0
 
