@@ -46,10 +46,17 @@ def _load_config(args):
     overrides = list(args.set or [])
     name = args.config
     model_dir = getattr(args, "model_dir", None)
+    if model_dir and args.command != "train" and not os.path.isdir(model_dir):
+        raise SystemExit(f"error: --model-dir {model_dir}: no such directory.")
     if name is None and model_dir and os.path.isfile(os.path.join(model_dir, "config.yaml")):
         name = os.path.join(model_dir, "config.yaml")
+    if name is None and model_dir:
+        raise SystemExit(
+            f"error: --model-dir {model_dir} has no config.yaml (written by `train`): "
+            "give --config NAME_OR_PATH too, or the directory of a trained model."
+        )
     if name is None:
-        raise SystemExit("error: give --config NAME_OR_PATH (or --model-dir of a trained model).")
+        raise SystemExit("error: give --config NAME_OR_PATH, or --model-dir of a trained model.")
     if getattr(args, "classes", None):
         overrides.append(f"data.classes={args.classes}")
     if model_dir and args.command == "train":
@@ -413,16 +420,35 @@ def build_parser():
 
 
 def main(argv=None):
+    """Runs one command; returns its exit status.
+
+    0: success; 1: training stopped on a non-finite loss; 2: bad input
+    (missing file, invalid configuration or data, unusable checkpoint,
+    model directory locked by another training); 130 / 143: interrupted
+    by SIGINT (Ctrl-C) / SIGTERM (`train` saves a checkpoint first).
+    """
     args = build_parser().parse_args(argv)
     _setup_logging(args.verbose)
     try:
         return args.func(args)
+    except KeyboardInterrupt:
+        if args.verbose:
+            raise
+        logger.error("Interrupted.")
+        return 130
     except (FileNotFoundError, ValueError, ImportError) as error:
         # ImportError: an optional extra is missing (the message names it).
         if args.verbose:
             raise
         logger.error("%s (run with -v for the traceback)", error)
         return 2
+    except Exception as error:
+        # Project errors carry their exit status (tf_centernet.guards).
+        code = getattr(error, "exit_code", None)
+        if code is None or args.verbose:
+            raise
+        logger.error("%s", error)
+        return code
 
 
 if __name__ == "__main__":

@@ -229,6 +229,12 @@ class TrainConfig:
     # another class count the heatmap output layers are re-initialized
     # (tf_centernet.convert.finetune).
     init_from: str = ""
+    # A step whose loss or gradients hold a NaN / Inf is never applied.
+    # "stop": end training with an error naming the step and loss terms;
+    # "skip": log and count it, go on, stop after max_consecutive_nonfinite
+    # skips in a row. See tf_centernet.guards.
+    on_nonfinite: str = "stop"
+    max_consecutive_nonfinite: int = 10
 
 
 @dataclass
@@ -346,6 +352,8 @@ def load_config(
             "model.architecture must be 'centernet' or 'cornernet', got "
             f"{config.model.architecture!r}."
         )
+    if config.train.on_nonfinite not in ("stop", "skip"):
+        raise ValueError(f"train.on_nonfinite must be 'stop' or 'skip', got {config.train.on_nonfinite!r}.")
     return config
 
 

@@ -9,15 +9,22 @@ What `train` does, in order:
    `tf.data` pipeline (augmentation and targets in-graph);
 3. builds the model and Adam with the piecewise-constant schedule of docs/reference.md §6
    (learning rate x decay_rate after each of `decay_steps`);
-4. restores the latest checkpoint of `model_dir/checkpoints` if there is
-   one (model, optimizer state and step), so re-running an interrupted
+4. locks the model directory (`tf_centernet.guards.ModelDirLock`: a second
+   `train` into it fails with a clear error), removes leftovers of killed
+   saves, and restores the newest usable checkpoint of
+   `model_dir/checkpoints` if there is one (model, optimizer state and
+   step; see `tf_centernet.checkpoints`), so re-running an interrupted
    command resumes where it stopped; otherwise loads `train.init_from` (a
    converted or trained model directory, or a release snapshot) if set,
    re-initializing the heatmap output layers when the class count differs
    (`tf_centernet.convert.finetune`);
-5. runs `fit` with a progress bar, a checkpoint every `checkpoint_every`
-   steps and at the end, TensorBoard scalars of every loss term in
-   `model_dir/logs`, and stops exactly at `total_steps`.
+5. writes `config.yaml` and `classes.json` (only now that the
+   configuration, data and checkpoint validated);
+6. runs `fit` with a progress bar, an atomic checkpoint every
+   `checkpoint_every` steps and at the end, TensorBoard scalars of every
+   loss term in `model_dir/logs`, and stops exactly at `total_steps`; a
+   non-finite loss stops or skips (``train.on_nonfinite``), Ctrl-C /
+   SIGTERM saves and stops (`tf_centernet.guards`).
 
 The input pipeline's position is not checkpointed: a resumed run starts a
 new shuffle and continues the augmentation seeds from the number of images
@@ -30,18 +37,28 @@ from __future__ import annotations
 import logging
 import math
 import os
-import re
 
 import keras
 import tensorflow as tf
 
 from tf_centernet import config as config_lib
+from tf_centernet.checkpoints import (  # noqa: F401  (re-exported: public names of this module)
+    CHECKPOINT_SUBDIR,
+    CheckpointCallback,
+    CheckpointError,
+    atomic_write_text,
+    checkpoint_path,
+    cleanup_partials,
+    latest_checkpoint,
+    list_checkpoints,
+    load_checkpoint,
+    save_checkpoint,
+)
+from tf_centernet.guards import NONFINITE_POLICIES, GuardedAdam, InterruptGuard, ModelDirLock, NonFiniteGuard
 from tf_centernet.data.labels import CLASSES_FILE, class_labels, read_classes, write_classes  # noqa: F401
 from tf_centernet.models.detector import build_model
 
 logger = logging.getLogger("tf_centernet")
-
-CHECKPOINT_SUBDIR = "checkpoints"
 
 
 def get_strategy(kind="auto"):
@@ -89,75 +106,6 @@ def learning_rate_schedule(train_config):
     return keras.optimizers.schedules.PiecewiseConstantDecay(boundaries, values)
 
 
-def checkpoint_path(model_dir, step):
-    """The checkpoint file of `step`: MODEL_DIR/checkpoints/ckpt-STEP.weights.h5."""
-    return os.path.join(model_dir, CHECKPOINT_SUBDIR, f"ckpt-{int(step)}.weights.h5")
-
-
-def list_checkpoints(model_dir):
-    """(step, path) of every complete checkpoint in `model_dir`, oldest first."""
-    folder = os.path.join(model_dir, CHECKPOINT_SUBDIR)
-    found = []
-    if os.path.isdir(folder):
-        for name in os.listdir(folder):
-            match = re.fullmatch(r"ckpt-(\d+)\.weights\.h5", name)
-            if match:
-                found.append((int(match.group(1)), os.path.join(folder, name)))
-    return sorted(found)
-
-
-def latest_checkpoint(model_dir):
-    """Path of the newest checkpoint in `model_dir`, or None."""
-    found = list_checkpoints(model_dir)
-    return found[-1][1] if found else None
-
-
-def save_checkpoint(model, model_dir, step, keep):
-    """Writes model + optimizer state (Keras `.weights.h5`) and prunes old ones.
-
-    The file is written under a temporary name and renamed, so a process
-    killed while saving never leaves a truncated "latest" checkpoint.
-    Keras' weights file holds the optimizer's variables (moments and step
-    count) when the model is compiled, so a resumed run continues exactly.
-    """
-    path = checkpoint_path(model_dir, step)
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    partial = os.path.join(os.path.dirname(path), f".partial-ckpt-{int(step)}.weights.h5")
-    model.save_weights(partial, overwrite=True)
-    os.replace(partial, path)
-    for _, old in list_checkpoints(model_dir)[: -max(1, keep)]:
-        os.remove(old)
-    return path
-
-
-class CheckpointCallback(keras.callbacks.Callback):
-    """Saves model + optimizer every `every` optimiser steps and at the end.
-
-    Args:
-        model_dir: str. Checkpoints go to ``model_dir/checkpoints``.
-        every: int. Steps between checkpoints.
-        keep: int. Number of newest checkpoints kept.
-    """
-
-    def __init__(self, model_dir, every, keep=3):
-        super().__init__()
-        self.model_dir = model_dir
-        self.every = max(1, int(every))
-        self.keep = keep
-        self.last_saved = None
-
-    def _save(self):
-        step = int(self.model.optimizer.iterations.numpy())
-        if step != self.last_saved:
-            save_checkpoint(self.model, self.model_dir, step, self.keep)
-            self.last_saved = step
-
-    def on_train_batch_end(self, batch, logs=None):
-        if int(self.model.optimizer.iterations.numpy()) % self.every == 0:
-            self._save()
-
-    def on_train_end(self, logs=None):
-        self._save()
 
 
 class StopAtStep(keras.callbacks.Callback):
@@ -177,25 +125,32 @@ def load_trained_model(config, checkpoint):
 
     Args:
         config: `Config`.
-        checkpoint: str. A model directory (its latest checkpoint is used)
-            or a `.weights.h5` file.
+        checkpoint: str. A model directory (its newest usable checkpoint:
+            an unusable newer one is skipped with a logged warning, see
+            `tf_centernet.checkpoints.load_checkpoint`) or a `.weights.h5`
+            file.
 
     Returns:
         `KeypointDetector` built for `config.data.input_size`.
 
     Raises:
         FileNotFoundError: no checkpoint there.
+        CheckpointError (a ValueError): the named file, or every checkpoint
+            of the directory, is corrupt, truncated or does not fit the
+            model.
     """
     model = build_model(config.model, config.loss, config.decode)
     size = config.data.input_size
     model.build((None, size, size, 3))
-    path = latest_checkpoint(checkpoint) if os.path.isdir(checkpoint) else checkpoint
-    if not path or not path.endswith(".weights.h5") or not os.path.isfile(path):
+    is_dir = os.path.isdir(checkpoint)
+    path = None
+    if is_dir or (os.path.isfile(checkpoint) and checkpoint.endswith(".weights.h5")):
+        path = load_checkpoint(model, checkpoint)
+    if not path:
         raise FileNotFoundError(
             f"No checkpoint found at {checkpoint!r} (expected a model directory "
             f"with {CHECKPOINT_SUBDIR}/ckpt-STEP.weights.h5, or a .weights.h5 file)."
         )
-    model.load_weights(path)
     logger.info("Loaded weights from %s", path)
     return model
 
@@ -216,25 +171,31 @@ def train(config, strategy=None, verbose=1, extra_callbacks=()):
     Raises:
         ValueError: the data's number of classes differs from the model's,
             or `train.init_from` does not match the model beyond its class
-            count (the message names the first mismatching keys).
+            count (the message names the first mismatching keys), or a bad
+            ``train.on_nonfinite``.
         FileNotFoundError: `train.init_from` does not exist.
         ImportError: `train.init_from` is a snapshot and torch is missing.
+        CheckpointError (a ValueError): no checkpoint of the model directory
+            is usable, or they do not fit the model.
+        ModelDirLocked: another live process trains into the same model
+            directory.
+        NonFiniteLossError: a non-finite loss stopped training (see
+            `tf_centernet.guards`).
+        TrainingInterrupted: SIGINT / SIGTERM (after saving a checkpoint
+            when a step finished since the last one).
     """
-    from tf_centernet.data import build_train_dataset
+    from tf_centernet.data.check import check_dataset
     from tf_centernet.data.records import open_dataset
 
     tc = config.train
     model_dir = tc.model_dir
-    os.makedirs(model_dir, exist_ok=True)
-    with open(os.path.join(model_dir, "config.yaml"), "w", encoding="utf-8") as f:
-        f.write(config_lib.to_yaml(config))
+    if tc.on_nonfinite not in NONFINITE_POLICIES:
+        raise ValueError(f"train.on_nonfinite must be one of {NONFINITE_POLICIES}, got {tc.on_nonfinite!r}.")
     keras.utils.set_random_seed(tc.seed)
     if tc.mixed_precision:
         keras.mixed_precision.set_global_policy("mixed_float16")
 
     dataset = open_dataset(config, "train")
-    from tf_centernet.data.check import check_dataset
-
     report = check_dataset(dataset, config, decode_images=False)
     (logger.warning if report.counts else logger.info)("Data check: %s", report.summary())
     if dataset.num_classes != config.model.num_classes:
@@ -243,7 +204,19 @@ def train(config, strategy=None, verbose=1, extra_callbacks=()):
             f"model.num_classes is {config.model.num_classes}; set "
             f"model.num_classes={dataset.num_classes}."
         )
-    write_classes(model_dir, dataset)
+    # One writer per model directory; config.yaml and classes.json are
+    # written once the data validated and the checkpoint (if any) loaded.
+    with ModelDirLock(model_dir), InterruptGuard() as interrupt:
+        cleanup_partials(model_dir)
+        return _train_locked(config, dataset, strategy, verbose, extra_callbacks, interrupt)
+
+
+def _train_locked(config, dataset, strategy, verbose, extra_callbacks, interrupt):
+    """`train` once the model directory is locked."""
+    from tf_centernet.data import build_train_dataset
+
+    tc = config.train
+    model_dir = tc.model_dir
     strategy = strategy or get_strategy(tc.strategy)
     logger.info(
         "Training on %d images, %d replica(s), global batch %d",
@@ -253,12 +226,11 @@ def train(config, strategy=None, verbose=1, extra_callbacks=()):
     with strategy.scope():
         model = build_model(config.model, config.loss)
         model.build((None, size, size, 3))
-        optimizer = keras.optimizers.Adam(learning_rate_schedule(tc))
+        optimizer = GuardedAdam(learning_rate_schedule(tc))
         model.compile(optimizer=optimizer, jit_compile=False)
         optimizer.build(model.trainable_variables)
-        resume_from = latest_checkpoint(model_dir)
+        resume_from = load_checkpoint(model, model_dir)
         if resume_from:
-            model.load_weights(resume_from)
             logger.info("Resumed from %s (step %d)", resume_from, int(optimizer.iterations.numpy()))
             if tc.init_from:
                 logger.info("train.init_from=%s ignored: resuming from %s", tc.init_from, resume_from)
@@ -266,6 +238,8 @@ def train(config, strategy=None, verbose=1, extra_callbacks=()):
             from tf_centernet.convert.finetune import initialize_from
 
             initialize_from(model, tc.init_from)
+    atomic_write_text(os.path.join(model_dir, "config.yaml"), config_lib.to_yaml(config))
+    write_classes(model_dir, dataset)
 
     step = int(optimizer.iterations.numpy())
     if step >= tc.total_steps:
@@ -276,21 +250,38 @@ def train(config, strategy=None, verbose=1, extra_callbacks=()):
         dataset, config, batch_size=tc.batch_size, start_element=step * tc.batch_size
     )
     steps_per_epoch = max(1, min(tc.steps_per_epoch, tc.total_steps))
+    checkpoints = CheckpointCallback(
+        model_dir, tc.checkpoint_every, tc.keep_checkpoints, last_saved=step  # saved, or step 0: nothing to save
+    )
+    guard = NonFiniteGuard(tc.on_nonfinite, tc.max_consecutive_nonfinite, checkpoints)
     callbacks = [
-        CheckpointCallback(model_dir, tc.checkpoint_every, tc.keep_checkpoints),
+        guard,  # before checkpoints: a non-finite step blocks the save
+        interrupt,
+        checkpoints,
         StopAtStep(tc.total_steps),
         keras.callbacks.TensorBoard(
             os.path.join(model_dir, "logs"), update_freq=max(1, min(100, tc.checkpoint_every))
         ),
         *extra_callbacks,
     ]
+    epochs = math.ceil(tc.total_steps / steps_per_epoch)
+    if tc.on_nonfinite == "skip":  # skipped steps do not count: StopAtStep ends the run
+        epochs *= 2 + tc.max_consecutive_nonfinite
     history = model.fit(
         data,
-        epochs=math.ceil(tc.total_steps / steps_per_epoch),
+        epochs=epochs,
         initial_epoch=step // steps_per_epoch,
         steps_per_epoch=steps_per_epoch,
         callbacks=callbacks,
         verbose=verbose,
         shuffle=False,  # the pipeline shuffles
     )
+    if guard.skipped:
+        logger.warning("Skipped %d non-finite step(s) in this run.", guard.skipped)
+    if guard.error is not None:
+        raise guard.error
+    if interrupt.signum is not None:
+        step = int(optimizer.iterations.numpy())
+        saved = checkpoint_path(model_dir, step)
+        raise interrupt.error(step, saved if checkpoints.last_saved == step and os.path.isfile(saved) else None)
     return model, history

@@ -36,7 +36,7 @@ def model_dir_state(model_dir: str):
         FileNotFoundError: no config.yaml or no checkpoint there.
     """
     from tf_centernet.convert.model_dir import build_for_conversion
-    from tf_centernet.training import latest_checkpoint
+    from tf_centernet.checkpoints import latest_checkpoint
 
     config_path = os.path.join(model_dir, "config.yaml")
     if not os.path.isfile(config_path):

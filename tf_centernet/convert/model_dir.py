@@ -23,7 +23,8 @@ from tf_centernet.convert.labels import snapshot_labels
 from tf_centernet.convert.mapping import load_release_state
 from tf_centernet.convert.snapshot import read_snapshot
 from tf_centernet.models.detector import build_model
-from tf_centernet.training import list_checkpoints, save_checkpoint, write_classes
+from tf_centernet.checkpoints import list_checkpoints, save_checkpoint
+from tf_centernet.data.labels import write_classes
 
 logger = logging.getLogger("tf_centernet")
 

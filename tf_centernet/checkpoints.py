@@ -1,0 +1,414 @@
+"""Checkpoint files of a model directory: paths, atomic writes, integrity, fallback.
+
+A checkpoint is ``MODEL_DIR/checkpoints/ckpt-STEP.weights.h5`` (Keras
+weights file: model and, when compiled, optimizer variables). Its SHA-256 is
+listed in the manifest ``MODEL_DIR/checkpoints.sha256``, in ``sha256sum``
+format (``cd MODEL_DIR && sha256sum -c checkpoints.sha256`` checks by hand).
+
+Writing (`save_checkpoint`): refuse non-finite variables; write
+``checkpoints/.partial-ckpt-STEP.weights.h5``, flush and fsync it, rename it
+to its final name, fsync the folder, then rewrite the manifest the same way
+(temporary file, fsync, rename). A process killed at any point leaves the
+previous state, a ``.partial-*`` file (removed by `cleanup_partials` when the
+next training starts), or a complete checkpoint not yet in the manifest
+(checked as an unlisted file, below).
+
+Reading (`validate_checkpoint`, `load_checkpoint`): a listed checkpoint must
+match its SHA-256 (a truncated, zero-byte or bit-flipped file fails); an
+unlisted one (written before manifests existed, killed between rename and
+manifest, or a file outside a model directory) must open with h5py and read
+back completely. Loading a model directory falls back from an unusable
+newest checkpoint to the newest usable one, with a logged warning; a named
+file that is unusable is a `CheckpointError`. Raw h5py errors never escape.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import re
+
+import keras
+import numpy as np
+
+logger = logging.getLogger("tf_centernet")
+
+CHECKPOINT_SUBDIR = "checkpoints"
+MANIFEST = "checkpoints.sha256"
+PARTIAL_PREFIX = ".partial-"
+_NAME = re.compile(r"ckpt-(\d+)\.weights\.h5")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint is unusable (corrupt, truncated, non-finite or mismatched)."""
+
+
+def checkpoint_path(model_dir, step):
+    """The checkpoint file of `step`: MODEL_DIR/checkpoints/ckpt-STEP.weights.h5."""
+    return os.path.join(model_dir, CHECKPOINT_SUBDIR, f"ckpt-{int(step)}.weights.h5")
+
+
+def list_checkpoints(model_dir):
+    """(step, path) of every checkpoint file in `model_dir`, oldest first.
+
+    Lists by name only (partial files excluded); see `validate_checkpoint`
+    for whether a file is usable.
+    """
+    folder = os.path.join(model_dir, CHECKPOINT_SUBDIR)
+    found = []
+    if os.path.isdir(folder):
+        for name in os.listdir(folder):
+            match = _NAME.fullmatch(name)
+            if match:
+                found.append((int(match.group(1)), os.path.join(folder, name)))
+    return sorted(found)
+
+
+def latest_checkpoint(model_dir, validate=True):
+    """Path of the newest checkpoint of `model_dir`, or None.
+
+    Args:
+        model_dir: str.
+        validate: bool. True: the newest one that passes
+            `validate_checkpoint` (each newer, unusable one is logged as a
+            warning); False: the newest file by name.
+    """
+    for _, path in reversed(list_checkpoints(model_dir)):
+        if not validate:
+            return path
+        reason = validate_checkpoint(path)
+        if reason is None:
+            return path
+        logger.warning("Skipping checkpoint %s: %s", path, reason)
+    return None
+
+
+# ---------------------------------------------------------------- integrity
+
+
+def _sha256(path, chunk=1 << 20):
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(chunk), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _model_dir_of(path):
+    """The model directory of a checkpoint path (its folder's parent)."""
+    return os.path.dirname(os.path.dirname(os.path.abspath(path)))
+
+
+def read_manifest(model_dir):
+    """{relative path: sha256 hex} of ``MODEL_DIR/checkpoints.sha256`` ({} when absent).
+
+    A malformed line is logged and ignored (its file then counts as unlisted).
+    """
+    entries = {}
+    path = os.path.join(model_dir, MANIFEST)
+    if not os.path.isfile(path):
+        return entries
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for number, line in enumerate(f, 1):
+            match = re.fullmatch(r"([0-9a-fA-F]{64}) [ *](\S.*)", line.rstrip("\n"))
+            if match:
+                entries[match.group(2)] = match.group(1).lower()
+            elif line.strip():
+                logger.warning("%s line %d is not 'SHA256  FILE'; ignored.", path, number)
+    return entries
+
+
+def _update_manifest(model_dir, changes=None):
+    """Rewrites the manifest atomically: `changes` ({rel: hex or None}) applied, missing files dropped."""
+    entries = read_manifest(model_dir)
+    entries.update(changes or {})
+    lines = [
+        f"{digest}  {rel}\n"
+        for rel, digest in sorted(entries.items())
+        if digest and os.path.isfile(os.path.join(model_dir, rel))
+    ]
+    atomic_write_text(os.path.join(model_dir, MANIFEST), "".join(lines))
+
+
+def _rel(path):
+    return os.path.join(CHECKPOINT_SUBDIR, os.path.basename(path))
+
+
+def _expected_digest(path):
+    """The manifest's SHA-256 of `path`, or None when it is not listed."""
+    return read_manifest(_model_dir_of(path)).get(_rel(path))
+
+
+def _h5_readable(path):
+    """None when h5py opens `path` and reads every dataset back, else the reason."""
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as f:
+            datasets = []
+            f.visititems(lambda name, obj: datasets.append(obj) if isinstance(obj, h5py.Dataset) else None)
+            if not datasets:
+                return "no weights in the file"
+            for dataset in datasets:
+                dataset[()]
+    except Exception as error:  # h5py raises OSError, KeyError, RuntimeError, ...
+        return f"unreadable HDF5 file ({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''})"
+    return None
+
+
+def validate_checkpoint(path):
+    """Whether a checkpoint file is intact.
+
+    Returns:
+        None when usable, else a one-line reason (missing, zero bytes,
+        SHA-256 mismatch with the manifest, unreadable HDF5).
+    """
+    if not os.path.isfile(path):
+        return "no such file"
+    if os.path.getsize(path) == 0:
+        return "zero-byte file"
+    expected = _expected_digest(path)
+    if expected is not None:
+        if _sha256(path) != expected:
+            return "SHA-256 mismatch (truncated or corrupted)"
+        return None
+    return _h5_readable(path)
+
+
+# ------------------------------------------------------------------ writing
+
+
+def fsync_dir(folder):
+    """fsync a folder so a rename in it survives a power loss (no-op where unsupported)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _fsync_file(path):
+    with open(path, "rb+") as f:
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def atomic_write_text(path, text):
+    """Writes `text` to `path` via a temporary file, fsync and rename."""
+    folder = os.path.dirname(os.path.abspath(path))
+    partial = os.path.join(folder, PARTIAL_PREFIX + os.path.basename(path))
+    with open(partial, "w", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(partial, path)
+    fsync_dir(folder)
+
+
+def nonfinite_variables(variables):
+    """Paths (or names) of the floating-point variables holding a NaN or Inf."""
+    bad = []
+    for variable in variables:
+        value = np.asarray(variable.numpy() if hasattr(variable, "numpy") else variable)
+        if np.issubdtype(value.dtype, np.floating) and not np.isfinite(value).all():
+            bad.append(getattr(variable, "path", None) or getattr(variable, "name", "?"))
+    return bad
+
+
+def save_checkpoint(model, model_dir, step, keep):
+    """Writes model + optimizer state atomically, with a checksum, then prunes.
+
+    Keras' weights file holds the optimizer's variables (moments and step
+    count) when the model is compiled, so a resumed run continues exactly.
+
+    Args:
+        model: a built `keras.Model`.
+        model_dir: str.
+        step: int. Optimizer step, in the file name.
+        keep: int. Number of newest checkpoints kept (at least 1); the one
+            just written is never pruned.
+
+    Returns:
+        The checkpoint's path.
+
+    Raises:
+        CheckpointError: a model or optimizer variable is NaN or Inf
+            (nothing is written).
+    """
+    variables = list(model.weights)
+    if getattr(model, "optimizer", None) is not None:
+        variables += list(model.optimizer.variables)
+    bad = nonfinite_variables(variables)
+    if bad:
+        raise CheckpointError(
+            f"Not saving checkpoint of step {int(step)}: {len(bad)} variable(s) hold NaN/Inf "
+            f"(first: {bad[0]}); the last finite checkpoint is kept."
+        )
+    path = checkpoint_path(model_dir, step)
+    folder = os.path.dirname(path)
+    os.makedirs(folder, exist_ok=True)
+    partial = os.path.join(folder, PARTIAL_PREFIX + os.path.basename(path))
+    model.save_weights(partial, overwrite=True)
+    _fsync_file(partial)
+    digest = _sha256(partial)
+    if _expected_digest(path) is not None:  # an older save of this step
+        _update_manifest(model_dir, {_rel(path): None})
+    os.replace(partial, path)
+    fsync_dir(folder)
+    _update_manifest(model_dir, {_rel(path): digest})
+    prune_checkpoints(model_dir, keep, protect=path)
+    return path
+
+
+def prune_checkpoints(model_dir, keep, protect=None):
+    """Deletes all but the `keep` newest checkpoints, never `protect`.
+
+    `protect` is the newest checkpoint known to be finite and intact (the
+    one just written), so rotation never leaves only unusable files.
+    """
+    removed = False
+    for _, old in list_checkpoints(model_dir)[: -max(1, int(keep))]:
+        if protect is None or os.path.abspath(old) != os.path.abspath(protect):
+            os.remove(old)
+            removed = True
+    if removed:
+        _update_manifest(model_dir)
+
+
+def cleanup_partials(model_dir):
+    """Removes leftovers of killed saves: ``.partial-*`` files of the model directory.
+
+    Only safe while no other process writes to `model_dir` (the training
+    lock is held).
+
+    Returns:
+        The removed paths.
+    """
+    removed = []
+    for folder in (model_dir, os.path.join(model_dir, CHECKPOINT_SUBDIR)):
+        if not os.path.isdir(folder):
+            continue
+        for name in sorted(os.listdir(folder)):
+            path = os.path.join(folder, name)
+            if name.startswith(PARTIAL_PREFIX) and os.path.isfile(path):
+                os.remove(path)
+                removed.append(path)
+                logger.warning("Removed leftover of an interrupted save: %s", path)
+    return removed
+
+
+# ------------------------------------------------------------------ loading
+
+
+def _load(model, path):
+    try:
+        model.load_weights(path)
+    except Exception as error:  # h5py/Keras raise OSError, ValueError, KeyError, ...
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise CheckpointError(
+            f"Cannot load checkpoint {path}: {first} (was it written by a model with another configuration?)"
+        ) from None
+
+
+def load_checkpoint(model, source):
+    """Loads the newest usable checkpoint of `source` into a built model.
+
+    Args:
+        model: a built `keras.Model` (compiled, with a built optimizer, to
+            restore the optimizer state too).
+        source: str. A model directory (the newest usable checkpoint of
+            ``source/checkpoints``; each newer, unusable one is skipped with
+            a logged warning) or one ``.weights.h5`` file (no fallback).
+
+    Returns:
+        The loaded checkpoint's path, or None when `source` is a folder
+        without any checkpoint.
+
+    Raises:
+        CheckpointError: the named file, or every checkpoint of the folder,
+            is unusable; or a file with a valid checksum does not fit the
+            model (another configuration).
+        FileNotFoundError: `source` is neither a folder nor a file.
+    """
+    if os.path.isfile(source):
+        reason = validate_checkpoint(source)
+        if reason:
+            raise CheckpointError(f"Checkpoint {source} is unusable: {reason}.")
+        _load(model, source)
+        return source
+    if not os.path.isdir(source):
+        raise FileNotFoundError(f"No model directory or checkpoint file at {source!r}.")
+    candidates = list(reversed(list_checkpoints(source)))
+    reasons = []
+    for _, path in candidates:
+        reason = validate_checkpoint(path)
+        if reason is None:
+            verified = _expected_digest(path) is not None
+            try:
+                _load(model, path)
+            except CheckpointError as error:
+                if verified:  # intact file: the configuration differs
+                    raise
+                reason = str(error)
+        if reason is None:
+            if reasons:
+                logger.warning(
+                    "Fell back to checkpoint %s: %d newer checkpoint(s) unusable (%s).",
+                    path, len(reasons), "; ".join(reasons),
+                )
+            return path
+        logger.warning("Checkpoint %s is unusable: %s", path, reason)
+        reasons.append(f"{os.path.basename(path)}: {reason}")
+    if candidates:
+        raise CheckpointError(
+            f"None of the {len(candidates)} checkpoint(s) in {os.path.join(source, CHECKPOINT_SUBDIR)} "
+            f"is usable ({'; '.join(reasons)}). Move them away to start training from scratch."
+        )
+    return None
+
+
+class CheckpointCallback(keras.callbacks.Callback):
+    """Saves model + optimizer every `every` optimizer steps and at the end.
+
+    Args:
+        model_dir: str. Checkpoints go to ``model_dir/checkpoints``.
+        every: int. Steps between checkpoints.
+        keep: int. Number of newest checkpoints kept.
+        last_saved: int or None. Step of the checkpoint training resumed
+            from (not written again).
+
+    `block(reason)` stops all further saves (a guard found a non-finite
+    loss); `last_path` is the newest checkpoint this callback wrote.
+    """
+
+    def __init__(self, model_dir, every, keep=3, last_saved=None):
+        super().__init__()
+        self.model_dir = model_dir
+        self.every = max(1, int(every))
+        self.keep = keep
+        self.last_saved = last_saved
+        self.last_path = None
+        self.blocked = None
+
+    def block(self, reason):
+        """No checkpoint is written from now on (`reason` is kept for messages)."""
+        self.blocked = reason
+
+    def _save(self):
+        step = int(self.model.optimizer.iterations.numpy())
+        if self.blocked is None and step != self.last_saved:
+            self.last_path = save_checkpoint(self.model, self.model_dir, step, self.keep)
+            self.last_saved = step
+
+    def on_train_batch_end(self, batch, logs=None):
+        if int(self.model.optimizer.iterations.numpy()) % self.every == 0:
+            self._save()
+
+    def on_train_end(self, logs=None):
+        self._save()

@@ -1,0 +1,381 @@
+"""Guards of a training run: non-finite losses, Ctrl-C / SIGTERM, one writer per model directory.
+
+* `GuardedAdam` never applies a step whose loss or gradients hold a NaN or
+  Inf: weights, moments and the step count stay as they were (the check is
+  agreed across replicas under `tf.distribute`).
+* `NonFiniteGuard` (a Keras callback) notices such a step and, per
+  ``train.on_nonfinite``, stops training (``stop``, the default) or counts
+  and logs the skip (``skip``, stopping after
+  ``train.max_consecutive_nonfinite`` consecutive ones). Once it stops, no
+  checkpoint is written any more, so the newest checkpoint is the last
+  finite one.
+* `InterruptGuard` turns SIGINT / SIGTERM into "finish the current step,
+  save a checkpoint, stop"; a second signal stops at once.
+* `ModelDirLock` holds an exclusive ``fcntl.flock`` on ``MODEL_DIR/.train.lock``;
+  the kernel drops it when its process dies, so a lock left by a dead
+  process is taken over (with a log line naming it).
+
+Errors carry `exit_code`, the `tf-centernet` exit status (see cli.py).
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging
+import math
+import os
+import signal
+import socket
+import threading
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from tf_centernet.checkpoints import checkpoint_path
+
+logger = logging.getLogger("tf_centernet")
+
+NONFINITE_POLICIES = ("stop", "skip")
+
+
+class NonFiniteLossError(RuntimeError):
+    """Training stopped on a NaN / Inf loss or gradient."""
+
+    exit_code = 1
+
+
+class TrainingInterrupted(RuntimeError):
+    """Training stopped on SIGINT (exit 130) or SIGTERM (exit 143)."""
+
+    def __init__(self, message, signum):
+        super().__init__(message)
+        self.signum = signum
+        self.exit_code = 128 + int(signum)
+
+
+class ModelDirLocked(RuntimeError):
+    """Another live process is training into the same model directory."""
+
+    exit_code = 2
+
+
+# ------------------------------------------------------------ non-finite
+
+
+class GuardedAdam(keras.optimizers.Adam):
+    """Adam that skips (does not apply) a step with a non-finite loss or gradient.
+
+    A skipped step changes nothing: no weight, no moment, and
+    ``iterations`` does not advance. The decision is all-reduced across
+    replicas, then each variable's Adam update is kept or undone with a
+    `tf.where` (no conditional collective ops). Same variables as
+    `keras.optimizers.Adam` (checkpoints are interchangeable). The loss is
+    seen through `scale_loss`, which Keras' `train_step` calls before the
+    gradients.
+    """
+
+    _local = threading.local()  # the loss of this thread's (replica's) step
+
+    def scale_loss(self, loss):
+        GuardedAdam._local.loss = loss
+        return super().scale_loss(loss)
+
+    def _finite(self, grads):
+        checks = [tf.reduce_all(tf.math.is_finite(g)) for g in grads if g is not None]
+        loss = getattr(GuardedAdam._local, "loss", None)
+        GuardedAdam._local.loss = None
+        same_graph = loss is not None and (
+            tf.executing_eagerly() or getattr(loss, "graph", None) is tf.compat.v1.get_default_graph()
+        )
+        if same_graph:
+            checks.append(tf.reduce_all(tf.math.is_finite(loss)))
+        finite = tf.reduce_all(tf.stack(checks)) if checks else tf.constant(True)
+        context = tf.distribute.get_replica_context()
+        if context is not None and context.num_replicas_in_sync > 1:
+            bad = context.all_reduce(tf.distribute.ReduceOp.SUM, tf.cast(tf.logical_not(finite), tf.float32))
+            finite = tf.equal(bad, 0.0)
+        return finite
+
+    def apply(self, grads, trainable_variables=None):
+        grads = list(grads)
+        finite = self._finite(grads)
+        self._step_finite = finite
+        try:
+            super().apply(grads, trainable_variables)
+        finally:
+            self._step_finite = None
+        self.assign_sub(self._iterations, tf.cast(tf.logical_not(finite), self._iterations.dtype))
+
+    def update_step(self, gradient, variable, learning_rate):
+        finite = getattr(self, "_step_finite", None)
+        if finite is None:
+            return super().update_step(gradient, variable, learning_rate)
+        index = self._get_variable_index(variable)
+        state = [variable, self._momentums[index], self._velocities[index]]
+        if self.amsgrad:
+            state.append(self._velocity_hats[index])
+
+        def read(v):
+            return tf.identity(v.value if isinstance(v, keras.Variable) else v)
+
+        before = [read(v) for v in state]
+        with tf.control_dependencies(before):
+            super().update_step(gradient, variable, learning_rate)
+        for v, old in zip(state, before):
+            self.assign(v, tf.where(finite, read(v), old))
+
+
+def _format_terms(logs):
+    return ", ".join(f"{k}={v:.4g}" for k, v in logs.items())
+
+
+class NonFiniteGuard(keras.callbacks.Callback):
+    """Stops or skips on a non-finite step (see the module docstring).
+
+    Args:
+        policy: "stop" or "skip".
+        max_consecutive: int. With "skip": stop after this many
+            consecutive non-finite steps.
+        checkpoints: `CheckpointCallback` or None; blocked when the guard
+            stops training.
+
+    After `fit`, `error` is the `NonFiniteLossError` to raise (None when
+    training was not stopped) and `skipped` the number of skipped steps.
+    A step counts as non-finite when a loss term in the batch logs is NaN /
+    Inf, or (without loss scaling) when the optimizer did not advance. The
+    With "skip", the non-trainable variables (BatchNorm moving statistics,
+    updated by the forward pass) are copied to the host before each step
+    and restored after a skipped one. The
+    batch logs are running means, so after a skip the means restart
+    (`reset_metrics`): an epoch's logged losses then cover the steps after
+    its last skip.
+    """
+
+    def __init__(self, policy="stop", max_consecutive=10, checkpoints=None):
+        super().__init__()
+        if policy not in NONFINITE_POLICIES:
+            raise ValueError(f"train.on_nonfinite must be one of {NONFINITE_POLICIES}, got {policy!r}.")
+        self.policy = policy
+        self.max_consecutive = max(1, int(max_consecutive))
+        self.checkpoints = checkpoints
+        self.skipped = 0
+        self.consecutive = 0
+        self.error = None
+        self._before = None
+        self._state = None
+
+    def _iterations(self):
+        return int(self.model.optimizer.iterations.numpy())
+
+    def on_train_batch_begin(self, batch, logs=None):
+        self._before = self._iterations()
+        if self.policy == "skip":  # BatchNorm statistics change in the forward pass: keep a copy (small)
+            self._state = [np.array(v.numpy()) for v in self.model.non_trainable_weights]
+
+    def on_train_batch_end(self, batch, logs=None):
+        logs = {k: float(v) for k, v in (logs or {}).items() if _is_number(v)}
+        bad = {k: v for k, v in logs.items() if not math.isfinite(v)}
+        scaled = isinstance(self.model.optimizer, keras.optimizers.LossScaleOptimizer)
+        stalled = not scaled and self._before is not None and self._iterations() == self._before
+        if not bad and not stalled:
+            self.consecutive = 0
+            return
+        step = (self._before or 0) + 1
+        for variable, value in zip(self.model.non_trainable_weights, self._state or []):
+            variable.assign(value)  # undo the skipped step's moving statistics
+        self.skipped += 1
+        self.consecutive += 1
+        what = f"non-finite loss ({_format_terms(bad)})" if bad else "non-finite gradients (loss terms finite)"
+        last = self.checkpoints.last_saved if self.checkpoints is not None else None
+        if last is not None and os.path.isfile(checkpoint_path(self.checkpoints.model_dir, last)):
+            where = f"the last checkpoint is of step {last}"
+        else:
+            where = "no checkpoint of this run was written"
+        if self.policy == "stop" or self.consecutive >= self.max_consecutive:
+            if self.policy == "stop":
+                reason = f"Training stopped at step {step}: {what} (train.on_nonfinite=stop)"
+            else:
+                reason = (
+                    f"Training stopped at step {step}: {self.consecutive} consecutive non-finite steps, "
+                    f"last: {what} (train.max_consecutive_nonfinite={self.max_consecutive})"
+                )
+            self.error = NonFiniteLossError(
+                f"{reason}; {where}. Lower train.learning_rate or check the data"
+                + (", or set train.on_nonfinite=skip." if self.policy == "stop" else ".")
+            )
+            if self.checkpoints is not None:
+                self.checkpoints.block(reason)
+            self.model.stop_training = True
+            return
+        logger.warning(
+            "Skipped step %d: %s; %d consecutive, %d skipped in this run (train.on_nonfinite=skip).",
+            step, what, self.consecutive, self.skipped,
+        )
+        self.model.reset_metrics()
+
+
+def _is_number(value):
+    try:
+        float(value)
+    except (TypeError, ValueError):
+        return False
+    return True
+
+
+# --------------------------------------------------------------- signals
+
+
+class InterruptGuard(keras.callbacks.Callback):
+    """SIGINT / SIGTERM: finish the current step, save, stop `fit`.
+
+    Use as a context manager around the whole training (installs the
+    handlers in the main thread only, restores the previous ones on exit)
+    and as a callback of `fit`. Outside `fit` (or on a second signal) the
+    handler raises `TrainingInterrupted` at once.
+    """
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self):
+        super().__init__()
+        self.signum = None
+        self.in_fit = False
+        self._previous = {}
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for signum in self.SIGNALS:
+                self._previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def __exit__(self, *exc):
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        self._previous = {}
+        return False
+
+    def _handle(self, signum, frame):
+        name = signal.Signals(signum).name
+        if self.signum is not None or not self.in_fit:
+            self.signum = self.signum or signum
+            raise TrainingInterrupted(f"Interrupted by {name}; stopped without saving.", signum)
+        self.signum = signum
+        logger.warning("%s: finishing the current step, then saving a checkpoint (again to stop at once).", name)
+
+    def on_train_begin(self, logs=None):
+        self.in_fit = True
+
+    def on_train_end(self, logs=None):
+        self.in_fit = False
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self.signum is not None:
+            self.model.stop_training = True
+
+    def error(self, step, saved_path):
+        """The `TrainingInterrupted` to raise after `fit` stopped on a signal."""
+        name = signal.Signals(self.signum).name
+        saved = f"checkpoint {saved_path}" if saved_path else "no step finished since the last checkpoint"
+        return TrainingInterrupted(
+            f"Interrupted by {name} at step {step}; {saved}. Run the same command to resume.", self.signum
+        )
+
+
+# ------------------------------------------------------------------ lock
+
+LOCK_FILE = ".train.lock"
+
+
+def _pid_alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class ModelDirLock:
+    """Exclusive lock of a model directory for one training process.
+
+    ``fcntl.flock`` on ``MODEL_DIR/.train.lock`` (released by the kernel when
+    the holder dies, also by SIGKILL); the file records the holder's PID,
+    host and start time for messages. Where flock is unavailable, the PID
+    recorded is checked instead (a dead PID on this host is taken over).
+    Network file systems may not honour flock across hosts.
+
+    Raises (on `acquire` / entering):
+        ModelDirLocked: a live process holds the lock.
+    """
+
+    def __init__(self, model_dir):
+        self.model_dir = model_dir
+        self.path = os.path.join(model_dir, LOCK_FILE)
+        self._file = None
+
+    def _holder(self):
+        try:
+            with open(self.path, encoding="utf-8") as f:
+                fields = dict(line.split("=", 1) for line in f.read().splitlines() if "=" in line)
+            return int(fields.get("pid", "")), fields.get("host", ""), fields.get("started", "")
+        except (OSError, ValueError):
+            return None
+
+    def _refuse(self, holder):
+        pid, host, started = holder if holder else ("?", "?", "?")
+        raise ModelDirLocked(
+            f"Another training (PID {pid} on {host}, started {started}) is writing to {self.model_dir} "
+            f"(lock {self.path}). Wait for it to finish or stop it, or train into another --model-dir."
+        )
+
+    def acquire(self):
+        os.makedirs(self.model_dir, exist_ok=True)
+        previous = self._holder()
+        handle = open(self.path, "a+", encoding="utf-8")
+        try:
+            import fcntl
+        except ImportError:  # not POSIX: PID check only
+            fcntl = None
+        try:
+            if fcntl is not None:
+                try:
+                    fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    self._refuse(previous)
+            elif previous and previous[1] == socket.gethostname() and _pid_alive(previous[0]):
+                self._refuse(previous)
+        except BaseException:
+            handle.close()
+            raise
+        if previous and previous[0] != os.getpid():
+            logger.warning(
+                "Took over the stale training lock of PID %d on %s (started %s, no longer running): %s",
+                previous[0], previous[1], previous[2], self.path,
+            )
+        handle.seek(0)
+        handle.truncate()
+        started = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+        handle.write(f"pid={os.getpid()}\nhost={socket.gethostname()}\nstarted={started}\n")
+        handle.flush()
+        self._file = handle
+        return self
+
+    def release(self):
+        if self._file is None:
+            return
+        try:
+            self._file.seek(0)
+            self._file.truncate()  # the file stays: deleting it would race a new locker
+            self._file.flush()
+        finally:
+            self._file.close()  # closing drops the flock
+            self._file = None
+
+    def __enter__(self):
+        return self.acquire()
+
+    def __exit__(self, *exc):
+        self.release()
+        return False
