@@ -350,13 +350,13 @@ def build_model(model_config, loss_config=None, decode_config=None):
         )
     policy = _POLICIES[compute_dtype]
     if policy is None:
-        return _build(model_config, loss_config)
+        return _build(model_config, loss_config, decode_config)
     # Layers take the global policy when they are created: set it for the
     # construction only.
     previous = keras.config.dtype_policy()
     keras.config.set_dtype_policy(policy)
     try:
-        return _build(model_config, loss_config)
+        return _build(model_config, loss_config, decode_config)
     finally:
         keras.config.set_dtype_policy(previous)
 
@@ -366,7 +366,7 @@ def build_model(model_config, loss_config=None, decode_config=None):
 _POLICIES = {"float32": None, "bfloat16": "mixed_bfloat16"}
 
 
-def _build(model_config, loss_config):
+def _build(model_config, loss_config, decode_config):
     hg = model_config.hourglass()
     centernet = model_config.architecture == "centernet"
     cls = CenterNet if centernet else CornerNet
