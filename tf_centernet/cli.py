@@ -50,8 +50,12 @@ def _load_config(args):
         raise SystemExit("error: give --config NAME_OR_PATH (or --model-dir of a trained model).")
     if getattr(args, "classes", None):
         overrides.append(f"data.classes={args.classes}")
-    if model_dir and args.command == "train":
-        overrides.append(f"train.model_dir={model_dir}")
+    if model_dir:
+        if args.command != "train" and not os.path.isdir(model_dir):
+            raise SystemExit(f"error: --model-dir {model_dir}: no such directory.")
+        # The model directory is the unit: a copied model's config.yaml keeps
+        # the train.model_dir it was trained in, which must not win.
+        overrides.append(f"train.model_dir={os.path.abspath(model_dir)}")
     return load_config(name, overrides)
 
 
@@ -119,9 +123,14 @@ def cmd_detect(args):
     predictor = Predictor(model, config)
     names, category_ids = _class_names(config, args)
     os.makedirs(args.output, exist_ok=True)
-    results = []
+    results, failed = [], []
     for path in args.images:
-        image = load_image(path)
+        try:
+            image = load_image(path)
+        except (FileNotFoundError, ValueError) as error:  # one bad file of many: skip it
+            logger.warning("Skipping %s", error)
+            failed.append(path)
+            continue
         det = predictor.predict_images([image])[0]
         drawn = draw_detections(
             image, det["boxes"], det["scores"], det["classes"], names, score_threshold=args.score_threshold
@@ -137,7 +146,10 @@ def cmd_detect(args):
     json_path = os.path.join(args.output, "detections.json")
     with open(json_path, "w", encoding="utf-8") as f:
         json.dump(results, f)
-    logger.info("Wrote %s", json_path)
+    logger.info("Wrote %s (%d of %d images)", json_path, len(args.images) - len(failed), len(args.images))
+    if failed:
+        logger.warning("%d image(s) could not be read: %s", len(failed), ", ".join(failed))
+        return 1
     return 0
 
 
@@ -387,6 +399,9 @@ def main(argv=None):
     _setup_logging(args.verbose)
     try:
         return args.func(args)
+    except KeyboardInterrupt:
+        logger.error("Interrupted (Ctrl-C): %s stopped.", args.command)
+        return 130
     except (FileNotFoundError, ValueError) as error:
         if args.verbose:
             raise

@@ -57,24 +57,17 @@ class CocoRecord:
 
 
 def load_image(path: str) -> np.ndarray:
-    """Reads an image file as RGB.
+    """Reads an image file as RGB uint8 (see `tf_centernet.data.images.load_image`).
 
-    Args:
-        path: str. Image file (any format OpenCV reads).
-
-    Returns:
-        uint8 ``(height, width, 3)``, RGB order.
+    EXIF orientation is ignored (stored pixels), truncated JPEGs rejected.
 
     Raises:
         FileNotFoundError: the file does not exist.
-        ValueError: OpenCV cannot decode it.
+        ValueError: the file cannot be used (names the file and the reason).
     """
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"Image file not found: {path}")
-    image = cv2.imread(path, cv2.IMREAD_COLOR)
-    if image is None:
-        raise ValueError(f"Cannot decode image file (corrupt or unsupported format): {path}")
-    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+    from tf_centernet.data.images import load_image as load
+
+    return load(path)
 
 
 class CocoDataset:
