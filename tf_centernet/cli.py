@@ -196,7 +196,10 @@ def cmd_export(args):
         getattr(args, "model_dir", None) or config.train.model_dir, "export", _EXPORT_DEFAULTS[args.format]
     )
     try:
-        path = export_lib.export(model, config, output, format=args.format, input_size=input_size)
+        limit = args.max_megapixels if args.max_megapixels and args.max_megapixels > 0 else None
+        path = export_lib.export(
+            model, config, output, format=args.format, input_size=input_size, max_megapixels=limit
+        )
     except (RuntimeError, ImportError, FileExistsError) as error:
         logger.error("%s", error)
         return 2
@@ -364,6 +367,10 @@ def build_parser():
         "tftrt: build engines for it",
     )
     p.add_argument("--no-flip", action="store_true", help="no flip test in the exported graph (about 2x faster)")
+    p.add_argument(
+        "--max-megapixels", type=float, default=8.0,
+        help="savedmodel: serving_bytes rejects larger images before decoding them (default: 8; 0: no limit)",
+    )
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("demo", help="train, evaluate and detect on a synthetic data set it creates")

@@ -158,3 +158,52 @@ def load_image(path: str, max_pixels: int = MAX_PIXELS) -> np.ndarray:
     with open(path, "rb") as f:
         data = f.read()
     return decode_image_bytes(data, path, max_pixels)
+
+
+def usable_records(dataset, logger, max_pixels: int = MAX_PIXELS, limit_listed: int = 20):
+    """The records of a training dataset whose image passes `check_image_file`.
+
+    Each bad image is a counted skip: added to ``dataset.skipped`` under its
+    reason and logged in one warning naming the files (the first
+    `limit_listed`). Encoded (TFRecord) images get the same checks in memory.
+
+    Returns:
+        list of records, in order.
+
+    Raises:
+        ValueError: no usable image is left.
+    """
+    import collections
+
+    kept, reasons, problems = [], collections.Counter(), []
+    for record in dataset.records:
+        try:
+            if record.encoded is None:
+                check_image_file(record.file_name, max_pixels)
+            else:
+                data = record.encoded
+                if not data:
+                    raise ImageError(record.file_name, "empty_image", "encoded image is empty")
+                if _format(data[:32]) is None:
+                    raise ImageError(record.file_name, "not_an_image", "encoded bytes are not an image")
+                if _format(data[:32]) == "JPEG" and not jpeg_is_complete(data):
+                    raise ImageError(record.file_name, "truncated_image", "truncated JPEG")
+        except ImageError as error:
+            reasons[error.reason] += 1
+            problems.append(str(error))
+            continue
+        kept.append(record)
+    if reasons:
+        skipped = getattr(dataset, "skipped", None)
+        if isinstance(skipped, dict):
+            for reason, count in reasons.items():
+                skipped[reason] = skipped.get(reason, 0) + count
+        logger.warning(
+            "Skipping %d unusable training images (%s); training on %d of %d: %s%s",
+            len(problems), ", ".join(f"{v} {k}" for k, v in sorted(reasons.items())),
+            len(kept), len(dataset.records), "; ".join(problems[:limit_listed]),
+            " ..." if len(problems) > limit_listed else "",
+        )
+    if not kept:
+        raise ValueError(f"{dataset!r}: no usable training image left (all {len(problems)} rejected).")
+    return kept
