@@ -92,7 +92,7 @@ def check_image_file(path: str, max_pixels: int = MAX_PIXELS) -> Tuple[int, int]
         head = f.read(32)
         kind = _format(head)
         if kind is None:
-            raise ImageError(path, "not_an_image", "not a JPEG, PNG, GIF, BMP or WebP file (unknown signature)")
+            raise ImageError(path, "not_an_image", "cannot decode: not a JPEG, PNG, GIF, BMP or WebP file (unknown signature)")
         if kind == "JPEG":
             if size <= 65536:
                 f.seek(0)
@@ -132,7 +132,7 @@ def decode_image_bytes(data: bytes, name: str = "<bytes>", max_pixels: int = MAX
         raise ImageError(name, "empty_image", "image is empty (0 bytes)")
     kind = _format(bytes(data[:32]))
     if kind is None:
-        raise ImageError(name, "not_an_image", "not a JPEG, PNG, GIF, BMP or WebP file (unknown signature)")
+        raise ImageError(name, "not_an_image", "cannot decode: not a JPEG, PNG, GIF, BMP or WebP file (unknown signature)")
     if kind == "JPEG" and not jpeg_is_complete(bytes(data)):
         raise ImageError(name, "truncated_image", "truncated JPEG (no end-of-image marker)")
     try:
@@ -160,12 +160,15 @@ def load_image(path: str, max_pixels: int = MAX_PIXELS) -> np.ndarray:
     return decode_image_bytes(data, path, max_pixels)
 
 
-def usable_records(dataset, logger, max_pixels: int = MAX_PIXELS, limit_listed: int = 20):
+def usable_records(dataset, logger, max_pixels: int = MAX_PIXELS, limit_listed: int = 20,
+                   max_objects: int = 0):
     """The records of a training dataset whose image passes `check_image_file`.
 
     Each bad image is a counted skip: added to ``dataset.skipped`` under its
     reason and logged in one warning naming the files (the first
     `limit_listed`). Encoded (TFRecord) images get the same checks in memory.
+    Images with more than `max_objects` objects (when > 0) are logged with
+    the number of objects that get no embedding slot.
 
     Returns:
         list of records, in order.
@@ -185,7 +188,7 @@ def usable_records(dataset, logger, max_pixels: int = MAX_PIXELS, limit_listed: 
                 if not data:
                     raise ImageError(record.file_name, "empty_image", "encoded image is empty")
                 if _format(data[:32]) is None:
-                    raise ImageError(record.file_name, "not_an_image", "encoded bytes are not an image")
+                    raise ImageError(record.file_name, "not_an_image", "cannot decode: encoded bytes are not an image")
                 if _format(data[:32]) == "JPEG" and not jpeg_is_complete(data):
                     raise ImageError(record.file_name, "truncated_image", "truncated JPEG")
         except ImageError as error:
@@ -203,6 +206,14 @@ def usable_records(dataset, logger, max_pixels: int = MAX_PIXELS, limit_listed: 
             len(problems), ", ".join(f"{v} {k}" for k, v in sorted(reasons.items())),
             len(kept), len(dataset.records), "; ".join(problems[:limit_listed]),
             " ..." if len(problems) > limit_listed else "",
+        )
+    crowded = [r for r in kept if max_objects and r.num_objects > max_objects]
+    if crowded:
+        logger.warning(
+            "%d training images have more than data.max_objects=%d objects; the %d objects beyond "
+            "get no embedding/offset slot (heatmaps keep them): %s",
+            len(crowded), max_objects, sum(r.num_objects - max_objects for r in crowded),
+            ", ".join(os.path.basename(r.file_name) for r in crowded[:limit_listed]),
         )
     if not kept:
         raise ValueError(f"{dataset!r}: no usable training image left (all {len(problems)} rejected).")

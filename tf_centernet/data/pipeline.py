@@ -122,7 +122,7 @@ def build_train_dataset(
     start_element = int(start_element)
 
     # Undecodable images are counted, logged skips (tf_centernet.data.images).
-    records = usable_records(dataset, logger)
+    records = usable_records(dataset, logger, max_objects=int(config.data.max_objects))
     # TFRecord inputs carry their encoded images; file-based ones a path.
     in_memory = any(r.encoded is not None for r in records)
     if in_memory:
