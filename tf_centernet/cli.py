@@ -44,6 +44,8 @@ def _load_config(args):
     overrides = list(args.set or [])
     name = args.config
     model_dir = getattr(args, "model_dir", None)
+    if model_dir and args.command != "train" and not os.path.isdir(model_dir):
+        raise SystemExit(f"error: --model-dir {model_dir}: no such directory (a trained model's directory).")
     if name is None and model_dir and os.path.isfile(os.path.join(model_dir, "config.yaml")):
         name = os.path.join(model_dir, "config.yaml")
     if name is None:
@@ -51,8 +53,6 @@ def _load_config(args):
     if getattr(args, "classes", None):
         overrides.append(f"data.classes={args.classes}")
     if model_dir:
-        if args.command != "train" and not os.path.isdir(model_dir):
-            raise SystemExit(f"error: --model-dir {model_dir}: no such directory.")
         # The model directory is the unit: a copied model's config.yaml keeps
         # the train.model_dir it was trained in, which must not win.
         overrides.append(f"train.model_dir={os.path.abspath(model_dir)}")
