@@ -100,7 +100,7 @@ def test_missing_model_dir_is_a_clear_error(tmp_path):
         cli.main(["evaluate", "--model-dir", str(tmp_path / "nope")])
 
 
-def test_ctrl_c_is_one_line_without_traceback(monkeypatch, capsys):
+def test_ctrl_c_is_one_line_without_traceback(monkeypatch, capsys, caplog):
     def interrupted(args):
         raise KeyboardInterrupt
 
@@ -108,4 +108,5 @@ def test_ctrl_c_is_one_line_without_traceback(monkeypatch, capsys):
     assert cli.main(["detect", "x.jpg"]) == 130
     captured = capsys.readouterr()
     assert "Traceback" not in captured.err + captured.out
-    assert "Interrupted" in captured.err
+    lines = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert lines == ["Interrupted (Ctrl-C): detect stopped."]
