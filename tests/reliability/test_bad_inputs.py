@@ -179,3 +179,17 @@ def test_bad_categories_are_fatal_and_named(tmp_path):
     path.write_text(json.dumps(content))
     with pytest.raises(ValueError, match=r"categories\[1\].*duplicate category id 1"):
         CocoDataset(str(path), folder)
+
+
+def test_check_data_reports_the_same_images_training_skips(corpus, tmp_path):
+    from tf_centernet.data.check import check_dataset
+
+    folder = os.path.dirname(corpus["good.jpg"])
+    annotation_file = tmp_path / "train.json"
+    annotation_file.write_text(json.dumps(_coco_for([corpus[n] for n in sorted(EXPECTED)])))
+    config = load_config("demo", ["model.num_classes=1", f"train.model_dir={tmp_path / 'model'}"])
+    report = check_dataset(CocoDataset(str(annotation_file), folder), config, decode_images=True)
+    assert report.counts["unreadable_image"] == len(BAD)
+    listed = "\n".join(report.examples)
+    for name in BAD:
+        assert name in listed
