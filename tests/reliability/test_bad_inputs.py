@@ -4,7 +4,6 @@ The corpus is built at test time (`corpus.py`). Each case asserts its
 outcome and that every good sample is still used (counted).
 """
 
-import copy
 import json
 import logging
 import os
