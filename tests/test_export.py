@@ -61,7 +61,12 @@ def detector(tmp_path_factory):
     annotations = str(root / "categories.json")
     with open(annotations, "w", encoding="utf-8") as f:
         json.dump({"images": [], "annotations": [], "categories": [{"id": CATEGORY_ID, "name": "dog"}]}, f)
-    overrides = ["model.num_classes=1", "decode.top_k=70", f"data.val_annotations={annotations}"]
+    # An absolute model dir: the demo config's relative one would read whatever
+    # classes.json a demo run left in the working directory.
+    overrides = [
+        "model.num_classes=1", "decode.top_k=70", f"data.val_annotations={annotations}",
+        f"train.model_dir={root / 'model'}",
+    ]
     config = load_config("demo", overrides)
     keras.utils.set_random_seed(0)
     model = build_model(config.model)

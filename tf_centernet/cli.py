@@ -47,7 +47,7 @@ def _load_config(args):
     name = args.config
     model_dir = getattr(args, "model_dir", None)
     if model_dir and args.command != "train" and not os.path.isdir(model_dir):
-        raise SystemExit(f"error: --model-dir {model_dir}: no such directory.")
+        raise SystemExit(f"error: --model-dir {model_dir}: no such directory (a trained model's directory).")
     if name is None and model_dir and os.path.isfile(os.path.join(model_dir, "config.yaml")):
         name = os.path.join(model_dir, "config.yaml")
     if name is None and model_dir:
@@ -59,8 +59,10 @@ def _load_config(args):
         raise SystemExit("error: give --config NAME_OR_PATH, or --model-dir of a trained model.")
     if getattr(args, "classes", None):
         overrides.append(f"data.classes={args.classes}")
-    if model_dir and args.command == "train":
-        overrides.append(f"train.model_dir={model_dir}")
+    if model_dir:
+        # The model directory is the unit: a copied model's config.yaml keeps
+        # the train.model_dir it was trained in, which must not win.
+        overrides.append(f"train.model_dir={os.path.abspath(model_dir)}")
     if getattr(args, "init_from", None):
         overrides.append(f"train.init_from={os.path.abspath(args.init_from)}")
     return load_config(name, overrides)
@@ -130,9 +132,14 @@ def cmd_detect(args):
     predictor = Predictor(model, config)
     names, category_ids = _class_names(config, args)
     os.makedirs(args.output, exist_ok=True)
-    results = []
+    results, failed = [], []
     for path in args.images:
-        image = load_image(path)
+        try:
+            image = load_image(path)
+        except (FileNotFoundError, ValueError) as error:  # one bad file of many: skip it
+            logger.warning("Skipping %s", error)
+            failed.append(path)
+            continue
         det = predictor.predict_images([image])[0]
         drawn = draw_detections(
             image, det["boxes"], det["scores"], det["classes"], names, score_threshold=args.score_threshold
@@ -148,7 +155,10 @@ def cmd_detect(args):
     json_path = os.path.join(args.output, "detections.json")
     with open(json_path, "w", encoding="utf-8") as f:
         json.dump(results, f)
-    logger.info("Wrote %s", json_path)
+    logger.info("Wrote %s (%d of %d images)", json_path, len(args.images) - len(failed), len(args.images))
+    if failed:
+        logger.warning("%d image(s) could not be read: %s", len(failed), ", ".join(failed))
+        return 1
     return 0
 
 
@@ -195,7 +205,10 @@ def cmd_export(args):
         getattr(args, "model_dir", None) or config.train.model_dir, "export", _EXPORT_DEFAULTS[args.format]
     )
     try:
-        path = export_lib.export(model, config, output, format=args.format, input_size=input_size)
+        limit = args.max_megapixels if args.max_megapixels and args.max_megapixels > 0 else None
+        path = export_lib.export(
+            model, config, output, format=args.format, input_size=input_size, max_megapixels=limit
+        )
     except (RuntimeError, ImportError, FileExistsError) as error:
         logger.error("%s", error)
         return 2
@@ -381,6 +394,10 @@ def build_parser():
         "tftrt: build engines for it",
     )
     p.add_argument("--no-flip", action="store_true", help="no flip test in the exported graph (about 2x faster)")
+    p.add_argument(
+        "--max-megapixels", type=float, default=8.0,
+        help="savedmodel: serving_bytes rejects larger images before decoding them (default: 8; 0: no limit)",
+    )
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("demo", help="train, evaluate and detect on a synthetic data set it creates")
@@ -434,7 +451,7 @@ def main(argv=None):
     except KeyboardInterrupt:
         if args.verbose:
             raise
-        logger.error("Interrupted.")
+        logger.error("Interrupted (Ctrl-C): %s stopped.", args.command)
         return 130
     except (FileNotFoundError, ValueError, ImportError) as error:
         # ImportError: an optional extra is missing (the message names it).

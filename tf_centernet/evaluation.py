@@ -317,12 +317,9 @@ def evaluate_dataset(
         record = by_id[image_id]
         if record.encoded is None:
             return load_image_rgb(record.file_name)
-        import cv2
+        from tf_centernet.data.images import decode_image_bytes
 
-        image = cv2.imdecode(np.frombuffer(record.encoded, np.uint8), cv2.IMREAD_COLOR)
-        if image is None:
-            raise ValueError(f"Cannot decode the image of record {record.file_name!r}.")
-        return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+        return decode_image_bytes(record.encoded, record.file_name)
 
     return _evaluate(
         predictor, coco_gt, image_ids, load, category_ids, output_json, metrics_json,
@@ -336,10 +333,20 @@ def _evaluate(predictor, coco_gt, image_ids, load, category_ids, output_json, me
     from tqdm import tqdm
 
     results: List[dict] = []
+    unreadable: List[int] = []
     progress = tqdm(total=len(image_ids), desc="evaluating", unit="img", disable=not verbose)
     for start in range(0, len(image_ids), batch_size):
-        ids = image_ids[start : start + batch_size]
-        images = [load(i) for i in ids]
+        ids, images = [], []
+        for image_id in image_ids[start : start + batch_size]:
+            try:
+                images.append(load(image_id))
+                ids.append(image_id)
+            except (FileNotFoundError, ValueError) as error:  # one bad image of many: skip it
+                logger.warning("Skipping image id %s: %s", image_id, error)
+                unreadable.append(image_id)
+        progress.update(len(ids) + len(image_ids[start : start + batch_size]) - len(ids))
+        if not ids:
+            continue
         predictions = predictor.predict_images(images, batch_size=len(images))
         for image_id, pred in zip(ids, predictions):
             results.extend(
@@ -347,8 +354,10 @@ def _evaluate(predictor, coco_gt, image_ids, load, category_ids, output_json, me
                     image_id, pred["boxes"], pred["scores"], pred["classes"], category_ids
                 )
             )
-        progress.update(len(ids))
     progress.close()
+    if unreadable:
+        logger.warning("Skipped %d unreadable images (not scored): ids %s", len(unreadable), unreadable[:20])
+        image_ids = [i for i in image_ids if i not in set(unreadable)]
 
     if output_json:
         os.makedirs(os.path.dirname(os.path.abspath(output_json)), exist_ok=True)
@@ -366,7 +375,7 @@ def _evaluate(predictor, coco_gt, image_ids, load, category_ids, output_json, me
         with open(metrics_json, "w") as f:
             json.dump(
                 {"metrics": metrics, "num_images": len(image_ids),
-                 "num_detections": len(results)},
+                 "num_detections": len(results), "skipped_unreadable_images": len(unreadable)},
                 f, indent=2,
             )
     return metrics

@@ -34,7 +34,7 @@ ACTIONS = {
     "difficult": "as data.difficult says",
     "clipped_box": "box clipped to the image",
     "size_from_image": "image size read from the image",
-    "unreadable_image": "training would stop on it: fix or remove the file",
+    "unreadable_image": "training skips it (counted, file named): fix or remove the file",
     "over_max_objects": "objects past data.max_objects get no embedding/offset slot",
     "duplicate_id": "evaluation merges the images",
 }
@@ -90,10 +90,19 @@ class DataReport:
 def _decodable(record) -> Optional[str]:
     import cv2
 
+    from tf_centernet.data.images import ImageError, check_image_file, jpeg_is_complete
+
     if record.encoded is not None:
+        if record.encoded[:3] == b"\xff\xd8\xff" and not jpeg_is_complete(record.encoded):
+            return f"{record.file_name}: truncated JPEG (no end-of-image marker)"
         image = cv2.imdecode(np.frombuffer(record.encoded, np.uint8), cv2.IMREAD_REDUCED_COLOR_8)
     else:
-        image = cv2.imread(record.file_name, cv2.IMREAD_REDUCED_COLOR_8)
+        try:  # the check training runs (truncated JPEGs, size limit, signature)
+            check_image_file(record.file_name)
+        except ImageError as error:
+            return str(error)
+        flags = cv2.IMREAD_REDUCED_COLOR_8 | cv2.IMREAD_IGNORE_ORIENTATION
+        image = cv2.imread(record.file_name, flags)
     return None if image is not None else f"{record.file_name}: cannot decode the image"
 
 

@@ -18,9 +18,10 @@ import math
 import os
 from typing import Dict, List, Optional
 
-import cv2
 import numpy as np
 from pycocotools.coco import COCO
+
+from tf_centernet.data.records import log_skipped
 
 logger = logging.getLogger(__name__)
 
@@ -57,33 +58,66 @@ class CocoRecord:
 
 
 def load_image(path: str) -> np.ndarray:
-    """Reads an image file as RGB.
+    """Reads an image file as RGB uint8 (see `tf_centernet.data.images.load_image`).
 
-    Args:
-        path: str. Image file (any format OpenCV reads).
-
-    Returns:
-        uint8 ``(height, width, 3)``, RGB order.
+    EXIF orientation is ignored (stored pixels), truncated JPEGs rejected.
 
     Raises:
         FileNotFoundError: the file does not exist.
-        ValueError: OpenCV cannot decode it.
+        ValueError: the file cannot be used (names the file and the reason).
     """
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"Image file not found: {path}")
-    image = cv2.imread(path, cv2.IMREAD_COLOR)
-    if image is None:
-        raise ValueError(f"Cannot decode image file (corrupt or unsupported format): {path}")
-    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+    from tf_centernet.data.images import load_image as load
+
+    return load(path)
+
+
+class _OneRecord:
+    """A logger proxy appending `lines` to the counts warning (one log record)."""
+
+    def __init__(self, logger, lines):
+        self._logger, self._lines = logger, lines
+
+    def warning(self, message, *args):
+        self._logger.warning("".join(["%s"] + ["\n  %s"] * len(self._lines)),
+                             message % args, *self._lines)
+
+    def info(self, *args):
+        self._logger.info(*args)
+
+
+def _json_size(info):
+    """(height, width) of an ``images`` entry; 0 for a missing or bad value."""
+    size = []
+    for key in ("height", "width"):
+        value = info.get(key, 0)
+        size.append(int(value) if isinstance(value, (int, float)) and math.isfinite(value) and value > 0 else 0)
+    return tuple(size)
+
+
+def _file_size(path):
+    """(height, width) from the image header, or None when it cannot be read."""
+    from tf_centernet.data.images import ImageError, check_image_file
+
+    try:
+        return check_image_file(path)
+    except ImageError:
+        return None  # an unusable file: training's check counts and names it
 
 
 class CocoDataset:
     """A COCO-format detection dataset: annotations plus an image folder.
 
-    Skipped, counted in `skipped` (reason -> count) and reported in one
-    `logging.warning`: annotations with a NaN/inf value, degenerate boxes
-    (width or height <= 0), annotations of an unknown category, and images
-    whose file is missing (with all their annotations). Images without any
+    The JSON is checked field by field first (`tf_centernet.data.coco_schema`:
+    missing ids / file names / category ids, null, non-numeric or
+    beyond-float32 coordinates, duplicate image ids, id type mismatches,
+    annotations of missing images). Skipped, counted in `skipped` (reason ->
+    count) and reported in one `logging.warning` with one line per item
+    (file, image id, annotation index; all in `problems`): those, NaN/inf
+    values, degenerate boxes (width or height <= 0), boxes entirely outside
+    the image, annotations of an unknown category, and images whose file is
+    missing (with all their annotations). A JSON width/height that differs
+    from the image file's header is replaced by the file's (counted in
+    `repaired["size_from_image"]`). Images without any
     object are kept (they contribute negatives to the heatmap losses).
 
     Crowd annotations (``iscrowd=1``): ``crowd="drop"`` (default) removes
@@ -147,6 +181,9 @@ class CocoDataset:
                     f"{annotation_file}: missing or malformed {key!r} list; not a "
                     "COCO instances file."
                 )
+        from tf_centernet.data.coco_schema import clean_coco
+
+        content, schema_skips, problems = clean_coco(annotation_file, content)
         self.coco = COCO()
         self.coco.dataset = content
         with contextlib.redirect_stdout(io.StringIO()):  # "creating index..."
@@ -159,33 +196,44 @@ class CocoDataset:
         self.num_classes = len(self.category_ids)
         class_of = {cid: index for index, cid in enumerate(self.category_ids)}
 
-        skipped: Dict[str, int] = collections.Counter()
+        skipped: Dict[str, int] = collections.Counter(schema_skips)
+        repaired: Dict[str, int] = collections.Counter()
         self.records: List[CocoRecord] = []
         for image_id in sorted(self.coco.getImgIds()):
             info = self.coco.imgs[image_id]
-            annotations = self.coco.imgToAnns.get(image_id, [])
             path = os.path.join(image_dir, info["file_name"])
-            if check_files and not os.path.isfile(path):
-                skipped["missing_image"] += 1
-                continue
+            where = f"{annotation_file}: image id {image_id} ({info['file_name']})"
+            height, width = _json_size(info)
+            if check_files:
+                if not os.path.isfile(path):
+                    skipped["missing_image"] += 1
+                    problems.append(f"{where}: image file not found in {image_dir} (missing_image)")
+                    continue
+                file_size = _file_size(path)
+                if file_size is not None and (height, width) != file_size:
+                    repaired["size_from_image"] += 1
+                    problems.append(
+                        f"{where}: JSON width x height {width}x{height} differs from the file's "
+                        f"{file_size[1]}x{file_size[0]}; using the file's (size_from_image)"
+                    )
+                    height, width = file_size
             boxes, classes = [], []
-            for ann in annotations:
-                bbox = ann.get("bbox")
-                if bbox is None or len(bbox) != 4:
-                    skipped["malformed_box"] += 1
-                    continue
-                x, y, w, h = (float(v) for v in bbox)
-                if not all(math.isfinite(v) for v in (x, y, w, h)):
-                    skipped["nan_box"] += 1
-                    continue
+            for ann in self.coco.imgToAnns.get(image_id, []):
+                x, y, w, h = (float(v) for v in ann["bbox"])
+                reason = None
                 if w <= 0 or h <= 0:
-                    skipped["degenerate_box"] += 1
-                    continue
-                if ann.get("category_id") not in class_of:
-                    skipped["unknown_category"] += 1
-                    continue
-                if ann.get("iscrowd", 0) and crowd == "drop":
+                    reason = "degenerate_box"
+                elif ann["category_id"] not in class_of:
+                    reason = "unknown_category"
+                elif width and height and (x >= width or y >= height or x + w <= 0 or y + h <= 0):
+                    reason = "outside_image"
+                elif ann.get("iscrowd", 0) and crowd == "drop":
                     skipped["crowd"] += 1
+                    continue
+                if reason:
+                    skipped[reason] += 1
+                    problems.append(f"{where}: annotation id {ann.get('id')} bbox {ann['bbox']} "
+                                    f"category {ann['category_id']} ({reason})")
                     continue
                 boxes.append([x, y, x + w, y + h])
                 classes.append(class_of[ann["category_id"]])
@@ -193,27 +241,19 @@ class CocoDataset:
                 CocoRecord(
                     image_id=int(image_id),
                     file_name=path,
-                    height=int(info.get("height", 0)),
-                    width=int(info.get("width", 0)),
+                    height=height,
+                    width=width,
                     boxes=np.asarray(boxes, np.float32).reshape(-1, 4),
                     classes=np.asarray(classes, np.int32).reshape(-1),
                 )
             )
         self.skipped = dict(skipped)
-        problems = {k: v for k, v in self.skipped.items() if k != "crowd"}
-        if problems:
-            logger.warning(
-                "%s: skipped %s (images in %s).",
-                annotation_file,
-                ", ".join(f"{count} {reason}" for reason, count in sorted(problems.items())),
-                image_dir,
-            )
-        if self.skipped.get("crowd"):
-            logger.info(
-                "%s: dropped %d crowd annotations (crowd='drop').",
-                annotation_file,
-                self.skipped["crowd"],
-            )
+        self.repaired = dict(repaired)
+        self.problems = problems
+        listed = problems[:20] + ([f"... {len(problems) - 20} more"] if len(problems) > 20 else [])
+        # One warning: the counts, then one line per item.
+        log_skipped(_OneRecord(logger, listed), f"{annotation_file} (images in {image_dir})",
+                    self.skipped, self.repaired)
 
     def __len__(self) -> int:
         return len(self.records)

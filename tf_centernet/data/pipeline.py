@@ -8,6 +8,7 @@ not images, and the whole chain runs in the `tf.data` graph.
 
 from __future__ import annotations
 
+import logging
 from typing import Optional
 
 import numpy as np
@@ -15,6 +16,9 @@ import tensorflow as tf
 
 from tf_centernet.data.augment import augment_for_training
 from tf_centernet.data.coco import CocoDataset
+from tf_centernet.data.images import usable_records
+
+logger = logging.getLogger(__name__)
 from tf_centernet.targets import encode_targets
 
 
@@ -123,7 +127,8 @@ def build_train_dataset(
     seed = int(config.train.seed)
     start_element = int(start_element)
 
-    records = dataset.records
+    # Undecodable images are counted, logged skips (tf_centernet.data.images).
+    records = usable_records(dataset, logger, max_objects=int(config.data.max_objects))
     # TFRecord inputs carry their encoded images; file-based ones a path.
     in_memory = any(r.encoded is not None for r in records)
     if in_memory:
@@ -202,5 +207,7 @@ def build_train_dataset(
 
     order = {} if parallel is None else {"deterministic": deterministic}
     result = items.enumerate(start=start_element).map(load, num_parallel_calls=parallel, **order)
+    # Backstop for a file that changes after the check: drop it, logged.
+    result = result.ignore_errors(log_warning=True)
     result = result.batch(batch_size, drop_remainder=True)
     return result.prefetch(tf.data.AUTOTUNE)

@@ -67,7 +67,9 @@ from __future__ import annotations
 from typing import Optional, Sequence
 
 from tf_centernet.config import Config
-from tf_centernet.export.module import DetectionModule, label_map_from_config, scan_pooling_model
+from tf_centernet.export.module import (
+    DEFAULT_MAX_MEGAPIXELS, DetectionModule, label_map_from_config, scan_pooling_model,
+)
 from tf_centernet.export.onnx_export import export_onnx
 from tf_centernet.export.saved_model import (
     LABEL_MAP_FILE,
@@ -105,6 +107,7 @@ def export(
     format: str = "savedmodel",
     input_size=None, flip_test: Optional[bool] = None, category_ids: Optional[Sequence[int]] = None,
     class_names: Optional[Sequence[str]] = None,
+    max_megapixels: Optional[float] = DEFAULT_MAX_MEGAPIXELS,
 ) -> str:
     """Exports `model` in one of `FORMATS` (see the module docstring).
 
@@ -118,6 +121,8 @@ def export(
             size for tftrt.
         flip_test: bool or None. Defaults to ``config.decode.flip_test``.
         category_ids, class_names: label map; see `export_saved_model`.
+        max_megapixels: float or None. Image size limit of the SavedModel's
+            ``serving_bytes``; see `export_saved_model`.
 
     Returns:
         str. The path written.
@@ -130,7 +135,7 @@ def export(
     if format not in FORMATS:
         raise ValueError(f"format must be one of {FORMATS}, got {format!r}.")
     if format == "savedmodel":
-        return export_saved_model(model, config, output, category_ids, class_names, flip_test)
+        return export_saved_model(model, config, output, category_ids, class_names, flip_test, max_megapixels)
     if format in _TFLITE_QUANTIZATION:
         return export_tflite(
             model, config, output, _TFLITE_QUANTIZATION[format], input_size, flip_test, category_ids

@@ -66,8 +66,60 @@ def label_map_from_config(config: Config) -> Tuple[List[int], List[str]]:
     return class_labels(config)
 
 
-def _decode_image(image_bytes: tf.Tensor) -> tf.Tensor:
-    """One encoded image (JPEG, PNG, GIF's first frame, BMP) -> uint8 RGB `(h, w, 3)`."""
+DEFAULT_MAX_MEGAPIXELS = 8.0
+
+
+def declared_pixels(image_bytes: tf.Tensor) -> tf.Tensor:
+    """``height * width`` (int64) an encoded image's header declares, not decoding it.
+
+    JPEG: `tf.image.extract_jpeg_shape`; PNG: the IHDR chunk; GIF: the
+    logical screen; BMP: the info header. Other bytes give 0 (the decoder
+    then rejects them).
+    """
+    head = tf.io.decode_raw(
+        tf.strings.substr(tf.strings.join([image_bytes, tf.constant(b"\0" * 32)]), 0, 32), tf.uint8
+    )
+    b = tf.cast(head, tf.int64)
+
+    def big(i, n):
+        return sum(b[i + k] * (256 ** (n - 1 - k)) for k in range(n))
+
+    def little(i, n):
+        return sum(b[i + k] * (256 ** k) for k in range(n))
+
+    def jpeg():
+        shape = tf.cast(tf.image.extract_jpeg_shape(image_bytes), tf.int64)
+        return shape[0] * shape[1]
+
+    def other():
+        png = tf.logical_and(tf.equal(b[0], 0x89), tf.equal(b[1], 0x50))
+        gif = tf.logical_and(tf.equal(b[0], 0x47), tf.equal(b[1], 0x49))
+        bmp = tf.logical_and(tf.equal(b[0], 0x42), tf.equal(b[1], 0x4D))
+        bmp_height = little(22, 4)
+        bmp_height = tf.where(bmp_height >= 2**31, 2**32 - bmp_height, bmp_height)
+        return tf.where(png, big(16, 4) * big(20, 4),
+                        tf.where(gif, little(6, 2) * little(8, 2),
+                                 tf.where(bmp, little(18, 4) * bmp_height, tf.constant(0, tf.int64))))
+
+    return tf.cond(tf.io.is_jpeg(image_bytes), jpeg, other)
+
+
+def _decode_image(image_bytes: tf.Tensor, max_pixels: Optional[int] = None) -> tf.Tensor:
+    """One encoded image (JPEG, PNG, GIF's first frame, BMP) -> uint8 RGB `(h, w, 3)`.
+
+    EXIF orientation is ignored (stored pixels, as in training). With
+    `max_pixels`, an image whose header declares more pixels is rejected
+    (InvalidArgumentError naming the limit) before it is decoded.
+    """
+    if max_pixels:
+        pixels = declared_pixels(image_bytes)
+        check = tf.debugging.assert_less_equal(
+            pixels, tf.constant(int(max_pixels), tf.int64),
+            message=f"serving_bytes: image larger than the export's limit of {int(max_pixels)} pixels "
+            "(height * width; tf-centernet export --max-megapixels)",
+        )
+        with tf.control_dependencies([check]):
+            image_bytes = tf.identity(image_bytes)
     return tf.io.decode_image(image_bytes, channels=3, expand_animations=False)
 
 
@@ -104,6 +156,9 @@ class DetectionModule(tf.Module):
             Defaults to `label_map_from_config`.
         flip_test: bool or None. Run the horizontally flipped image too.
             Defaults to ``config.decode.flip_test``.
+        max_megapixels: float or None. Largest image `serve_bytes` decodes
+            (million pixels); None: no limit. Defaults to
+            `DEFAULT_MAX_MEGAPIXELS`.
 
     Attributes:
         serve: `tf.function` ``images uint8 (batch, height, width, 3) ->``
@@ -112,6 +167,8 @@ class DetectionModule(tf.Module):
             same dict (the ``serving_bytes`` signature). Images may differ
             in size; each is detected on its own (as `serve` on a batch of
             one), so results never depend on the rest of the request.
+            An image whose header declares more than `max_megapixels`
+            is rejected before decoding.
         heads: `tf.function` ``canvas float32 (batch, Hc, Wc, 3) ->`` the
             raw head outputs (normalised network input; not a serving
             signature, kept for debugging and tests).
@@ -126,8 +183,12 @@ class DetectionModule(tf.Module):
         config: Config,
         category_ids: Optional[Sequence[int]] = None,
         flip_test: Optional[bool] = None,
+        max_megapixels: Optional[float] = DEFAULT_MAX_MEGAPIXELS,
     ):
         super().__init__(name="centernet_export")
+        self._limits = _Untracked(
+            max_pixels=int(float(max_megapixels) * 1e6) if max_megapixels else None
+        )
         model = scan_pooling_model(model)
         # The SavedModel keeps the variables, not the Keras object graph:
         # tracking the model would make `tf.saved_model.save` walk (and trace
@@ -162,6 +223,18 @@ class DetectionModule(tf.Module):
         return self._holder.model
 
     def _serve(self, images):
+        # An empty batch gets empty outputs (not an error from the decoder).
+        n = self.predictor.decode_config.max_detections
+
+        def empty():
+            return {
+                "detection_boxes": tf.zeros([0, n, 4]), "detection_scores": tf.zeros([0, n]),
+                "detection_classes": tf.zeros([0, n]), "num_detections": tf.zeros([0]),
+            }
+
+        return tf.cond(tf.shape(images)[0] > 0, lambda: self._detect(images), empty)
+
+    def _detect(self, images):
         shape = tf.shape(images)
         sizes = tf.tile(shape[None, 1:3], [shape[0], 1])
         return to_detection_api(self.predictor.predict(images, sizes), sizes, self.category_ids)
@@ -170,8 +243,8 @@ class DetectionModule(tf.Module):
         # One image at a time: each gets its own canvas, so the detections of
         # an image do not depend on the other images of the request.
         def detect_one(encoded):
-            image = _decode_image(encoded)[None]  # (1, h, w, 3)
-            out = self._serve(image)
+            image = _decode_image(encoded, self._limits.max_pixels)[None]  # (1, h, w, 3)
+            out = self._detect(image)
             return {key: value[0] for key, value in out.items()}
 
         n = self.predictor.decode_config.max_detections

@@ -12,7 +12,7 @@ import tensorflow as tf
 
 from tf_centernet.config import Config
 from tf_centernet.export.common import prepare_output, quiet_absl
-from tf_centernet.export.module import DetectionModule, label_map_from_config
+from tf_centernet.export.module import DEFAULT_MAX_MEGAPIXELS, DetectionModule, label_map_from_config
 
 logger = logging.getLogger("tf_centernet")
 
@@ -26,6 +26,7 @@ def export_saved_model(
     category_ids: Optional[Sequence[int]] = None,
     class_names: Optional[Sequence[str]] = None,
     flip_test: Optional[bool] = None,
+    max_megapixels: Optional[float] = DEFAULT_MAX_MEGAPIXELS,
 ) -> str:
     """Writes a SavedModel with the ``serving_default`` and ``serving_bytes`` signatures.
 
@@ -49,6 +50,9 @@ def export_saved_model(
             `label_map_from_config` (when `category_ids` is None too) or
             the ids' string form.
         flip_test: bool or None. Defaults to ``config.decode.flip_test``.
+        max_megapixels: float or None. ``serving_bytes`` rejects images whose
+            header declares more (million pixels) before decoding them;
+            None: no limit. Defaults to `DEFAULT_MAX_MEGAPIXELS` (8).
 
     Returns:
         str. The absolute path of the SavedModel folder.
@@ -63,7 +67,9 @@ def export_saved_model(
         category_ids, default_names = label_map_from_config(config)
         class_names = class_names or default_names
     class_names = list(class_names or [str(c) for c in category_ids])
-    module = DetectionModule(model, config, category_ids=category_ids, flip_test=flip_test)
+    module = DetectionModule(
+        model, config, category_ids=category_ids, flip_test=flip_test, max_megapixels=max_megapixels
+    )
     with tempfile.TemporaryDirectory() as tmp:
         label_path = os.path.join(tmp, LABEL_MAP_FILE)
         entries = [{"id": int(i), "name": str(n)} for i, n in zip(module.category_ids, class_names)]
