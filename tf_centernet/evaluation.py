@@ -276,15 +276,7 @@ def evaluate_coco(
 
 
 def evaluate_dataset(
-    predictor,
-    dataset,
-    category_ids: Optional[Sequence[int]] = None,
-    output_json: Optional[str] = None,
-    metrics_json: Optional[str] = None,
-    max_images: Optional[int] = None,
-    batch_size: int = 1,
-    compute_fd: bool = False,
-    verbose: bool = True,
+    predictor, dataset, category_ids: Optional[Sequence[int]] = None, max_images: Optional[int] = None, **options
 ) -> Dict[str, float]:
     """`evaluate_coco` on a dataset of any format (COCO, VOC, TFRecord).
 
@@ -298,7 +290,9 @@ def evaluate_dataset(
         dataset: `CocoDataset`, `VocDataset` or `TfRecordDataset`.
         category_ids: COCO category id of each class index; default the
             dataset's ``category_ids``.
-        Others as in `evaluate_coco`.
+        max_images: int or None. Evaluate only the first images.
+        **options: ``output_json``, ``metrics_json``, ``batch_size``,
+            ``compute_fd``, ``verbose``, as in `evaluate_coco`.
 
     Returns:
         dict of metrics, as `evaluate_coco`.
@@ -321,14 +315,11 @@ def evaluate_dataset(
 
         return decode_image_bytes(record.encoded, record.file_name)
 
-    return _evaluate(
-        predictor, coco_gt, image_ids, load, category_ids, output_json, metrics_json,
-        batch_size, compute_fd, verbose,
-    )
+    return _evaluate(predictor, coco_gt, image_ids, load, category_ids, **options)
 
 
-def _evaluate(predictor, coco_gt, image_ids, load, category_ids, output_json, metrics_json,
-              batch_size, compute_fd, verbose):
+def _evaluate(predictor, coco_gt, image_ids, load, category_ids, output_json=None, metrics_json=None,
+              batch_size=1, compute_fd=False, verbose=True):
     """Predicts `image_ids` (images from `load(id)`) and scores them."""
     from tqdm import tqdm
 

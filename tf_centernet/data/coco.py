@@ -21,7 +21,7 @@ from typing import Dict, List, Optional
 import numpy as np
 from pycocotools.coco import COCO
 
-from tf_centernet.data.records import log_skipped
+from tf_centernet.data.records import RecordList, log_skipped
 
 logger = logging.getLogger(__name__)
 
@@ -104,7 +104,7 @@ def _file_size(path):
         return None  # an unusable file: training's check counts and names it
 
 
-class CocoDataset:
+class CocoDataset(RecordList):
     """A COCO-format detection dataset: annotations plus an image folder.
 
     The JSON is checked field by field first (`tf_centernet.data.coco_schema`:
@@ -254,20 +254,3 @@ class CocoDataset:
         # One warning: the counts, then one line per item.
         log_skipped(_OneRecord(logger, listed), f"{annotation_file} (images in {image_dir})",
                     self.skipped, self.repaired)
-
-    def __len__(self) -> int:
-        return len(self.records)
-
-    def __getitem__(self, index: int) -> CocoRecord:
-        return self.records[index]
-
-    @property
-    def num_objects(self) -> int:
-        """Total number of kept objects."""
-        return sum(record.num_objects for record in self.records)
-
-    def __repr__(self) -> str:
-        return (
-            f"CocoDataset({self.annotation_file!r}, images={len(self)}, "
-            f"objects={self.num_objects}, classes={self.num_classes})"
-        )

@@ -12,6 +12,7 @@ COCO evaluation.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import glob
 import io
@@ -50,6 +51,73 @@ def sanitize_box(box: Sequence[float], width: Optional[int], height: Optional[in
     if clipped[2] <= clipped[0] or clipped[3] <= clipped[1]:
         return [x1, y1, x2, y2], "outside_image"
     return clipped, ("clipped_box" if clipped != [x1, y1, x2, y2] else None)
+
+
+def problem_counters(per_reason: int = 5):
+    """Counters a reader fills while it skips or repairs items.
+
+    Returns:
+        (skipped, repaired, problems, problem): two `collections.Counter`
+        (reason -> count), the list of messages kept for the log, and
+        ``problem(reason, message)``, which counts a skip and keeps the
+        first `per_reason` messages of each reason.
+    """
+    skipped: Dict[str, int] = collections.Counter()
+    repaired: Dict[str, int] = collections.Counter()
+    problems: List[str] = []
+
+    def problem(reason, message):
+        skipped[reason] += 1
+        if sum(1 for p in problems if p.startswith(reason + ":")) < per_reason:
+            problems.append(f"{reason}: {message}")
+
+    return skipped, repaired, problems, problem
+
+
+class RecordList:
+    """What every dataset of this package shares: ``records`` as a sequence.
+
+    Subclasses (`CocoDataset`, `VocDataset`, `TfRecordDataset`) set
+    ``records`` (a list of `tf_centernet.data.coco.CocoRecord`),
+    ``annotation_file`` and ``num_classes``.
+    """
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, index: int):
+        return self.records[index]
+
+    @property
+    def num_objects(self) -> int:
+        """Total number of kept objects."""
+        return sum(record.num_objects for record in self.records)
+
+    def _append(self, image_id, file_name, height, width, boxes, labels, ignore, encoded=None):
+        """Adds one image: its kept ``boxes`` / ``labels`` (pixels, class
+        indices) as a record, its ``ignore`` list of (box, class) as ignore
+        regions in ``self.ignored``."""
+        from tf_centernet.data.coco import CocoRecord
+
+        if ignore:
+            self.ignored[image_id] = (
+                np.asarray([b for b, _ in ignore], np.float32).reshape(-1, 4),
+                np.asarray([c for _, c in ignore], np.int32),
+            )
+        self.records.append(
+            CocoRecord(
+                image_id=image_id, file_name=file_name, height=height, width=width,
+                boxes=np.asarray(boxes, np.float32).reshape(-1, 4),
+                classes=np.asarray(labels, np.int32).reshape(-1),
+                encoded=encoded,
+            )
+        )
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}({self.annotation_file!r}, images={len(self)}, "
+            f"objects={self.num_objects}, classes={self.num_classes})"
+        )
 
 
 def log_skipped(logger, source: str, skipped: Dict[str, int], repaired: Dict[str, int], problems: Sequence[str] = ()):

@@ -22,7 +22,6 @@ unchanged.
 
 from __future__ import annotations
 
-import collections
 import logging
 import os
 from typing import Dict, List, Optional, Sequence
@@ -31,7 +30,7 @@ import numpy as np
 import tensorflow as tf
 
 from tf_centernet.data.coco import CocoRecord
-from tf_centernet.data.records import log_skipped, sanitize_box, tfrecord_files
+from tf_centernet.data.records import RecordList, log_skipped, problem_counters, sanitize_box, tfrecord_files
 
 logger = logging.getLogger(__name__)
 
@@ -123,7 +122,7 @@ def parse_example(serialized: bytes, where: str = "record") -> dict:
     )
 
 
-class TfRecordDataset:
+class TfRecordDataset(RecordList):
     """TFRecord shards read into records, with the attributes of `CocoDataset`.
 
     Class indices: with `classes` (a class list file or names), class index
@@ -160,14 +159,7 @@ class TfRecordDataset:
             raise ValueError(f"data.crowd must be 'drop' or 'keep', got {crowd!r}.")
         self.files = tfrecord_files(pattern)
         self.annotation_file = pattern
-        skipped: Dict[str, int] = collections.Counter()
-        repaired: Dict[str, int] = collections.Counter()
-        self.problems: List[str] = []
-
-        def problem(reason, message):
-            skipped[reason] += 1
-            if sum(1 for p in self.problems if p.startswith(reason + ":")) < 5:
-                self.problems.append(f"{reason}: {message}")
+        skipped, repaired, self.problems, problem = problem_counters()
 
         examples = []
         for path in self.files:
@@ -243,38 +235,9 @@ class TfRecordDataset:
                     continue
                 boxes.append(pixels)
                 labels.append(cls)
-            if ignore:
-                self.ignored[image_id] = (
-                    np.asarray([b for b, _ in ignore], np.float32).reshape(-1, 4),
-                    np.asarray([c for _, c in ignore], np.int32),
-                )
-            self.records.append(
-                CocoRecord(
-                    image_id=image_id, file_name=name, height=height, width=width,
-                    boxes=np.asarray(boxes, np.float32).reshape(-1, 4),
-                    classes=np.asarray(labels, np.int32).reshape(-1),
-                    encoded=e["encoded"],
-                )
-            )
+            self._append(image_id, name, height, width, boxes, labels, ignore, encoded=e["encoded"])
         self.skipped, self.repaired = dict(skipped), dict(repaired)
         log_skipped(logger, pattern, self.skipped, self.repaired, self.problems)
-
-    def __len__(self) -> int:
-        return len(self.records)
-
-    def __getitem__(self, index: int) -> CocoRecord:
-        return self.records[index]
-
-    @property
-    def num_objects(self) -> int:
-        """Total number of kept objects."""
-        return sum(record.num_objects for record in self.records)
-
-    def __repr__(self) -> str:
-        return (
-            f"TfRecordDataset({self.annotation_file!r}, images={len(self)}, "
-            f"objects={self.num_objects}, classes={self.num_classes})"
-        )
 
 
 def _feature(values, kind):

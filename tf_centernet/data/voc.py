@@ -22,7 +22,6 @@ COCO category id of class index i is ``i + 1``.
 
 from __future__ import annotations
 
-import collections
 import logging
 import os
 import xml.etree.ElementTree as ElementTree
@@ -31,7 +30,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from tf_centernet.data.coco import CocoRecord
-from tf_centernet.data.records import DIFFICULT_MODES, image_size, log_skipped, sanitize_box
+from tf_centernet.data.records import DIFFICULT_MODES, RecordList, problem_counters, image_size, log_skipped, sanitize_box
 
 logger = logging.getLogger(__name__)
 
@@ -195,7 +194,7 @@ def resolve_voc_paths(
     return paths, images, image_set
 
 
-class VocDataset:
+class VocDataset(RecordList):
     """A Pascal VOC detection split, with the attributes of `CocoDataset`.
 
     Counted in `skipped` and reported in one warning (never silent):
@@ -249,14 +248,7 @@ class VocDataset:
         paths, image_dir, image_set = resolve_voc_paths(annotations, images, split)
         self.annotation_file = image_set or annotations
         self.image_dir = image_dir
-        skipped: Dict[str, int] = collections.Counter()
-        repaired: Dict[str, int] = collections.Counter()
-        self.problems: List[str] = []
-
-        def problem(reason, message):
-            skipped[reason] += 1
-            if sum(1 for p in self.problems if p.startswith(reason + ":")) < 5:
-                self.problems.append(f"{reason}: {message}")
+        skipped, repaired, self.problems, problem = problem_counters()
 
         parsed = []
         for path in paths:
@@ -314,39 +306,8 @@ class VocDataset:
                 boxes.append(box)
                 labels.append(class_of[obj["name"]])
             image_id = len(self.records) + 1
-            if ignore:
-                self.ignored[image_id] = (
-                    np.asarray([b for b, _ in ignore], np.float32).reshape(-1, 4),
-                    np.asarray([c for _, c in ignore], np.int32),
-                )
-            self.records.append(
-                CocoRecord(
-                    image_id=image_id,
-                    file_name=image_path,
-                    height=int(height or 0),
-                    width=int(width or 0),
-                    boxes=np.asarray(boxes, np.float32).reshape(-1, 4),
-                    classes=np.asarray(labels, np.int32).reshape(-1),
-                )
-            )
+            self._append(image_id, image_path, int(height or 0), int(width or 0), boxes, labels, ignore)
         self.skipped = dict(skipped)
         self.repaired = dict(repaired)
         log_skipped(logger, self.annotation_file, self.skipped, self.repaired, self.problems)
-
-    def __len__(self) -> int:
-        return len(self.records)
-
-    def __getitem__(self, index: int) -> CocoRecord:
-        return self.records[index]
-
-    @property
-    def num_objects(self) -> int:
-        """Total number of kept objects."""
-        return sum(record.num_objects for record in self.records)
-
-    def __repr__(self) -> str:
-        return (
-            f"VocDataset({self.annotation_file!r}, images={len(self)}, "
-            f"objects={self.num_objects}, classes={self.num_classes})"
-        )
 
