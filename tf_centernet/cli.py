@@ -58,7 +58,7 @@ def cmd_train(args):
     from tf_centernet.training import train
 
     config = _load_config(args)
-    _, history = train(config)
+    _, history = train(config, progress=getattr(args, "progress", None))
     losses = history.history.get("loss", []) if history is not None else []
     if losses:
         logger.info("Loss by epoch: %s", ", ".join(f"{v:.3f}" for v in losses))
@@ -262,6 +262,11 @@ def build_parser():
     p = sub.add_parser("train", help="train, or resume from the latest checkpoint")
     common(p)
     p.add_argument("--model-dir", help="where checkpoints, logs and config.yaml go (train.model_dir)")
+    p.add_argument(
+        "--progress", choices=["bar", "log", "none"],
+        help="progress display: Keras' bar, one plain line per train.log_every steps, or none "
+        "(default: bar on a terminal, log otherwise)",
+    )
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("evaluate", help="COCO AP on data.val_annotations")

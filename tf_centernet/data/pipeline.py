@@ -49,6 +49,7 @@ def build_train_dataset(
     repeat: bool = True,
     augment: bool = True,
     start_element: int = 0,
+    input_context: Optional[tf.distribute.InputContext] = None,
 ) -> tf.data.Dataset:
     """Batches of (images, targets) for training.
 
@@ -152,6 +153,14 @@ def build_train_dataset(
         parallel = tf.data.AUTOTUNE
     else:
         parallel = int(parallel) or None  # 0: sequential
-    result = indices.enumerate(start=start_element).map(load, num_parallel_calls=parallel)
+    result = indices.enumerate(start=start_element)
+    if input_context is not None:
+        batch_size = input_context.get_per_replica_batch_size(batch_size)
+        pipelines = int(input_context.num_input_pipelines)
+        if pipelines > 1:
+            chunk = batch_size * (input_context.num_replicas_in_sync // pipelines)
+            own = input_context.input_pipeline_id
+            result = result.filter(lambda n, i: ((n - start_element) // chunk) % pipelines == own)
+    result = result.map(load, num_parallel_calls=parallel)
     result = result.batch(batch_size, drop_remainder=True)
     return result.prefetch(tf.data.AUTOTUNE)
