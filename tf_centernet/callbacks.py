@@ -102,6 +102,12 @@ class WorkerCheckpointCallback(CheckpointCallback):
         finally:
             remove_worker_dir(self.model_dir, self.shared_dir)
 
+    def on_train_end(self, logs=None):
+        try:
+            super().on_train_end(logs)
+        finally:  # also when no save happened
+            remove_worker_dir(self.model_dir, self.shared_dir)
+
 
 def _writer(model_dir, name):
     return tf.summary.create_file_writer(os.path.join(model_dir, "logs", name))
