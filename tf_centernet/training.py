@@ -299,6 +299,7 @@ def _train_locked(config, dataset, strategy, mode, extra_callbacks, interrupt, c
         # batch, which fails under MultiWorkerMirroredStrategy (PerReplica
         # conversion error); the model and optimizer are built already.
         model._maybe_symbolic_build = lambda *args, **kwargs: None
+        distribute.make_logs_reducible(model, strategy)
     else:
         data = make_data()
     steps_per_epoch = max(1, min(tc.steps_per_epoch, tc.total_steps))
