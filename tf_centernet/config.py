@@ -326,13 +326,13 @@ def load_config(
             "model.architecture must be 'centernet' or 'cornernet', got "
             f"{config.model.architecture!r}."
         )
-    config.train.mixed_precision = _precision_name(config.train.mixed_precision)
+    config.train.mixed_precision = precision_name(config.train.mixed_precision)
     if config.train.on_nonfinite not in ("stop", "skip"):
         raise ValueError(f"train.on_nonfinite must be 'stop' or 'skip', got {config.train.on_nonfinite!r}.")
     return config
 
 
-def _precision_name(value) -> str:
+def precision_name(value) -> str:
     """Normalises ``train.mixed_precision`` (bool or name) to none|float16|bfloat16.
 
     Raises:

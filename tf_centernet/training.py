@@ -226,7 +226,7 @@ def train(config, strategy=None, verbose=1, extra_callbacks=(), progress=None):
     # MultiWorkerMirroredStrategy must exist before other TensorFlow ops run.
     strategy = strategy or get_strategy(tc.strategy)
     keras.utils.set_random_seed(tc.seed)
-    precision = config_lib._precision_name(tc.mixed_precision)
+    precision = config_lib.precision_name(tc.mixed_precision)
     if precision != "none":
         keras.mixed_precision.set_global_policy(f"mixed_{precision}")
 
