@@ -2,7 +2,7 @@
 
 Usage: python _train_worker.py OUT.npz LOGICAL_CPUS KEY=VALUE...
 (TF_CONFIG comes from the environment). Writes the final weights
-(``w0, w1, ...``) and the per-step running-mean losses (``loss``) to OUT.npz.
+(``w0, w1, ...``), the indices of the trainable ones (``trainable``) and the per-step running-mean losses (``loss``) to OUT.npz.
 """
 
 import os
@@ -37,7 +37,8 @@ def main():
     config = load_config("demo", overrides)
     model, _ = train(config, extra_callbacks=[Record()], progress="log")
     arrays = {f"w{i}": np.asarray(w.value) for i, w in enumerate(model.weights)}
-    np.savez(out, loss=np.array(losses), **arrays)
+    trainable = np.array([i for i, w in enumerate(model.weights) if w.trainable])
+    np.savez(out, loss=np.array(losses), trainable=trainable, **arrays)
 
 
 if __name__ == "__main__":

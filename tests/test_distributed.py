@@ -139,7 +139,7 @@ def test_two_workers_equal_one_process(synthetic_coco, tmp_path):
     (two replicas, global batch 2): the same replicas see the same images and
     the gradients are summed the same way, so losses and weights agree to
     float tolerance (all-reduce order may differ); the two workers hold
-    bit-identical weights."""
+    bit-identical trainable weights."""
     steps = 3
     ports = _free_ports(2)
     model_dir = str(tmp_path / "model")
@@ -159,10 +159,14 @@ def test_two_workers_equal_one_process(synthetic_coco, tmp_path):
     assert len(w0["loss"]) == steps
     np.testing.assert_allclose(w0["loss"], single["loss"], rtol=1e-4)
     np.testing.assert_array_equal(w0["loss"], w1["loss"])
-    names = [k for k in w0.files if k != "loss"]
-    assert len(names) > 500
-    for name in names:
+    names = [f"w{i}" for i in w0["trainable"]]
+    assert len(names) > 300
+    for name in names:  # the trainable weights: one all-reduced update
         np.testing.assert_array_equal(w0[name], w1[name], err_msg=name)
+    # Batch-norm moving statistics are updated from each worker's own images
+    # (Keras 3 does not all-reduce them); the chief's are the ones saved.
+    others = [k for k in w0.files if k.startswith("w") and k not in names]
+    assert all(np.isfinite(w1[k]).all() for k in others)
     # Adam turns float noise in near-zero gradients into whole steps of
     # some single weights, so the two runs' weights are compared as a whole.
     flat = lambda npz: np.concatenate([npz[n].ravel() for n in names])  # noqa: E731
@@ -190,7 +194,7 @@ def test_killed_worker_job_resumes_from_same_step(synthetic_coco, tmp_path):
 
     first = start(1)
     manifest = os.path.join(model_dir, "checkpoints.sha256")
-    deadline = time.monotonic() + 900
+    deadline = time.monotonic() + 1500
     try:
         while time.monotonic() < deadline and all(p.poll() is None for p in first):
             if os.path.isfile(manifest) and "ckpt-2." in open(manifest).read():
