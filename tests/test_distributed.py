@@ -152,7 +152,7 @@ def test_two_workers_equal_one_process(synthetic_coco, tmp_path):
     procs.append(_start(
         [worker, str(tmp_path / "single.npz"), "2", *_overrides(synthetic_coco, str(tmp_path / "single"), steps, 2),
          "train.strategy=mirrored"], tmp_path / "logs"))
-    codes = _wait_all(procs, timeout=1500)
+    codes = _wait_all(procs, timeout=1800)
     for code, name in zip(codes, ("log0", "log1", "logs")):
         assert code == 0, _tail(tmp_path / name)
     w0, w1, single = (np.load(tmp_path / f"{n}.npz") for n in ("w0", "w1", "single"))
