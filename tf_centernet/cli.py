@@ -76,7 +76,7 @@ def cmd_train(args):
     from tf_centernet.training import train
 
     config = _load_config(args)
-    _, history = train(config)
+    _, history = train(config, progress=getattr(args, "progress", None))
     losses = history.history.get("loss", []) if history is not None else []
     if losses:
         logger.info("Loss by epoch: %s", ", ".join(f"{v:.3f}" for v in losses))
@@ -350,6 +350,11 @@ def build_parser():
         metavar="DIR_OR_SNAPSHOT",
         help="start a new run from a converted or trained model directory or a release snapshot "
         "(train.init_from); with another class count the heatmap output layers are re-initialized",
+    )
+    p.add_argument(
+        "--progress", choices=["bar", "log", "none"],
+        help="progress display: Keras' bar, one plain line per train.log_every steps, or none "
+        "(default: bar on a terminal, log otherwise)",
     )
     p.set_defaults(func=cmd_train)
 

@@ -219,10 +219,22 @@ class TrainConfig:
     checkpoint_every: int = 5000
     keep_checkpoints: int = 3
     model_dir: str = "runs/centernet"
-    mixed_precision: bool = False
-    # "auto" (MirroredStrategy over visible GPUs, else one device),
-    # "mirrored" or "one_device"; see tf_centernet.training.get_strategy.
+    # "none" | "float16" | "bfloat16" (Keras mixed-precision policy);
+    # true / false are accepted as "float16" / "none" (older configs).
+    mixed_precision: str = "none"
+    # "auto" | "one_device" | "mirrored" | "multi_worker" | "tpu"; see
+    # tf_centernet.distribute.get_strategy ("auto": multi_worker when
+    # TF_CONFIG names several workers, else mirrored over the GPUs).
     strategy: str = "auto"
+    # XLA-compile the train step (the pooling then uses the pure-TF scans).
+    jit_compile: bool = False
+    # Steps between COCO evaluations on data.val_* (0: none), images used
+    # (0: all); steps between TensorBoard pictures (0: none); steps between
+    # plain progress lines and learning-rate scalars.
+    eval_every: int = 0
+    eval_max_images: int = 0
+    image_summary_every: int = 0
+    log_every: int = 100
     seed: int = 0
     # Initial weights for a new run (ignored when model_dir has checkpoints):
     # a model directory (converted or trained) or a release snapshot; with
@@ -352,6 +364,7 @@ def load_config(
             "model.architecture must be 'centernet' or 'cornernet', got "
             f"{config.model.architecture!r}."
         )
+    config.train.mixed_precision = precision_name(config.train.mixed_precision)
     if config.train.on_nonfinite not in ("stop", "skip"):
         raise ValueError(f"train.on_nonfinite must be 'stop' or 'skip', got {config.train.on_nonfinite!r}.")
     return config
@@ -377,6 +390,21 @@ def _resolve_data_paths(loaded, folder: str) -> None:
         data[key] = ",".join(
             p if os.path.isabs(p) else os.path.normpath(os.path.join(folder, p)) for p in parts
         )
+
+
+def precision_name(value) -> str:
+    """Normalises ``train.mixed_precision`` (bool or name) to none|float16|bfloat16.
+
+    Raises:
+        ValueError: any other value (the message names the field).
+    """
+    text = str(value).strip().lower()
+    mapped = {"true": "float16", "false": "none", "": "none"}.get(text, text)
+    if mapped not in ("none", "float16", "bfloat16"):
+        raise ValueError(
+            f"train.mixed_precision must be none, float16 or bfloat16 (or true/false), got {value!r}."
+        )
+    return mapped
 
 
 def to_yaml(config: Config) -> str:

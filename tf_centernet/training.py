@@ -34,6 +34,8 @@ batches exactly.
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import logging
 import math
 import os
@@ -42,6 +44,7 @@ import keras
 import tensorflow as tf
 
 from tf_centernet import config as config_lib
+from tf_centernet import distribute
 from tf_centernet.checkpoints import (  # noqa: F401  (re-exported: public names of this module)
     CHECKPOINT_SUBDIR,
     CheckpointCallback,
@@ -54,6 +57,7 @@ from tf_centernet.checkpoints import (  # noqa: F401  (re-exported: public names
     load_checkpoint,
     save_checkpoint,
 )
+from tf_centernet.callbacks import WorkerCheckpointCallback, progress_mode, watch_callbacks
 from tf_centernet.guards import NONFINITE_POLICIES, GuardedAdam, InterruptGuard, ModelDirLock, NonFiniteGuard
 from tf_centernet.data.labels import CLASSES_FILE, class_labels, read_classes, write_classes  # noqa: F401
 from tf_centernet.models.detector import build_model
@@ -62,31 +66,8 @@ logger = logging.getLogger("tf_centernet")
 
 
 def get_strategy(kind="auto"):
-    """The distribution strategy for training.
-
-    Args:
-        kind: str. "auto" (MirroredStrategy over all visible GPUs if there
-            is at least one, else the one-device CPU strategy), "mirrored"
-            (MirroredStrategy over all visible devices of the first kind
-            found: GPUs, else logical CPUs) or "one_device".
-
-    Returns:
-        A `tf.distribute.Strategy`.
-
-    Raises:
-        ValueError: unknown `kind`.
-    """
-    if kind not in ("auto", "mirrored", "one_device"):
-        raise ValueError(f"strategy must be 'auto', 'mirrored' or 'one_device', got {kind!r}.")
-    gpus = tf.config.list_logical_devices("GPU")
-    if kind == "auto":
-        if gpus:
-            return tf.distribute.MirroredStrategy([d.name for d in gpus])
-        return tf.distribute.OneDeviceStrategy("/cpu:0")
-    if kind == "mirrored":
-        devices = gpus or tf.config.list_logical_devices("CPU")
-        return tf.distribute.MirroredStrategy([d.name for d in devices])
-    return tf.distribute.OneDeviceStrategy(gpus[0].name if gpus else "/cpu:0")
+    """The distribution strategy for training: `tf_centernet.distribute.get_strategy`."""
+    return distribute.get_strategy(kind)
 
 
 def learning_rate_schedule(train_config):
@@ -155,7 +136,7 @@ def load_trained_model(config, checkpoint):
     return model
 
 
-def train(config, strategy=None, verbose=1, extra_callbacks=()):
+def train(config, strategy=None, verbose=1, extra_callbacks=(), progress=None):
     """Trains (or resumes training) as described in the module docstring.
 
     Args:
@@ -163,6 +144,10 @@ def train(config, strategy=None, verbose=1, extra_callbacks=()):
         strategy: `tf.distribute.Strategy` or None for `get_strategy()`.
         verbose: int. Keras progress display (1: progress bar).
         extra_callbacks: more Keras callbacks.
+        progress: "bar" (Keras' progress bar), "log" (one plain line per
+            ``train.log_every`` steps, `tf_centernet.callbacks.ProgressLog`),
+            "none", or None: "bar" when stdout is a terminal, else "log";
+            "none" when `verbose` is 0.
 
     Returns:
         (model, history): the trained `KeypointDetector` and the Keras
@@ -191,9 +176,12 @@ def train(config, strategy=None, verbose=1, extra_callbacks=()):
     model_dir = tc.model_dir
     if tc.on_nonfinite not in NONFINITE_POLICIES:
         raise ValueError(f"train.on_nonfinite must be one of {NONFINITE_POLICIES}, got {tc.on_nonfinite!r}.")
+    # MultiWorkerMirroredStrategy must exist before other TensorFlow ops run.
+    strategy = strategy or get_strategy(tc.strategy)
     keras.utils.set_random_seed(tc.seed)
-    if tc.mixed_precision:
-        keras.mixed_precision.set_global_policy("mixed_float16")
+    precision = config_lib.precision_name(tc.mixed_precision)
+    if precision != "none":
+        keras.mixed_precision.set_global_policy(f"mixed_{precision}")
 
     dataset = open_dataset(config, "train")
     report = check_dataset(dataset, config, decode_images=False)
@@ -206,18 +194,24 @@ def train(config, strategy=None, verbose=1, extra_callbacks=()):
         )
     # One writer per model directory; config.yaml and classes.json are
     # written once the data validated and the checkpoint (if any) loaded.
-    with ModelDirLock(model_dir), InterruptGuard() as interrupt:
-        cleanup_partials(model_dir)
-        return _train_locked(config, dataset, strategy, verbose, extra_callbacks, interrupt)
+    # Only the chief of a multi-worker job writes (and locks) the model directory.
+    chief = distribute.strategy_is_chief(strategy)
+    with (ModelDirLock(model_dir) if chief else contextlib.nullcontext()), InterruptGuard() as interrupt:
+        if chief:
+            cleanup_partials(model_dir)
+        mode = progress_mode(progress, verbose)
+        return _train_locked(config, dataset, strategy, mode, extra_callbacks, interrupt, chief)
 
 
-def _train_locked(config, dataset, strategy, verbose, extra_callbacks, interrupt):
+def _train_locked(config, dataset, strategy, mode, extra_callbacks, interrupt, chief=True):
     """`train` once the model directory is locked."""
     from tf_centernet.data import build_train_dataset
 
     tc = config.train
     model_dir = tc.model_dir
-    strategy = strategy or get_strategy(tc.strategy)
+    if tc.jit_compile and config.model.pooling_impl != "scan":
+        logger.info("train.jit_compile: the pooling uses the pure-TF scans (XLA cannot compile the custom op).")
+        config = dataclasses.replace(config, model=dataclasses.replace(config.model, pooling_impl="scan"))
     logger.info(
         "Training on %d images, %d replica(s), global batch %d",
         len(dataset.records), strategy.num_replicas_in_sync, tc.batch_size,
@@ -227,7 +221,7 @@ def _train_locked(config, dataset, strategy, verbose, extra_callbacks, interrupt
         model = build_model(config.model, config.loss)
         model.build((None, size, size, 3))
         optimizer = GuardedAdam(learning_rate_schedule(tc))
-        model.compile(optimizer=optimizer, jit_compile=False)
+        model.compile(optimizer=optimizer, jit_compile=bool(tc.jit_compile))
         optimizer.build(model.trainable_variables)
         resume_from = load_checkpoint(model, model_dir)
         if resume_from:
@@ -238,35 +232,56 @@ def _train_locked(config, dataset, strategy, verbose, extra_callbacks, interrupt
             from tf_centernet.convert.finetune import initialize_from
 
             initialize_from(model, tc.init_from)
-    atomic_write_text(os.path.join(model_dir, "config.yaml"), config_lib.to_yaml(config))
-    write_classes(model_dir, dataset)
+    if not distribute.all_equal_across_workers(strategy, int(optimizer.iterations.numpy())):
+        raise CheckpointError(
+            f"The workers restored different steps from {model_dir} (this worker: "
+            f"{int(optimizer.iterations.numpy())}); the model directory must be storage all workers share."
+        )
+    if chief:
+        atomic_write_text(os.path.join(model_dir, "config.yaml"), config_lib.to_yaml(config))
+        write_classes(model_dir, dataset)
 
     step = int(optimizer.iterations.numpy())
     if step >= tc.total_steps:
         logger.info("Training already complete: step %d >= total_steps %d", step, tc.total_steps)
         return model, keras.callbacks.History()
     # A resumed run continues the random stream instead of replaying it.
-    data = build_train_dataset(
-        dataset, config, batch_size=tc.batch_size, start_element=step * tc.batch_size
-    )
+    def make_data(input_context=None):
+        return build_train_dataset(
+            dataset, config, batch_size=tc.batch_size, start_element=step * tc.batch_size,
+            input_context=input_context,
+        )
+
+    if strategy.num_replicas_in_sync > 1:  # each worker reads its own share
+        data = strategy.distribute_datasets_from_function(make_data)
+        # Keras' pre-fit "symbolic build" would all-reduce a whole input
+        # batch, which fails under MultiWorkerMirroredStrategy (PerReplica
+        # conversion error); the model and optimizer are built already.
+        model._maybe_symbolic_build = lambda *args, **kwargs: None
+        distribute.make_logs_reducible(model, strategy)
+    else:
+        data = make_data()
     steps_per_epoch = max(1, min(tc.steps_per_epoch, tc.total_steps))
-    checkpoints = CheckpointCallback(
-        model_dir, tc.checkpoint_every, tc.keep_checkpoints, last_saved=step  # saved, or step 0: nothing to save
-    )
+    last_saved = step  # saved, or step 0: nothing to save
+    if chief:
+        checkpoints = CheckpointCallback(model_dir, tc.checkpoint_every, tc.keep_checkpoints, last_saved)
+    else:
+        checkpoints = WorkerCheckpointCallback(
+            distribute.worker_write_dir(model_dir, False), model_dir, tc.checkpoint_every, 1, last_saved
+        )
     guard = NonFiniteGuard(tc.on_nonfinite, tc.max_consecutive_nonfinite, checkpoints)
     callbacks = [
         guard,  # before checkpoints: a non-finite step blocks the save
         interrupt,
         checkpoints,
         StopAtStep(tc.total_steps),
-        keras.callbacks.TensorBoard(
-            os.path.join(model_dir, "logs"), update_freq=max(1, min(100, tc.checkpoint_every))
-        ),
+        *(watch_callbacks(config, dataset, model_dir, mode) if chief else []),
         *extra_callbacks,
     ]
     epochs = math.ceil(tc.total_steps / steps_per_epoch)
     if tc.on_nonfinite == "skip":  # skipped steps do not count: StopAtStep ends the run
         epochs *= 2 + tc.max_consecutive_nonfinite
+    verbose = 1 if mode == "bar" and chief else 0
     history = model.fit(
         data,
         epochs=epochs,

@@ -64,6 +64,7 @@ def build_train_dataset(
     repeat: bool = True,
     augment: bool = True,
     start_element: int = 0,
+    input_context: Optional[tf.distribute.InputContext] = None,
 ) -> tf.data.Dataset:
     """Batches of (images, targets) for training.
 
@@ -205,8 +206,16 @@ def build_train_dataset(
         def load(element_number, index):
             return augment_and_encode(element_number, index, read(index))
 
+    result = items.enumerate(start=start_element)
+    if input_context is not None:
+        batch_size = input_context.get_per_replica_batch_size(batch_size)
+        pipelines = int(input_context.num_input_pipelines)
+        if pipelines > 1:
+            chunk = batch_size * (input_context.num_replicas_in_sync // pipelines)
+            own = input_context.input_pipeline_id
+            result = result.filter(lambda n, i: ((n - start_element) // chunk) % pipelines == own)
     order = {} if parallel is None else {"deterministic": deterministic}
-    result = items.enumerate(start=start_element).map(load, num_parallel_calls=parallel, **order)
+    result = result.map(load, num_parallel_calls=parallel, **order)
     # Backstop for a file that changes after the check: drop it, logged.
     result = result.ignore_errors(log_warning=True)
     result = result.batch(batch_size, drop_remainder=True)

@@ -1,0 +1,136 @@
+"""Watching training: plain progress lines, COCO evaluation and image summaries in TensorBoard."""
+
+import glob
+import io
+import json
+import os
+import types
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from PIL import Image
+
+from tf_centernet.callbacks import EvaluationCallback, ImageSummaries, ProgressLog, progress_mode
+from tf_centernet.checkpoints import validate_checkpoint
+from tf_centernet.config import load_config
+
+
+class _FakeModel:
+    def __init__(self, step):
+        self.optimizer = types.SimpleNamespace(iterations=tf.Variable(step, dtype=tf.int64), learning_rate=0.5)
+
+
+def test_progress_log_lines_have_no_control_characters():
+    lines = []
+    callback = ProgressLog(total_steps=10, every=4, log=lines.append)
+    model = _FakeModel(0)
+    callback.set_model(model)
+    callback.on_train_begin()
+    for step in range(1, 11):
+        model.optimizer.iterations.assign(step)
+        callback.on_train_batch_end(step - 1, {"loss": 2.5, "pull": 0.125})
+    assert [line.split()[1] for line in lines] == ["4/10", "8/10", "10/10"]
+    assert "loss=2.5000 pull=0.1250" in lines[0] and "steps/s=" in lines[0] and "ETA=" in lines[0]
+    assert lines[-1].endswith("ETA=0:00:00")
+    assert not any("\r" in line or "\x1b" in line or "\b" in line for line in lines)
+
+
+def test_progress_mode():
+    assert progress_mode(None, verbose=1, isatty=True) == "bar"
+    assert progress_mode(None, verbose=1, isatty=False) == "log"
+    assert progress_mode(None, verbose=0) == "none"
+    assert progress_mode("log", verbose=0) == "log"
+    with pytest.raises(ValueError, match="progress"):
+        progress_mode("fancy")
+
+
+def test_mixed_precision_names():
+    assert load_config("demo", ["train.mixed_precision=true"]).train.mixed_precision == "float16"
+    assert load_config("demo", ["train.mixed_precision=false"]).train.mixed_precision == "none"
+    assert load_config("demo", ["train.mixed_precision=bfloat16"]).train.mixed_precision == "bfloat16"
+    with pytest.raises(ValueError, match="train.mixed_precision"):
+        load_config("demo", ["train.mixed_precision=half"])
+
+
+def _events(folder):
+    found = {}
+    for path in glob.glob(os.path.join(folder, "events.out.tfevents.*")):
+        for event in tf.compat.v1.train.summary_iterator(path):
+            for value in event.summary.value:
+                found.setdefault(value.tag, []).append((event.step, value))
+    return found
+
+
+@pytest.fixture(scope="module")
+def small_model():
+    """The demo model (small hourglass, 3 classes), built at 127 px, with an optimizer."""
+    import keras
+
+    from tf_centernet.models.detector import build_model
+
+    config = load_config("demo", ["model.pooling_impl=scan"])
+    model = build_model(config.model, config.loss)
+    model.build((None, 127, 127, 3))
+    model.compile(optimizer=keras.optimizers.Adam(1e-3))
+    model.optimizer.build(model.trainable_variables)
+    return config, model
+
+
+def test_evaluation_writes_ap_to_tensorboard_and_jsonl(small_model, synthetic_coco, tmp_path):
+    config, model = small_model
+    image_dir, annotation_file = synthetic_coco
+    model_dir = str(tmp_path)
+    callback = EvaluationCallback(config, model_dir, 5, annotation_file, image_dir, [1, 2, 3], max_images=2)
+    callback.set_model(model)
+    model.optimizer.iterations.assign(5)
+    callback.on_train_batch_end(4)
+    model.optimizer.iterations.assign(7)
+    callback.on_train_batch_end(6)  # not a multiple of 5: no evaluation
+    with open(os.path.join(model_dir, "metrics.jsonl")) as f:
+        records = [json.loads(line) for line in f]
+    assert [r["step"] for r in records] == [5]
+    assert 0.0 <= records[0]["AP"] <= 1.0 and 0.0 <= records[0]["FD"] <= 1.0
+    events = _events(os.path.join(model_dir, "logs", "eval"))
+    assert {"eval/AP", "eval/AP50", "eval/FD"} <= set(events)
+    step, value = events["eval/AP"][0]
+    assert step == 5
+    assert float(tf.make_ndarray(value.tensor)) == pytest.approx(records[0]["AP"])
+    # First evaluation is the best so far: its weights are kept, intact.
+    best = glob.glob(os.path.join(model_dir, "best", "checkpoints", "ckpt-5.weights.h5"))
+    assert best and validate_checkpoint(best[0]) is None
+    with open(os.path.join(model_dir, "best", "best.json")) as f:
+        assert json.load(f)["step"] == 5
+
+
+def test_image_summaries_shapes(small_model, tmp_path):
+    config, model = small_model
+    height, width = 90, 120
+    image = np.random.default_rng(0).integers(0, 255, (height, width, 3), dtype=np.uint8)
+    boxes = np.array([[10, 20, 60, 70]], np.float32)
+    callback = ImageSummaries(config, str(tmp_path), 3, image, boxes, np.array([1]), ["a", "b", "c"], lr_every=3)
+    callback.set_model(model)
+    model.optimizer.iterations.assign(3)
+    callback.on_train_batch_end(2)
+    callback.on_train_end()
+    events = _events(os.path.join(str(tmp_path), "logs", "images"))
+    assert {"images/ground_truth", "images/detections", "heatmaps/tl_heatmap", "heatmaps/br_heatmap",
+            "heatmaps/ct_heatmap", "learning_rate"} <= set(events)
+
+    def picture(tag):
+        value = events[tag][0][1]
+        raw = tf.make_ndarray(value.tensor)  # [width, height, PNG]
+        return int(raw[0]), int(raw[1]), np.asarray(Image.open(io.BytesIO(raw[2])))
+
+    w, h, truth = picture("images/ground_truth")
+    assert (w, h) == (width, height) and truth.shape == (height, width, 3)
+    assert not np.array_equal(truth, image)  # the box is drawn
+    w, h, drawn = picture("images/detections")
+    assert drawn.shape == (height, width, 3)
+    # Heatmaps: one channel on the output grid of the test canvas, whose
+    # sides are ``side | 127`` (SPEC 7.5), at stride 4: (side | 127 + 1) / 4.
+    for key in ("tl_heatmap", "br_heatmap", "ct_heatmap"):
+        w, h, heat = picture(f"heatmaps/{key}")
+        assert heat.shape == (h, w) == (((height | 127) + 1) // 4, ((width | 127) + 1) // 4)
+    lr = events["learning_rate"][0]
+    assert lr[0] == 3 and float(tf.make_ndarray(lr[1].tensor)) == pytest.approx(1e-3)
