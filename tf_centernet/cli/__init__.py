@@ -251,63 +251,6 @@ def cmd_demo(args):
     return 0
 
 
-def _splits(config, which):
-    names = ["train", "val"] if which == "both" else [which]
-    return [s for s in names if getattr(config.data, f"{s}_annotations")]
-
-
-def cmd_check_data(args):
-    """Reads the training and validation data once and prints the report."""
-    from tf_centernet.data.check import check_dataset
-    from tf_centernet.data.records import open_dataset
-
-    config = _load_config(args)
-    failed, train_names = False, None
-    for split in _splits(config, args.split):
-        dataset = open_dataset(config, split, class_names=train_names)
-        report = check_dataset(dataset, config, decode_images=not args.no_decode)
-        if split == "train":
-            train_names = list(dataset.class_names)
-        elif train_names is not None and list(dataset.class_names) != train_names:
-            report.errors.append(f"classes {dataset.class_names} differ from training's {train_names}")
-        print(report.text())
-        failed = failed or bool(report.errors)
-    print("check-data:", "problems found (see ERROR lines)" if failed else "OK")
-    return 1 if failed else 0
-
-
-def cmd_convert_data(args):
-    """Writes the configured data as TFRecord shards plus classes.txt."""
-    from tf_centernet.data.records import open_dataset
-    from tf_centernet.data.tfrecord import write_class_file, write_tfrecords
-
-    config = _load_config(args)
-    os.makedirs(args.output, exist_ok=True)
-    names = None
-    for split in _splits(config, args.split):
-        dataset = open_dataset(config, split, class_names=names)
-        names = names or list(dataset.class_names)
-        paths = write_tfrecords(dataset, os.path.join(args.output, split), args.shards)
-        logger.info("%s: %d images -> %s", split, len(dataset), ", ".join(paths))
-        pattern = os.path.join(args.output, f"{split}-*-of-*.tfrecord")
-        print(f"data.{split}_annotations={pattern}")
-    if names:
-        print("data.classes=" + write_class_file(names, os.path.join(args.output, "classes.txt")))
-    return 0
-
-
-def cmd_convert(args):
-    """Converts a release snapshot into a model directory (`tf_centernet.convert`)."""
-    from tf_centernet.convert import convert_snapshot
-
-    config = _load_config(args)
-    path = convert_snapshot(args.snapshot, config, args.model_dir, classes_file=args.classes)
-    logger.info(
-        "Converted %s -> %s; run e.g. tf-centernet detect --model-dir %s IMAGE", args.snapshot, path, args.model_dir
-    )
-    return 0
-
-
 def cmd_build_ops(args):
     """Compiles (or finds cached) and loads the corner-pooling custom ops."""
     from tf_centernet.ops import custom
@@ -326,6 +269,8 @@ def cmd_build_ops(args):
 
 
 def build_parser():
+    from tf_centernet.cli.data_commands import cmd_check_data, cmd_convert, cmd_convert_data
+
     parser = argparse.ArgumentParser(
         prog="tf-centernet",
         description="CenterNet (keypoint triplets) and CornerNet in TensorFlow 2 / Keras 3.",
