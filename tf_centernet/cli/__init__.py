@@ -46,7 +46,7 @@ def _load_config(args):
     overrides = list(args.set or [])
     name = args.config
     model_dir = getattr(args, "model_dir", None)
-    if model_dir and args.command != "train" and not os.path.isdir(model_dir):
+    if model_dir and args.command not in ("train", "convert") and not os.path.isdir(model_dir):
         raise SystemExit(f"error: --model-dir {model_dir}: no such directory (a trained model's directory).")
     if name is None and model_dir and os.path.isfile(os.path.join(model_dir, "config.yaml")):
         name = os.path.join(model_dir, "config.yaml")
