@@ -12,6 +12,7 @@ import tensorflow as tf
 
 from tf_centernet.config import DecodeConfig
 from tf_centernet.decode.geometry import INVALID_SCORE
+from tf_centernet.decode.soft_nms_parallel import class_parallel_soft_nms
 
 _DEFAULTS = DecodeConfig()
 
@@ -82,8 +83,9 @@ def soft_nms(
     loop therefore stops after `max_detections` selections, or when no box
     is left. It runs over the candidates at or above `score_threshold` only
     (gathered once, in their original order so that ties resolve to the
-    same box), and records the index and score of each selection; boxes,
-    classes and padding are gathered once after the loop.
+    same box). By default every iteration selects the best box of every
+    class at once (`class_parallel_soft_nms`, same selections and scores);
+    with `static_shapes` (XLA) one selection per iteration, over all `n`.
 
     With ``method="merge"`` (the releases' `soft_nms_merge`) the selected box
     is replaced by the weighted mean of itself and the remaining overlapping
@@ -106,9 +108,11 @@ def soft_nms(
         br_scores: float32 tensor `(batch, n)` or None. Needed for "merge".
         weight_exp: float. Exponent of the merge weights. Defaults to ``DecodeConfig.merge_weight_exp``.
         inclusive: bool. Pixel-inclusive IoU (`box_iou`). Defaults to `True`.
-        static_shapes: bool. Keep all `n` candidates in the loop instead of
-            only the valid ones, so that every shape is static (needed under
-            XLA, ``jit_compile=True``). Same results. Defaults to `False`.
+        static_shapes: bool. One selection per iteration over all `n`
+            candidates instead of the class-parallel loop over the valid
+            ones, so that every shape is static (needed under XLA,
+            ``jit_compile=True``). Same results (merged boxes within float
+            rounding). Defaults to `False`.
 
     Returns:
         dict with ``boxes`` float32 `(batch, max_detections, 4)`, ``scores``
@@ -142,6 +146,12 @@ def soft_nms(
     if merge:
         tl_scores = take(tl_scores, tf.float32)
         br_scores = take(br_scores, tf.float32)
+    if not static_shapes:
+        return class_parallel_soft_nms(
+            boxes, scores, classes, max_detections, sigma, score_threshold,
+            inclusive=inclusive, merge=merge, tl_scores=tl_scores, br_scores=br_scores,
+            weight_exp=weight_exp,
+        )
     m = tf.shape(scores)[1]
     one = 1.0 if inclusive else 0.0
     x1, y1, x2, y2 = tf.unstack(boxes, axis=-1)  # (batch, m) each
