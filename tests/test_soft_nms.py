@@ -54,8 +54,9 @@ def as_tensors(boxes, scores, classes):
     return tf.constant(boxes), tf.constant(scores), tf.constant(classes)
 
 
+@pytest.mark.parametrize("loop", ["auto", "classes", "sequential"])
 @pytest.mark.parametrize("method", ["gaussian", "merge"])
-def test_valid_only_loop_equals_full_loop_and_numpy(method):
+def test_valid_only_loop_equals_full_loop_and_numpy(method, loop):
     boxes, scores, classes = random_candidates(0)
     extra = {}
     if method == "merge":
@@ -65,7 +66,7 @@ def test_valid_only_loop_equals_full_loop_and_numpy(method):
             br_scores=tf.constant(rng.uniform(0.1, 1, scores.shape).astype(np.float32)),
         )
     args = as_tensors(boxes, scores, classes)
-    fast = decode.soft_nms(*args, max_detections=60, method=method, **extra)
+    fast = decode.soft_nms(*args, max_detections=60, method=method, loop=loop, **extra)
     full = decode.soft_nms(*args, max_detections=60, method=method, static_shapes=True, **extra)
     np.testing.assert_array_equal(fast["num_detections"], full["num_detections"])
     np.testing.assert_array_equal(fast["classes"], full["classes"])
@@ -80,6 +81,26 @@ def test_valid_only_loop_equals_full_loop_and_numpy(method):
         np.testing.assert_allclose(fast["scores"][b, :n], expected[:, 4], rtol=1e-5)
         np.testing.assert_array_equal(fast["boxes"][b, :n], expected[:, :4])
         np.testing.assert_array_equal(fast["classes"][b, :n], expected[:, 5])
+
+
+def test_class_parallel_loop_keeps_the_tie_order():
+    """Scores on a coarse grid and duplicated boxes: many exact ties within
+    and across classes; both loops must pick the same boxes in the same order."""
+    boxes, scores, classes = random_candidates(8, n=120, num_classes=3)
+    scores = np.where(scores > 0, np.round(scores, 1) + 0.05, scores).astype(np.float32)
+    boxes[:, 60:] = boxes[:, :60]  # every box twice, same class half the time
+    classes[:, 60:90] = classes[:, :30]
+    scores[:, 60:] = np.where(scores[:, :60] > 0, scores[:, :60], scores[:, 60:])
+    args = as_tensors(boxes, scores, classes)
+    seq = decode.soft_nms(*args, max_detections=80, loop="sequential")
+    par = decode.soft_nms(*args, max_detections=80, loop="classes")
+    for key in ("boxes", "scores", "classes", "num_detections"):
+        np.testing.assert_array_equal(par[key], seq[key])
+    expected = numpy_soft_nms(boxes[0], scores[0], classes[0], 80)
+    n = int(par["num_detections"][0])
+    np.testing.assert_allclose(par["scores"][0, :n], expected[:, 4], rtol=1e-5)
+    with pytest.raises(ValueError, match="loop"):
+        decode.soft_nms(*args, loop="bogus")
 
 
 def test_fewer_valid_candidates_than_detections_and_none_at_all():

@@ -68,6 +68,7 @@ def soft_nms(
     weight_exp: float = _DEFAULTS.merge_weight_exp,
     inclusive: bool = True,
     static_shapes: bool = False,
+    loop: str = "auto",
 ) -> Dict[str, tf.Tensor]:
     """Per-class Gaussian soft-NMS that keeps the best `max_detections` (docs/reference.md §7.6-7.7).
 
@@ -83,9 +84,10 @@ def soft_nms(
     loop therefore stops after `max_detections` selections, or when no box
     is left. It runs over the candidates at or above `score_threshold` only
     (gathered once, in their original order so that ties resolve to the
-    same box). By default every iteration selects the best box of every
-    class at once (`class_parallel_soft_nms`, same selections and scores);
-    with `static_shapes` (XLA) one selection per iteration, over all `n`.
+    same box). When the classes are spread enough, every iteration selects
+    the best box of every class at once (`class_parallel_soft_nms`, same
+    selections and scores); otherwise, and with `static_shapes` (XLA, then
+    over all `n`), one selection per iteration.
 
     With ``method="merge"`` (the releases' `soft_nms_merge`) the selected box
     is replaced by the weighted mean of itself and the remaining overlapping
@@ -113,6 +115,10 @@ def soft_nms(
             ones, so that every shape is static (needed under XLA,
             ``jit_compile=True``). Same results (merged boxes within float
             rounding). Defaults to `False`.
+        loop: str. Without `static_shapes`: ``"classes"`` (all classes per
+            iteration), ``"sequential"`` (one selection per iteration) or
+            ``"auto"`` (whichever needs fewer steps; see the code). Same
+            results. Defaults to `"auto"`.
 
     Returns:
         dict with ``boxes`` float32 `(batch, max_detections, 4)`, ``scores``
@@ -125,6 +131,8 @@ def soft_nms(
     """
     if method not in ("gaussian", "merge"):
         raise ValueError(f"soft_nms method must be 'gaussian' or 'merge', got {method!r}.")
+    if loop not in ("auto", "classes", "sequential"):
+        raise ValueError(f"soft_nms loop must be 'auto', 'classes' or 'sequential', got {loop!r}.")
     merge = method == "merge"
     if merge and (tl_scores is None or br_scores is None):
         raise ValueError("soft_nms(method='merge') needs tl_scores and br_scores.")
@@ -146,12 +154,43 @@ def soft_nms(
     if merge:
         tl_scores = take(tl_scores, tf.float32)
         br_scores = take(br_scores, tf.float32)
-    if not static_shapes:
-        return class_parallel_soft_nms(
+    loops = {
+        "classes": lambda: class_parallel_soft_nms(
             boxes, scores, classes, max_detections, sigma, score_threshold,
             inclusive=inclusive, merge=merge, tl_scores=tl_scores, br_scores=br_scores,
             weight_exp=weight_exp,
-        )
+        ),
+        "sequential": lambda: _sequential_soft_nms(
+            boxes, scores, classes, max_detections, sigma, score_threshold,
+            inclusive, merge, tl_scores, br_scores, weight_exp,
+        ),
+    }
+    if static_shapes or loop != "auto":
+        return loops["sequential" if static_shapes else loop]()
+    # Same results either way. The class-parallel loop costs about 3
+    # sequential iterations per iteration and runs about as many as the
+    # busiest class has selections among the best `max_detections`
+    # (estimated as its share of the valid candidates).
+    valid = scores >= score_threshold
+    num_classes = tf.reduce_max(classes) + 1
+    per_class = tf.math.unsorted_segment_sum(
+        tf.cast(valid, tf.int32),
+        tf.range(batch)[:, None] * num_classes + tf.maximum(classes, 0),
+        batch * num_classes,
+    )
+    busiest = tf.reduce_max(per_class)
+    total = tf.maximum(tf.reduce_max(tf.reduce_sum(tf.cast(valid, tf.int32), axis=1)), 1)
+    share = tf.minimum(busiest, max_detections * busiest // total + 1)
+    selections = tf.minimum(total, max_detections)
+    return tf.cond(3 * share <= selections, loops["classes"], loops["sequential"])
+
+
+def _sequential_soft_nms(
+    boxes, scores, classes, max_detections, sigma, score_threshold,
+    inclusive, merge, tl_scores, br_scores, weight_exp,
+):
+    """`soft_nms`'s one-selection-per-iteration loop over gathered candidates."""
+    batch = tf.shape(scores)[0]
     m = tf.shape(scores)[1]
     one = 1.0 if inclusive else 0.0
     x1, y1, x2, y2 = tf.unstack(boxes, axis=-1)  # (batch, m) each
