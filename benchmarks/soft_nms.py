@@ -103,7 +103,8 @@ def main(argv=None):
     print(f"TensorFlow {tf.__version__}, {os.cpu_count()} CPU cores, batch {args.batch}, "
           f"{args.candidates} candidates, {args.repeats} interleaved rounds, ms per image")
     names = list(fns)
-    header = f"{'valid/classes':>13} | {'stat':>6} | " + " | ".join(f"{n:>10}" for n in names) + " | default speed-up"
+    header = (f"{'valid/classes':>13} | {'stat':>6} | "
+              + " | ".join(f"{n:>10}" for n in names) + " | default speed-up")
     print(header)
     print("-" * len(header))
     for case in args.cases:

@@ -179,7 +179,9 @@ def box_iou_np(a, b):
     if iw <= 0 or ih <= 0:
         return 0.0
     inter = iw * ih
-    return inter / ((a[2] - a[0] + 1) * (a[3] - a[1] + 1) + (b[2] - b[0] + 1) * (b[3] - b[1] + 1) - inter)
+    area_a = (a[2] - a[0] + 1) * (a[3] - a[1] + 1)
+    area_b = (b[2] - b[0] + 1) * (b[3] - b[1] + 1)
+    return inter / (area_a + area_b - inter)
 
 
 def test_tf_option_matches_exact_soft_nms_within_iou_099():
