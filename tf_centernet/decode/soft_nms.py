@@ -12,7 +12,7 @@ import tensorflow as tf
 
 from tf_centernet.config import DecodeConfig
 from tf_centernet.decode.geometry import INVALID_SCORE
-from tf_centernet.decode.soft_nms_parallel import class_parallel_soft_nms
+from tf_centernet.decode.soft_nms_parallel import class_grid, class_parallel_soft_nms, columns
 
 _DEFAULTS = DecodeConfig()
 
@@ -154,46 +154,49 @@ def soft_nms(
     if merge:
         tl_scores = take(tl_scores, tf.float32)
         br_scores = take(br_scores, tf.float32)
+    grid = None
+    if loop != "sequential" and not static_shapes:
+        grid = class_grid(scores, classes, score_threshold)
     loops = {
-        "classes": lambda: class_parallel_soft_nms(
+        "classes": lambda enabled=True: class_parallel_soft_nms(
             boxes, scores, classes, max_detections, sigma, score_threshold,
             inclusive=inclusive, merge=merge, tl_scores=tl_scores, br_scores=br_scores,
-            weight_exp=weight_exp,
+            weight_exp=weight_exp, enabled=enabled, grid=grid,
         ),
-        "sequential": lambda: _sequential_soft_nms(
+        "sequential": lambda enabled=True: _sequential_soft_nms(
             boxes, scores, classes, max_detections, sigma, score_threshold,
-            inclusive, merge, tl_scores, br_scores, weight_exp,
+            inclusive, merge, tl_scores, br_scores, weight_exp, enabled,
         ),
     }
     if static_shapes or loop != "auto":
         return loops["sequential" if static_shapes else loop]()
-    # Same results either way. The class-parallel loop costs about 3
-    # sequential iterations per iteration and runs about as many as the
-    # busiest class has selections among the best `max_detections`
-    # (estimated as its share of the valid candidates).
-    valid = scores >= score_threshold
-    num_classes = tf.reduce_max(classes) + 1
-    per_class = tf.math.unsorted_segment_sum(
-        tf.cast(valid, tf.int32),
-        tf.range(batch)[:, None] * num_classes + tf.maximum(classes, 0),
-        batch * num_classes,
-    )
+    # Same results either way. A class-parallel iteration costs about 3
+    # sequential ones (while its grid is at most 4 times the candidates),
+    # and it needs about as many as the busiest class has selections among
+    # the best `max_detections` (estimated as its share of the candidates).
+    per_class = grid[2]
     busiest = tf.reduce_max(per_class)
-    total = tf.maximum(tf.reduce_max(tf.reduce_sum(tf.cast(valid, tf.int32), axis=1)), 1)
+    total = tf.maximum(tf.reduce_max(tf.reduce_sum(per_class, axis=1)), 1)
     share = tf.minimum(busiest, max_detections * busiest // total + 1)
     selections = tf.minimum(total, max_detections)
-    return tf.cond(3 * share <= selections, loops["classes"], loops["sequential"])
+    grid_size = grid[1] * tf.shape(grid[0])[2]
+    use_classes = (3 * share <= selections) & (grid_size <= 4 * tf.shape(scores)[1])
+    # Both loops sit in the graph and only the chosen one iterates (no
+    # `tf.cond`: tf2onnx loses the shapes inside its branches).
+    by_class = loops["classes"](use_classes)
+    one_by_one = loops["sequential"](~use_classes)
+    return {key: tf.where(use_classes, by_class[key], one_by_one[key]) for key in by_class}
 
 
 def _sequential_soft_nms(
     boxes, scores, classes, max_detections, sigma, score_threshold,
-    inclusive, merge, tl_scores, br_scores, weight_exp,
+    inclusive, merge, tl_scores, br_scores, weight_exp, enabled=True,
 ):
     """`soft_nms`'s one-selection-per-iteration loop over gathered candidates."""
     batch = tf.shape(scores)[0]
     m = tf.shape(scores)[1]
     one = 1.0 if inclusive else 0.0
-    x1, y1, x2, y2 = tf.unstack(boxes, axis=-1)  # (batch, m) each
+    x1, y1, x2, y2 = columns(boxes)  # (batch, m) each
     areas = (x2 - x1 + one) * (y2 - y1 + one)
     positions = tf.range(m)[None, :]
 
@@ -206,7 +209,7 @@ def _sequential_soft_nms(
     neg_inf = tf.constant(float("-inf"), tf.float32)
 
     def cond(i, active, current, picks, picked_scores, merged_boxes, count):
-        return (i < max_detections) & tf.reduce_any(active)
+        return enabled & (i < max_detections) & tf.reduce_any(active)
 
     def body(i, active, current, picks, picked_scores, merged_boxes, count):
         has = tf.reduce_any(active, axis=1)  # (batch,)
@@ -215,7 +218,7 @@ def _sequential_soft_nms(
         best_score, best = best_score[:, 0], best[:, 0]  # (batch,)
         best_box = tf.gather(boxes, best, batch_dims=1)  # (batch, 4)
         best_class = tf.gather(classes, best, batch_dims=1)
-        bx1, by1, bx2, by2 = [t[:, None] for t in tf.unstack(best_box, axis=-1)]
+        bx1, by1, bx2, by2 = [t[:, None] for t in columns(best_box)]
         # `box_iou` with the areas computed once.
         iw = tf.maximum(tf.minimum(bx2, x2) - tf.maximum(bx1, x1) + one, 0.0)
         ih = tf.maximum(tf.minimum(by2, y2) - tf.maximum(by1, y1) + one, 0.0)
