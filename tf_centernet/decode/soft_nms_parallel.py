@@ -116,6 +116,8 @@ def class_parallel_soft_nms(
     slot = tf.range(k)[None, None, :]
     neg_inf = tf.constant(float("-inf"), tf.float32)
 
+    # (tf.expand_dims, not [..., None]: TFLite has no StridedSlice adding
+    # axes to tensors of unknown shape.)
     # Selections (slot in the grid, score), time-major (max_detections, batch, classes).
     picks0 = tf.zeros([max_detections, batch, num_classes], tf.int32)
     picked0 = tf.fill([max_detections, batch, num_classes], neg_inf)
@@ -124,7 +126,7 @@ def class_parallel_soft_nms(
     def cond(i, active, current, picks, picked, fused):
         best_left = tf.reduce_max(tf.where(active, current, neg_inf), axis=[1, 2])  # (batch,)
         above = tf.reduce_sum(
-            tf.cast(picked > best_left[None, :, None], tf.int32), axis=[0, 2]
+            tf.cast(picked > tf.reshape(best_left, [1, -1, 1]), tf.int32), axis=[0, 2]
         )
         return enabled & (i < max_detections) & tf.reduce_any(
             tf.reduce_any(active, axis=[1, 2]) & (above < max_detections)
@@ -133,13 +135,13 @@ def class_parallel_soft_nms(
     def body(i, active, current, picks, picked, fused):
         masked = tf.where(active, current, neg_inf)
         best = tf.reduce_max(masked, axis=2)  # (batch, classes)
-        tied = active & tf.equal(masked, best[..., None])
+        tied = active & tf.equal(masked, tf.expand_dims(best, -1))
         # Lowest slot (= lowest position) among a class's maxima: top_k's tie rule.
         head = tf.reduce_min(tf.where(tied, slot, k), axis=2)
         has = head < k
-        is_head = tf.equal(slot, head[..., None])  # (batch, classes, K)
+        is_head = tf.equal(slot, tf.expand_dims(head, -1))  # (batch, classes, K)
         # The head's fields; exact, as every other term is zero.
-        h = tf.reduce_sum(tf.where(is_head[..., None], table, 0.0), axis=2)
+        h = tf.reduce_sum(tf.where(tf.expand_dims(is_head, -1), table, 0.0), axis=2)
         hx1, hy1, hx2, hy2, h_area = [h[..., j : j + 1] for j in range(5)]
         iw = tf.maximum(tf.minimum(hx2, gx2) - tf.maximum(hx1, gx1) + one, 0.0)
         ih = tf.maximum(tf.minimum(hy2, gy2) - tf.maximum(hy1, gy1) + one, 0.0)
@@ -166,12 +168,15 @@ def class_parallel_soft_nms(
             )
             ok = (mts > 0.0) & (mbs > 0.0)
             fused = tf.tensor_scatter_nd_update(
-                fused, [[i]], tf.where(ok[..., None], merged, h[..., :4])[None]
+                fused, [[i]],
+                tf.expand_dims(tf.where(tf.expand_dims(ok, -1), merged, h[..., :4]), 0),
             )
         current = tf.where(same, current * weight, current)
         active = active & ~is_head & (current >= score_threshold)
-        picks = tf.tensor_scatter_nd_update(picks, [[i]], tf.minimum(head, k - 1)[None])
-        picked = tf.tensor_scatter_nd_update(picked, [[i]], tf.where(has, best, neg_inf)[None])
+        head_slot = tf.expand_dims(tf.minimum(head, k - 1), 0)
+        picks = tf.tensor_scatter_nd_update(picks, [[i]], head_slot)
+        head_score = tf.expand_dims(tf.where(has, best, neg_inf), 0)
+        picked = tf.tensor_scatter_nd_update(picked, [[i]], head_score)
         return i + 1, active, current, picks, picked, fused
 
     _, _, _, picks, picked, fused = tf.while_loop(
@@ -198,7 +203,7 @@ def class_parallel_soft_nms(
     else:
         out_boxes = tf.gather(boxes, best, batch_dims=1)
     return {
-        "boxes": tf.where(keep[..., None], out_boxes, 0.0),
+        "boxes": tf.where(tf.expand_dims(keep, -1), out_boxes, 0.0),
         "scores": tf.where(keep, best_scores, 0.0),
         "classes": tf.where(keep, tf.gather(classes, best, batch_dims=1), 0),
         "num_detections": tf.reduce_sum(tf.cast(keep, tf.int32), axis=1),
