@@ -260,6 +260,7 @@ class DecodeConfig:
     test_scales: List[float] = field(default_factory=lambda: [1.0])
     border_tolerance: float = 5.0
     # XLA-compile the decoding after the network (`Decoder`); not with nms "tf".
+    # For accelerators: on CPU XLA's heatmap top-K is a full sort (slower).
     jit_compile: bool = False
 
 
