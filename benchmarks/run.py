@@ -14,8 +14,10 @@ Sections (each prints a table as it finishes; a summary at the end):
    compiled op, scan, scan under XLA; forward and forward+backward (pieces
    of benchmarks/pooling.py). "scan fwd+bwd before" differentiates the
    scan's steps (the gradient before the custom one).
-3. Decoding (soft-NMS "gaussian", flip test) of random CenterNet heads at
-   511 (128x128 grid, 80 classes), in a `tf.function`.
+3. Decoding (flip test) of random CenterNet heads at 511 (128x128 grid, 80
+   classes), in a `tf.function`, with each ``decode.nms`` option and
+   ``decode.jit_compile`` (the soft-NMS step alone, before/after:
+   benchmarks/soft_nms.py).
 4. Forward pass at 511, batch 1: CenterNet-52 with ``--full`` (about 10 s
    per forward here, plus minutes of XLA compilation), else the small
    CenterNet at 255; compiled pooling, scan, scan under XLA, bf16.
@@ -284,11 +286,23 @@ def section_decode(args):
         sizes=tf.constant([[511.0, 511.0]]),
         ratios=tf.constant([[grid / 511.0, grid / 511.0]]),
     )
-    config = DecodeConfig()
-    fn = tf.function(lambda out: decode.decode_detections(out, geometry, config, use_centers=True, flip_test=True))
-    ms = median_ms(lambda: fn(outputs)["boxes"].numpy(), args.repeats)
-    print_table("3. Decoding at 511 (flip test, soft-NMS gaussian), ms per image", ("nms", "ms"), [(config.nms, ms)])
-    return ms
+    # Each NMS option (benchmarks/soft_nms.py times the soft-NMS step alone,
+    # before/after); "gaussian+xla" is decode.jit_compile (the `Decoder`'s
+    # compiled function).
+    modes = {
+        "gaussian": DecodeConfig(),
+        "gaussian+xla": DecodeConfig(jit_compile=True),
+        "merge": DecodeConfig(nms="merge"),
+        "tf": DecodeConfig(nms="tf"),
+        "none": DecodeConfig(nms="none"),
+    }
+    rows = []
+    for name, config in modes.items():
+        decoder = decode.Decoder(config, use_centers=True)
+        fn = tf.function(lambda out, d=decoder: d.decode(out, geometry, flip_test=True))
+        rows.append((name, median_ms(lambda: fn(outputs)["boxes"].numpy(), args.repeats)))
+    print_table("3. Decoding at 511 (flip test), ms per image", ("nms", "ms"), rows)
+    return rows[0][1]
 
 
 def _forward_models(args):

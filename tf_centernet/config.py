@@ -261,7 +261,8 @@ class DecodeConfig:
     small_region_n: int = 3
     large_region_n: int = 5
     region_area_threshold: float = 22500.0
-    # Soft-NMS (docs/reference.md §7.6): "gaussian" or "merge"; "none" skips it.
+    # Soft-NMS (docs/reference.md §7.6): "gaussian" or "merge" (the releases'),
+    # "tf" (TF's fused kernel: faster, not bit-exact) or "none" (skips it).
     nms: str = "gaussian"
     soft_nms_sigma: float = 0.5
     score_threshold: float = 0.001
@@ -270,6 +271,9 @@ class DecodeConfig:
     flip_test: bool = True
     test_scales: List[float] = field(default_factory=lambda: [1.0])
     border_tolerance: float = 5.0
+    # XLA-compile the decoding after the network (`Decoder`); not with nms "tf".
+    # For accelerators: on CPU XLA's heatmap top-K is a full sort (slower).
+    jit_compile: bool = False
 
 
 @dataclass

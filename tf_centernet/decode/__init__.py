@@ -24,7 +24,10 @@ The pipeline, as `decode_detections` runs it (docs/reference.md §7 steps):
    border rejection, clipping, division by the test scale.
 5. `central_region_filter` (CenterNet, eq. 1 of the paper).
 6. `soft_nms`: per-class Gaussian soft-NMS (or the weighted "merge"
-   variant) that also keeps the best ``max_detections`` (docs/reference.md §7.6-7.7).
+   variant) that also keeps the best ``max_detections`` (docs/reference.md §7.6-7.7);
+   ``nms="tf"`` uses TF's fused kernel instead (`soft_nms_tf`, not bit-exact).
+
+``DecodeConfig.jit_compile`` makes the `Decoder` run the decoding XLA-compiled.
 
 The modules, in pipeline order: `keypoints`, `pairing`, `geometry`,
 `central_region`, `soft_nms`, `pipeline` (`decode_detections`) and `decoder`
@@ -47,7 +50,13 @@ from tf_centernet.decode.decoder import PAD_CLASS, Decoder
 from tf_centernet.decode.keypoints import decode_keypoints, heatmap_nms, topk_keypoints
 from tf_centernet.decode.pairing import decode_outputs, pair_corners
 from tf_centernet.decode.pipeline import decode_detections
-from tf_centernet.decode.soft_nms import box_iou, soft_nms, soft_nms_with_tf_op, top_detections
+from tf_centernet.decode.soft_nms import (
+    box_iou,
+    soft_nms,
+    soft_nms_tf,
+    soft_nms_with_tf_op,
+    top_detections,
+)
 from tf_centernet.ops.gather import gather_cells
 
 __all__ = [
@@ -69,6 +78,7 @@ __all__ = [
     "central_region_filter",
     "box_iou",
     "soft_nms",
+    "soft_nms_tf",
     "soft_nms_with_tf_op",
     "top_detections",
     "decode_detections",

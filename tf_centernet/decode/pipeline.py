@@ -19,7 +19,7 @@ from tf_centernet.decode.geometry import (
     points_to_image,
 )
 from tf_centernet.decode.pairing import decode_outputs
-from tf_centernet.decode.soft_nms import soft_nms, top_detections
+from tf_centernet.decode.soft_nms import soft_nms, soft_nms_tf, top_detections
 
 
 def _as_float_dict(outputs) -> Dict[str, tf.Tensor]:
@@ -39,6 +39,7 @@ def decode_detections(
     config: Optional[DecodeConfig] = None,
     use_centers: bool = True,
     flip_test: Optional[bool] = None,
+    static_shapes: Optional[bool] = None,
 ) -> Dict[str, tf.Tensor]:
     """Model outputs of every test scale -> final detections (docs/reference.md §7).
 
@@ -49,8 +50,8 @@ def decode_detections(
     mapped to original-image pixels (`boxes_to_image`). Then, over all
     scales: the central-region filter with the centers of scale 1 (both
     flips, unflipped first) when `use_centers`; per-class soft-NMS and the
-    best ``max_detections`` (`soft_nms`, or `top_detections` for
-    ``nms="none"``).
+    best ``max_detections`` (`soft_nms`; `soft_nms_tf` for ``nms="tf"``,
+    TF's fused kernel, not bit-exact; `top_detections` for ``nms="none"``).
 
     Args:
         outputs: dict, or list with one dict per scale (in the order of
@@ -67,6 +68,9 @@ def decode_detections(
             Defaults to `True`.
         flip_test: bool or None. Whether the batch holds flipped copies.
             Defaults to ``config.flip_test``.
+        static_shapes: bool. Keep every intermediate shape static (soft-NMS
+            over all candidates rather than the valid ones), as XLA needs;
+            same results. Defaults to ``config.jit_compile``.
 
     Returns:
         dict with
@@ -94,10 +98,12 @@ def decode_detections(
         raise ValueError(
             f"Got {len(outputs)} model outputs for {len(geometry)} scales."
         )
-    if config.nms not in ("gaussian", "merge", "none"):
+    if config.nms not in ("gaussian", "merge", "tf", "none"):
         raise ValueError(
-            f"decode.nms must be 'gaussian', 'merge' or 'none', got {config.nms!r}."
+            f"decode.nms must be 'gaussian', 'merge', 'tf' or 'none', got {config.nms!r}."
         )
+    if static_shapes is None:
+        static_shapes = bool(config.jit_compile)
     center_scale = None
     if use_centers:
         matches = [i for i, g in enumerate(geometry) if float(g.scale) == 1.0]
@@ -166,6 +172,13 @@ def decode_detections(
         return top_detections(
             merged["boxes"], scores, merged["classes"], config.max_detections
         )
+    if config.nms == "tf":
+        return soft_nms_tf(
+            merged["boxes"], scores, merged["classes"],
+            max_detections=config.max_detections,
+            sigma=config.soft_nms_sigma,
+            score_threshold=config.score_threshold,
+        )
     return soft_nms(
         merged["boxes"], scores, merged["classes"],
         max_detections=config.max_detections,
@@ -175,4 +188,5 @@ def decode_detections(
         tl_scores=merged["tl_scores"],
         br_scores=merged["br_scores"],
         weight_exp=config.merge_weight_exp,
+        static_shapes=static_shapes,
     )

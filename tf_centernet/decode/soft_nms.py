@@ -12,6 +12,7 @@ import tensorflow as tf
 
 from tf_centernet.config import DecodeConfig
 from tf_centernet.decode.geometry import INVALID_SCORE
+from tf_centernet.decode.soft_nms_parallel import class_grid, class_parallel_soft_nms, columns
 
 _DEFAULTS = DecodeConfig()
 
@@ -41,6 +42,21 @@ def box_iou(box: tf.Tensor, boxes: tf.Tensor, inclusive: bool = True) -> tf.Tens
     return tf.math.divide_no_nan(inter, union)
 
 
+def _compact(valid: tf.Tensor, static_shapes: bool) -> tf.Tensor:
+    """Indices `(batch, m)` of the valid candidates first, in their original order.
+
+    ``m`` is the largest number of valid candidates in an image (all ``n``
+    with `static_shapes`, for XLA); later columns of an image point at
+    invalid candidates. The original order is kept so that ties between
+    equal scores resolve to the same candidate as over the full arrays.
+    """
+    order = tf.argsort(tf.cast(~valid, tf.int32), axis=1, stable=True)
+    if static_shapes:
+        return order
+    m = tf.reduce_max(tf.reduce_sum(tf.cast(valid, tf.int32), axis=1))
+    return order[:, :m]
+
+
 def soft_nms(
     boxes: tf.Tensor, scores: tf.Tensor, classes: tf.Tensor,
     max_detections: int = _DEFAULTS.max_detections,
@@ -51,6 +67,8 @@ def soft_nms(
     br_scores: Optional[tf.Tensor] = None,
     weight_exp: float = _DEFAULTS.merge_weight_exp,
     inclusive: bool = True,
+    static_shapes: bool = False,
+    loop: str = "auto",
 ) -> Dict[str, tf.Tensor]:
     """Per-class Gaussian soft-NMS that keeps the best `max_detections` (docs/reference.md §7.6-7.7).
 
@@ -63,7 +81,13 @@ def soft_nms(
     since the remaining scores only decrease, the selections come out in
     non-increasing score order, so the first `max_detections` selections are
     exactly the best `max_detections` per image after per-class soft-NMS. The
-    loop therefore stops after `max_detections` selections.
+    loop therefore stops after `max_detections` selections, or when no box
+    is left. It runs over the candidates at or above `score_threshold` only
+    (gathered once, in their original order so that ties resolve to the
+    same box). When the classes are spread enough, every iteration selects
+    the best box of every class at once (`class_parallel_soft_nms`, same
+    selections and scores); otherwise, and with `static_shapes` (XLA, then
+    over all `n`), one selection per iteration.
 
     With ``method="merge"`` (the releases' `soft_nms_merge`) the selected box
     is replaced by the weighted mean of itself and the remaining overlapping
@@ -86,6 +110,15 @@ def soft_nms(
         br_scores: float32 tensor `(batch, n)` or None. Needed for "merge".
         weight_exp: float. Exponent of the merge weights. Defaults to ``DecodeConfig.merge_weight_exp``.
         inclusive: bool. Pixel-inclusive IoU (`box_iou`). Defaults to `True`.
+        static_shapes: bool. One selection per iteration over all `n`
+            candidates instead of the class-parallel loop over the valid
+            ones, so that every shape is static (needed under XLA,
+            ``jit_compile=True``). Same results (merged boxes within float
+            rounding). Defaults to `False`.
+        loop: str. Without `static_shapes`: ``"classes"`` (all classes per
+            iteration), ``"sequential"`` (one selection per iteration) or
+            ``"auto"`` (whichever needs fewer steps; see the code). Same
+            results. Defaults to `"auto"`.
 
     Returns:
         dict with ``boxes`` float32 `(batch, max_detections, 4)`, ``scores``
@@ -98,83 +131,147 @@ def soft_nms(
     """
     if method not in ("gaussian", "merge"):
         raise ValueError(f"soft_nms method must be 'gaussian' or 'merge', got {method!r}.")
+    if loop not in ("auto", "classes", "sequential"):
+        raise ValueError(f"soft_nms loop must be 'auto', 'classes' or 'sequential', got {loop!r}.")
     merge = method == "merge"
     if merge and (tl_scores is None or br_scores is None):
         raise ValueError("soft_nms(method='merge') needs tl_scores and br_scores.")
-    boxes = tf.cast(boxes, tf.float32)
     scores = tf.cast(scores, tf.float32)
-    classes = tf.cast(classes, tf.int32)
     batch = tf.shape(scores)[0]
-    n = tf.shape(scores)[1]
+    # Only candidates at or above the threshold ever enter: the loop runs
+    # over those (in their original order), not over all n.
+    order = _compact(scores >= score_threshold, static_shapes)
+
+    def take(t, dtype, pad_value=0):
+        # One extra never-active column keeps every gather in range (m = 0).
+        t = tf.gather(tf.cast(t, dtype), order, batch_dims=1)
+        pad = [[0, 0], [0, 1]] + [[0, 0]] * (len(t.shape) - 2)
+        return tf.pad(t, pad, constant_values=pad_value)
+
+    boxes = take(boxes, tf.float32)
+    scores = take(scores, tf.float32, float("-inf"))
+    classes = take(classes, tf.int32)
     if merge:
-        tl_scores = tf.cast(tl_scores, tf.float32)
-        br_scores = tf.cast(br_scores, tf.float32)
-    else:
-        tl_scores = br_scores = tf.zeros_like(scores)
+        tl_scores = take(tl_scores, tf.float32)
+        br_scores = take(br_scores, tf.float32)
+    grid = None
+    if loop != "sequential" and not static_shapes:
+        grid = class_grid(scores, classes, score_threshold)
+    loops = {
+        "classes": lambda enabled=True: class_parallel_soft_nms(
+            boxes, scores, classes, max_detections, sigma, score_threshold,
+            inclusive=inclusive, merge=merge, tl_scores=tl_scores, br_scores=br_scores,
+            weight_exp=weight_exp, enabled=enabled, grid=grid,
+        ),
+        "sequential": lambda enabled=True: _sequential_soft_nms(
+            boxes, scores, classes, max_detections, sigma, score_threshold,
+            inclusive, merge, tl_scores, br_scores, weight_exp, enabled,
+        ),
+    }
+    if static_shapes or loop != "auto":
+        return loops["sequential" if static_shapes else loop]()
+    # Same results either way. A class-parallel iteration costs about 3
+    # sequential ones (while its grid is at most 4 times the candidates),
+    # and it needs about as many as the busiest class has selections among
+    # the best `max_detections` (estimated as its share of the candidates).
+    per_class = grid[2]
+    busiest = tf.reduce_max(per_class)
+    total = tf.maximum(tf.reduce_max(tf.reduce_sum(per_class, axis=1)), 1)
+    share = tf.minimum(busiest, max_detections * busiest // total + 1)
+    selections = tf.minimum(total, max_detections)
+    grid_size = grid[1] * tf.shape(grid[0])[2]
+    use_classes = (3 * share <= selections) & (grid_size <= 4 * tf.shape(scores)[1])
+    # Both loops sit in the graph and only the chosen one iterates (no
+    # `tf.cond`: tf2onnx loses the shapes inside its branches).
+    by_class = loops["classes"](use_classes)
+    one_by_one = loops["sequential"](~use_classes)
+    return {key: tf.where(use_classes, by_class[key], one_by_one[key]) for key in by_class}
+
+
+def _sequential_soft_nms(
+    boxes, scores, classes, max_detections, sigma, score_threshold,
+    inclusive, merge, tl_scores, br_scores, weight_exp, enabled=True,
+):
+    """`soft_nms`'s one-selection-per-iteration loop over gathered candidates."""
+    batch = tf.shape(scores)[0]
+    m = tf.shape(scores)[1]
+    one = 1.0 if inclusive else 0.0
+    x1, y1, x2, y2 = columns(boxes)  # (batch, m) each
+    areas = (x2 - x1 + one) * (y2 - y1 + one)
+    positions = tf.range(m)[None, :]
 
     active0 = scores >= score_threshold
-    out_boxes0 = tf.zeros([batch, max_detections, 4], tf.float32)
-    out_scores0 = tf.zeros([batch, max_detections], tf.float32)
-    out_classes0 = tf.zeros([batch, max_detections], tf.int32)
+    # Selections are recorded time-major, (max_detections, batch, ...).
+    picks0 = tf.zeros([max_detections, batch], tf.int32)
+    picked_scores0 = tf.zeros([max_detections, batch], tf.float32)
+    merged0 = tf.zeros([max_detections if merge else 0, batch, 4], tf.float32)
     count0 = tf.zeros([batch], tf.int32)
     neg_inf = tf.constant(float("-inf"), tf.float32)
 
-    def cond(i, active, current, out_boxes, out_scores, out_classes, count):
-        return (i < max_detections) & tf.reduce_any(active)
+    def cond(i, active, current, picks, picked_scores, merged_boxes, count):
+        return enabled & (i < max_detections) & tf.reduce_any(active)
 
-    def body(i, active, current, out_boxes, out_scores, out_classes, count):
+    def body(i, active, current, picks, picked_scores, merged_boxes, count):
         has = tf.reduce_any(active, axis=1)  # (batch,)
         # top_k(k=1) picks the lowest index among equal maxima.
         best_score, best = tf.math.top_k(tf.where(active, current, neg_inf), k=1)
         best_score, best = best_score[:, 0], best[:, 0]  # (batch,)
         best_box = tf.gather(boxes, best, batch_dims=1)  # (batch, 4)
         best_class = tf.gather(classes, best, batch_dims=1)
-        is_best = tf.one_hot(best, n, on_value=True, off_value=False, dtype=tf.bool)
-        iou = box_iou(best_box, boxes, inclusive)  # (batch, n)
-        same = active & ~is_best & tf.equal(classes, best_class[:, None])
+        bx1, by1, bx2, by2 = [t[:, None] for t in columns(best_box)]
+        # `box_iou` with the areas computed once.
+        iw = tf.maximum(tf.minimum(bx2, x2) - tf.maximum(bx1, x1) + one, 0.0)
+        ih = tf.maximum(tf.minimum(by2, y2) - tf.maximum(by1, y1) + one, 0.0)
+        inter = iw * ih
+        best_area = tf.gather(areas, best, batch_dims=1)[:, None]
+        iou = tf.math.divide_no_nan(inter, best_area + areas - inter)  # (batch, m)
+        not_best = tf.not_equal(positions, best[:, None])
+        same = active & not_best & tf.equal(classes, best_class[:, None])
         weight = tf.exp(-(iou * iou) / sigma)
         if merge:
             mw = tf.where(same & (iou > 0.0), tf.pow(1.0 - weight, weight_exp), 0.0)
-            tw = tl_scores * mw  # (batch, n)
+            tw = tl_scores * mw  # (batch, m)
             bw = br_scores * mw
             best_tl = tf.gather(tl_scores, best, batch_dims=1)
             best_br = tf.gather(br_scores, best, batch_dims=1)
-            bx1, by1, bx2, by2 = tf.unstack(best_box, axis=-1)
-            x1, y1, x2, y2 = tf.unstack(boxes, axis=-1)
             mts = best_tl + tf.reduce_sum(tw, axis=1)
             mbs = best_br + tf.reduce_sum(bw, axis=1)
-            merged = tf.stack(
+            fused = tf.stack(
                 [
-                    (bx1 * best_tl + tf.reduce_sum(x1 * tw, axis=1)) / mts,
-                    (by1 * best_tl + tf.reduce_sum(y1 * tw, axis=1)) / mts,
-                    (bx2 * best_br + tf.reduce_sum(x2 * bw, axis=1)) / mbs,
-                    (by2 * best_br + tf.reduce_sum(y2 * bw, axis=1)) / mbs,
+                    (bx1[:, 0] * best_tl + tf.reduce_sum(x1 * tw, axis=1)) / mts,
+                    (by1[:, 0] * best_tl + tf.reduce_sum(y1 * tw, axis=1)) / mts,
+                    (bx2[:, 0] * best_br + tf.reduce_sum(x2 * bw, axis=1)) / mbs,
+                    (by2[:, 0] * best_br + tf.reduce_sum(y2 * bw, axis=1)) / mbs,
                 ],
                 axis=-1,
             )
             ok = (mts > 0.0) & (mbs > 0.0)
-            best_box = tf.where(ok[:, None], merged, best_box)
+            best_box = tf.where(ok[:, None], fused, best_box)
+            merged_boxes = tf.tensor_scatter_nd_update(merged_boxes, [[i]], best_box[None])
         current = tf.where(same, current * weight, current)
-        active = active & ~is_best & (current >= score_threshold)
-
-        slot = tf.one_hot(i, max_detections, on_value=True, off_value=False, dtype=tf.bool)
-        write = slot[None, :] & has[:, None]  # (batch, max_detections)
-        out_boxes = tf.where(write[..., None], best_box[:, None, :], out_boxes)
-        out_scores = tf.where(write, best_score[:, None], out_scores)
-        out_classes = tf.where(write, best_class[:, None], out_classes)
+        active = active & not_best & (current >= score_threshold)
+        # Rows of an image after its last selection are masked below.
+        picks = tf.tensor_scatter_nd_update(picks, [[i]], best[None])
+        picked_scores = tf.tensor_scatter_nd_update(picked_scores, [[i]], best_score[None])
         count = count + tf.cast(has, tf.int32)
-        return i + 1, active, current, out_boxes, out_scores, out_classes, count
+        return i + 1, active, current, picks, picked_scores, merged_boxes, count
 
-    _, _, _, out_boxes, out_scores, out_classes, count = tf.while_loop(
+    _, _, _, picks, picked_scores, merged_boxes, count = tf.while_loop(
         cond,
         body,
-        (tf.constant(0), active0, scores, out_boxes0, out_scores0, out_classes0, count0),
+        (tf.constant(0), active0, scores, picks0, picked_scores0, merged0, count0),
         maximum_iterations=max_detections,
     )
+    picks = tf.transpose(picks)  # (batch, max_detections)
+    keep = tf.range(max_detections)[None, :] < count[:, None]
+    if merge:
+        out_boxes = tf.transpose(merged_boxes, [1, 0, 2])
+    else:
+        out_boxes = tf.gather(boxes, picks, batch_dims=1)
     return {
-        "boxes": out_boxes,
-        "scores": out_scores,
-        "classes": out_classes,
+        "boxes": tf.where(keep[..., None], out_boxes, 0.0),
+        "scores": tf.where(keep, tf.transpose(picked_scores), 0.0),
+        "classes": tf.where(keep, tf.gather(classes, picks, batch_dims=1), 0),
         "num_detections": count,
     }
 
@@ -184,20 +281,29 @@ def soft_nms_with_tf_op(
     max_detections: int = _DEFAULTS.max_detections,
     sigma: float = _DEFAULTS.soft_nms_sigma,
     score_threshold: float = _DEFAULTS.score_threshold,
+    inclusive: bool = False,
 ) -> Dict[str, tf.Tensor]:
     """Per-class Gaussian soft-NMS of one image with TF's built-in kernel.
 
-    An alternative to `soft_nms` (which `decode_detections` uses), kept for
-    comparison and for runtimes that prefer the fused kernel. TensorFlow's
+    An alternative to `soft_nms`, for runtimes that prefer the fused kernel;
+    `decode_detections` runs it (batched by `soft_nms_tf`) with
+    ``DecodeConfig.nms = "tf"``. Not bit-exact with the releases. TensorFlow's
     `non_max_suppression_with_scores` weighs by ``exp(-0.5 / soft_nms_sigma *
     IoU^2)`` (`non_max_suppression_op.cc`: ``scale = -0.5 / soft_nms_sigma``)
     = ``exp(-IoU^2 / (2 soft_nms_sigma))``, so ``soft_nms_sigma = sigma / 2``
     reproduces the releases' ``exp(-IoU^2 / sigma)``; `iou_threshold` = 1 so
     that no box is hard-suppressed (older kernels zero the weight above it).
-    Differences from `soft_nms`: IoU with exclusive areas (no +1), boxes at
+    Differences from `soft_nms`: the kernel's IoU has exclusive areas (no
+    +1); with `inclusive` the boxes are passed with ``x2 + 1, y2 + 1``, which
+    gives the releases' pixel-inclusive IoU up to float rounding. Boxes at
     exactly `score_threshold` are dropped (the kernel keeps ``> threshold``).
     Classes are separated by shifting each class's boxes by
-    ``class * (max coordinate + 1)`` along both axes.
+    ``class * (max coordinate + 1)`` along both axes, so the kernel's IoU is
+    computed on coordinates up to ``classes * max coordinate`` and loses low
+    bits (about 1e-3 px at 80 classes of 1000 px); the kernel also updates
+    scores lazily (a box is decayed only when it reaches the top of its
+    queue), in a different float order. Selections and scores therefore
+    match `soft_nms` closely but not bit for bit, and near-ties can swap.
 
     Args:
         boxes: float32 tensor `(n, 4)` ``[x1, y1, x2, y2]``, image pixels.
@@ -206,16 +312,19 @@ def soft_nms_with_tf_op(
         max_detections: int. Defaults to ``DecodeConfig.max_detections``.
         sigma: float. Release-form Gaussian parameter. Defaults to ``DecodeConfig.soft_nms_sigma``.
         score_threshold: float. Defaults to ``DecodeConfig.score_threshold``.
+        inclusive: bool. Pixel-inclusive IoU as the releases (see above).
+            Defaults to `False`.
 
     Returns:
         dict with ``boxes`` `(max_detections, 4)`, ``scores``, ``classes``,
         ``num_detections`` (scalar int32), zero-padded.
     """
     boxes = tf.cast(boxes, tf.float32)
-    shift = tf.reduce_max(tf.abs(boxes)) + 1.0
+    kernel_boxes = boxes + tf.constant([0.0, 0.0, 1.0, 1.0]) if inclusive else boxes
+    shift = tf.reduce_max(tf.abs(kernel_boxes)) + 1.0
     offset = tf.cast(classes, tf.float32)[:, None] * shift
     # TF's kernel takes [y1, x1, y2, x2]; the kernel is symmetric in x and y.
-    shifted = tf.gather(boxes, [1, 0, 3, 2], axis=1) + offset
+    shifted = tf.gather(kernel_boxes, [1, 0, 3, 2], axis=1) + offset
     index, new_scores = tf.image.non_max_suppression_with_scores(
         shifted, scores, max_output_size=max_detections, iou_threshold=1.0,
         score_threshold=score_threshold, soft_nms_sigma=sigma / 2.0,
@@ -228,6 +337,46 @@ def soft_nms_with_tf_op(
         "classes": tf.pad(tf.gather(classes, index), [[0, pad]]),
         "num_detections": num,
     }
+
+
+def soft_nms_tf(
+    boxes: tf.Tensor, scores: tf.Tensor, classes: tf.Tensor,
+    max_detections: int = _DEFAULTS.max_detections,
+    sigma: float = _DEFAULTS.soft_nms_sigma,
+    score_threshold: float = _DEFAULTS.score_threshold,
+) -> Dict[str, tf.Tensor]:
+    """``DecodeConfig.nms = "tf"``: `soft_nms_with_tf_op` per image of a batch.
+
+    Pixel-inclusive IoU as the releases; not bit-exact with them or with
+    `soft_nms` (see `soft_nms_with_tf_op` for what differs). TF's kernel
+    has no XLA kernel, so not under ``jit_compile``.
+
+    Args:
+        boxes: float32 tensor `(batch, n, 4)`, image pixels.
+        scores: float32 tensor `(batch, n)`.
+        classes: int32 tensor `(batch, n)`.
+        max_detections: int. Defaults to ``DecodeConfig.max_detections``.
+        sigma: float. Release-form Gaussian parameter. Defaults to ``DecodeConfig.soft_nms_sigma``.
+        score_threshold: float. Defaults to ``DecodeConfig.score_threshold``.
+
+    Returns:
+        The dict of `soft_nms`.
+    """
+    def one(args):
+        return soft_nms_with_tf_op(
+            args[0], args[1], args[2], max_detections, sigma, score_threshold, inclusive=True
+        )
+
+    return tf.map_fn(
+        one,
+        (tf.cast(boxes, tf.float32), tf.cast(scores, tf.float32), tf.cast(classes, tf.int32)),
+        fn_output_signature={
+            "boxes": tf.TensorSpec([max_detections, 4], tf.float32),
+            "scores": tf.TensorSpec([max_detections], tf.float32),
+            "classes": tf.TensorSpec([max_detections], tf.int32),
+            "num_detections": tf.TensorSpec([], tf.int32),
+        },
+    )
 
 
 def top_detections(
