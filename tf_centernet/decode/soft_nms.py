@@ -340,10 +340,7 @@ def soft_nms_with_tf_op(
 
 
 def soft_nms_tf(
-    boxes: tf.Tensor, scores: tf.Tensor, classes: tf.Tensor,
-    max_detections: int = _DEFAULTS.max_detections,
-    sigma: float = _DEFAULTS.soft_nms_sigma,
-    score_threshold: float = _DEFAULTS.score_threshold,
+    boxes: tf.Tensor, scores: tf.Tensor, classes: tf.Tensor, max_detections: int = _DEFAULTS.max_detections, **options
 ) -> Dict[str, tf.Tensor]:
     """``DecodeConfig.nms = "tf"``: `soft_nms_with_tf_op` per image of a batch.
 
@@ -356,16 +353,15 @@ def soft_nms_tf(
         scores: float32 tensor `(batch, n)`.
         classes: int32 tensor `(batch, n)`.
         max_detections: int. Defaults to ``DecodeConfig.max_detections``.
-        sigma: float. Release-form Gaussian parameter. Defaults to ``DecodeConfig.soft_nms_sigma``.
-        score_threshold: float. Defaults to ``DecodeConfig.score_threshold``.
+        **options: ``sigma`` (release-form Gaussian parameter) and
+            ``score_threshold``, as in `soft_nms_with_tf_op` (defaults from
+            `DecodeConfig`).
 
     Returns:
         The dict of `soft_nms`.
     """
     def one(args):
-        return soft_nms_with_tf_op(
-            args[0], args[1], args[2], max_detections, sigma, score_threshold, inclusive=True
-        )
+        return soft_nms_with_tf_op(args[0], args[1], args[2], max_detections, inclusive=True, **options)
 
     return tf.map_fn(
         one,
