@@ -275,7 +275,7 @@ def test_model_dir_lock_refuses_a_second_writer_and_takes_over_stale_ones(tmp_pa
 def test_cli_train_errors_exit_cleanly(monkeypatch, tmp_path, capfd, caplog, error, code):
     import tf_centernet.training
 
-    def failing_train(config):
+    def failing_train(config, **kwargs):  # cmd_train also passes progress=
         raise error
 
     monkeypatch.setattr(tf_centernet.training, "train", failing_train)
