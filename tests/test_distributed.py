@@ -231,8 +231,6 @@ def test_killed_worker_job_resumes_from_same_step(synthetic_coco, tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="open: measured first-step loss 130.2 with jit_compile vs 49.0 without (demo config, "
-                   "one device); cause not yet found (XLA numerics vs. seeding of the second in-process run)")
 def test_jit_compile_first_step_loss_matches(synthetic_coco, tmp_path):
     from tf_centernet.training import get_strategy, train
 
