@@ -215,10 +215,10 @@ def test_killed_worker_job_resumes_from_same_step(synthetic_coco, tmp_path):
     last = max(saved)
     assert 2 <= last < steps
     codes = _wait_all(start(2), timeout=1200)
-    logs = [_tail(tmp_path / f"r2-{i}") for i in range(2)]
-    assert codes == [0, 0], logs
+    logs = [open(tmp_path / f"r2-{i}").read() for i in range(2)]  # "Resumed" is near the start
+    assert codes == [0, 0], [text[-3000:] for text in logs]
     resumed = [re.search(r"Resumed from \S+ \(step (\d+)\)", text) for text in logs]
-    assert all(resumed), logs
+    assert all(resumed), [text[-3000:] for text in logs]
     assert [int(m.group(1)) for m in resumed] == [last, last]
     assert re.search(rf"step {steps}/{steps} ", logs[0])
     final = glob.glob(os.path.join(model_dir, "checkpoints", "ckpt-*.weights.h5"))
