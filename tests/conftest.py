@@ -43,6 +43,15 @@ def coco_tiny(shared_data_dir):
 
 
 @pytest.fixture(scope="session")
+def fixtures_dir(shared_data_dir):
+    """``../shared/data/release-fixtures`` (snapshots in the releases' format); skips when absent."""
+    path = os.path.join(shared_data_dir, "release-fixtures")
+    if not os.path.isdir(path):
+        pytest.skip(f"release fixtures not found: {path}")
+    return path
+
+
+@pytest.fixture(scope="session")
 def synthetic_coco(tmp_path_factory):
     """A synthetic COCO dataset (16 images, 3 classes): (image_dir, annotation_file)."""
     from tf_centernet.data.synthetic import make_synthetic_coco

@@ -46,14 +46,6 @@ HEAD_TOLERANCE = 1e-4
 RELEASE_DECODE = DecodeConfig(top_k=70, nms_kernel=3, ae_threshold=0.5, num_dets=1000)
 
 
-@pytest.fixture(scope="module")
-def fixtures_dir(shared_data_dir):
-    path = os.path.join(shared_data_dir, "release-fixtures")
-    if not os.path.isdir(path):
-        pytest.skip(f"release fixtures not found: {path}")
-    return path
-
-
 @pytest.fixture(scope="module", params=["centernet", "cornernet"])
 def converted(request, fixtures_dir, tmp_path_factory):
     """(arch, config, model, checkpoint, snapshot path, reference npz) of a converted fixture."""

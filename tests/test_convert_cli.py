@@ -23,14 +23,6 @@ ARCH = [
 ]
 
 
-@pytest.fixture(scope="module")
-def fixtures_dir(shared_data_dir):
-    path = os.path.join(shared_data_dir, "release-fixtures")
-    if not os.path.isdir(path):
-        pytest.skip(f"release fixtures not found: {path}")
-    return path
-
-
 @pytest.mark.slow
 def test_convert_then_detect_then_export_with_no_further_flag(fixtures_dir, coco_tiny, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # relative paths, as a new user types them
