@@ -76,3 +76,29 @@ def pytest_configure(config):
         )
     except RuntimeError:  # already initialised (e.g. a plugin imported TF first)
         pass
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _fresh_keras_state():
+    """Frees each test module's models and traced graphs when it ends.
+
+    Without it, a long run keeps every earlier module's Keras state (name
+    counters, graphs, XLA caches) alive, and later tests trace and run
+    slower and slower (a two-replica fit took 86 s after the XLA test
+    instead of 33 s alone).
+    """
+    yield
+    import keras
+
+    keras.utils.clear_session(free_memory=True)
+
+
+def pytest_collection_modifyitems(config, items):
+    """Files holding `slow` tests first, otherwise in the usual order.
+
+    With ``-n 2 --dist loadfile`` each process takes whole files in this
+    order, so the long files start early and the two processes finish
+    together instead of one of them running the longest file alone at the end.
+    """
+    heavy = {item.path for item in items if item.get_closest_marker("slow")}
+    items.sort(key=lambda item: item.path not in heavy)

@@ -7,6 +7,7 @@ import cv2
 import pytest
 
 from tf_centernet.cli import main
+from tiny import TINY_MODEL
 
 COCO_METRICS = ["AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl"]
 
@@ -24,7 +25,8 @@ def test_unknown_config_name_lists_known_ones(caplog):
 
 def test_demo_runs_end_to_end(tmp_path):
     out = str(tmp_path / "demo")
-    code = main(["demo", "--output", out, "--steps", "2", "--set", "train.batch_size=2", "decode.flip_test=false"])
+    code = main(["demo", "--output", out, "--steps", "2", "--set", "train.batch_size=2", "decode.flip_test=false",
+                 *TINY_MODEL])
     assert code == 0
     with open(os.path.join(out, "eval", "metrics.json")) as f:
         metrics = json.load(f)
@@ -42,7 +44,7 @@ def test_train_evaluate_detect_on_coco_tiny(coco_tiny, tmp_path, capsys):
     ]
     assert main([
         "train", "--config", "centernet_small", "--model-dir", model_dir, "--set", *data,
-        "data.input_size=127", "train.batch_size=2", "train.total_steps=2", "train.checkpoint_every=1",
+        *TINY_MODEL, "data.input_size=127", "train.batch_size=2", "train.total_steps=2", "train.checkpoint_every=1",
     ]) == 0
     assert sorted(os.listdir(os.path.join(model_dir, "checkpoints"))) == ["ckpt-1.weights.h5", "ckpt-2.weights.h5"]
     with open(os.path.join(model_dir, "classes.json")) as f:

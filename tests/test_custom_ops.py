@@ -215,14 +215,16 @@ def test_training_losses_match_scan(synthetic_coco, monkeypatch):
     from tf_centernet.models.detector import build_model
     from tf_centernet.training import learning_rate_schedule
 
+    from tiny import TINY_MODEL
+
     image_dir, annotation_file = synthetic_coco
-    # The demo model with one hourglass at 63x63 keeps the test short.
+    # The tiny model (tests/tiny.py) at 63x63 keeps the test short.
     config = load_config(
         "demo",
         [
             f"data.train_images={image_dir}",
             f"data.train_annotations={annotation_file}",
-            "model.num_stacks=1",
+            *TINY_MODEL,
             "data.input_size=63",
             "train.batch_size=2",
         ],
@@ -245,9 +247,12 @@ def test_training_losses_match_scan(synthetic_coco, monkeypatch):
     for key, values in losses["scan"].items():
         np.testing.assert_allclose(losses["custom"][key][0], values[0], rtol=1e-6, atol=1e-7, err_msg=key)
         # Gradients agree to a few 1e-6 relative; Adam's normalised step
-        # amplifies that in near-zero gradient entries (1e-6 at step 2, 1e-4
-        # at step 3 on this machine).
-        np.testing.assert_allclose(losses["custom"][key], values, rtol=1e-3, atol=1e-5, err_msg=key)
+        # amplifies that in near-zero gradient entries, and the amplification
+        # compounds: about 1e-6 at step 2 and 1e-4 to 1.2e-3 at step 3 (the
+        # latter with two test processes sharing the CPU, which changes the
+        # float summation order of the multi-threaded reductions).
+        np.testing.assert_allclose(losses["custom"][key][1], values[1], rtol=1e-4, atol=1e-6, err_msg=key)
+        np.testing.assert_allclose(losses["custom"][key][2], values[2], rtol=1e-2, atol=1e-5, err_msg=key)
 
 
 @pytest.mark.slow

@@ -19,6 +19,7 @@ from tf_centernet.data.records import coco_ground_truth, detect_format, open_dat
 from tf_centernet.data.tfrecord import TfRecordDataset, make_example
 from tf_centernet.data.voc import VocDataset
 from tf_centernet.evaluation import evaluate_dataset
+from tiny import TINY_MODEL
 
 BCCD_CLASSES = ["Platelets", "RBC", "WBC"]
 
@@ -218,7 +219,7 @@ def test_training_goes_on_past_bad_files_and_logs_the_counts(bccd, tmp_path, cap
     code = main([
         "train", "--config", "bccd_small", "--model-dir", model_dir, "--set",
         f"data.train_annotations={folder}", "data.train_images=''", f"data.classes={tmp_path / 'classes.txt'}",
-        "data.input_size=63",
+        "data.input_size=63", *TINY_MODEL,
         "train.batch_size=2", "train.total_steps=1", "train.checkpoint_every=1",
     ])
     assert code == 0

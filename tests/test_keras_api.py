@@ -1,6 +1,6 @@
 """Detections from Keras' own API: `model.predict`, a `.keras` file, `model.export`.
 
-The detector is the small CenterNet of the `demo` configuration (127x127
+The detector is the tiny CenterNet of tests/tiny.py (127x127
 inputs, flip test on) with one class and its embedding heads scaled by 0.01,
 so that the untrained model pairs corners and finds real boxes (as in
 test_export.py). Two different images: `model.predict` on the normalised
@@ -20,6 +20,7 @@ import pytest
 import tensorflow as tf
 
 from tf_centernet.config import DecodeConfig, load_config
+from tiny import TINY_MODEL
 from tf_centernet.decode import Decoder
 from tf_centernet.inference import Predictor
 from tf_centernet.models import build_model
@@ -31,7 +32,7 @@ SIZE = 127
 def setup(synthetic_coco):
     import cv2
 
-    config = load_config("demo", ["model.num_classes=1", "decode.top_k=40"])
+    config = load_config("demo", ["model.num_classes=1", "decode.top_k=40", *TINY_MODEL])
     keras.utils.set_random_seed(0)
     model = build_model(config.model, decode_config=config.decode)
     model.build((None, SIZE, SIZE, 3))

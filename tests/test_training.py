@@ -14,6 +14,7 @@ import tensorflow as tf
 
 from tf_centernet.config import load_config
 from tf_centernet.training import get_strategy, learning_rate_schedule, load_trained_model, train
+from tiny import TINY_MODEL
 
 
 def demo_overrides(synthetic_coco, model_dir, **train):
@@ -23,6 +24,7 @@ def demo_overrides(synthetic_coco, model_dir, **train):
         f"data.train_annotations={annotation_file}",
         f"train.model_dir={model_dir}",
         "train.batch_size=4",
+        *TINY_MODEL,
     ]
     overrides += [f"train.{k}={v}" for k, v in train.items()]
     return overrides
@@ -75,7 +77,7 @@ def test_killed_training_resumes_from_last_checkpoint(synthetic_coco, tmp_path, 
     model_dir = str(tmp_path / "model")
     command = [
         sys.executable, "-m", "tf_centernet", "train", "--config", "demo", "--set",
-        *demo_overrides(synthetic_coco, model_dir, total_steps=40, steps_per_epoch=10, checkpoint_every=5),
+        *demo_overrides(synthetic_coco, model_dir, total_steps=80, steps_per_epoch=10, checkpoint_every=5),
     ]
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     first = subprocess.Popen(command, cwd=repo_root, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -91,10 +93,10 @@ def test_killed_training_resumes_from_last_checkpoint(synthetic_coco, tmp_path, 
     saved = sorted(
         int(re.search(r"ckpt-(\d+)", p).group(1)) for p in glob.glob(os.path.join(checkpoints, "ckpt-*.weights.h5"))
     )
-    assert saved and saved[-1] < 40
+    assert saved and saved[-1] < 80
     second = subprocess.run(command, cwd=repo_root, env=env, capture_output=True, text=True, timeout=600)
     assert second.returncode == 0, second.stderr[-3000:]
     resumed = re.search(r"Resumed from \S+ \(step (\d+)\)", second.stderr)
     assert resumed, second.stderr[-3000:]
     assert int(resumed.group(1)) >= saved[-1] >= 5
-    assert os.path.exists(os.path.join(checkpoints, "ckpt-40.weights.h5"))
+    assert os.path.exists(os.path.join(checkpoints, "ckpt-80.weights.h5"))

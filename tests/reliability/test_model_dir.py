@@ -23,6 +23,7 @@ from tf_centernet.config import load_config, to_yaml  # noqa: E402
 from tf_centernet.data.coco import CocoDataset  # noqa: E402
 from tf_centernet.data.labels import write_classes  # noqa: E402
 from tf_centernet.models import build_model  # noqa: E402
+from tiny import TINY_MODEL  # noqa: E402
 
 CATEGORIES = [{"id": 7, "name": "cat"}, {"id": 3, "name": "bird"}, {"id": 90, "name": "toaster"}]
 
@@ -41,7 +42,7 @@ def model_dir(tmp_path_factory):
     model_dir = root / "original"
     (model_dir / "checkpoints").mkdir(parents=True)
     config = load_config("demo", [
-        "data.input_size=63", f"data.val_annotations={annotation_file}",
+        "data.input_size=63", *TINY_MODEL, f"data.val_annotations={annotation_file}",
         f"data.val_images={os.path.dirname(corpus['good.jpg'])}", "decode.flip_test=false",
         "train.model_dir=runs/relative/model",  # relative, as the demo's: must not win
     ])

@@ -23,11 +23,10 @@ from tf_centernet.checkpoints import checkpoint_path, list_checkpoints
 from tf_centernet.config import load_config
 from tf_centernet.guards import ModelDirLock, ModelDirLocked, NonFiniteLossError
 from tf_centernet.training import get_strategy, load_trained_model, train
+from tiny import TINY_MODEL
 
 TINY = [
-    "model.num_stacks=1", "model.levels=2", "model.widths=[16,16,16]", "model.blocks=[1,1,1]",
-    "model.stem_channels=8", "model.head_channels=16", "model.pool_channels=8",
-    "data.input_size=63", "train.batch_size=2", "train.decay_steps=[]",
+    *TINY_MODEL, "data.input_size=63", "train.batch_size=2", "train.decay_steps=[]",
 ]
 
 
