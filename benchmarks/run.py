@@ -382,13 +382,18 @@ def section_train_step(args):
     targets = {k: tf.stack([t[k] for t in targets]) for k in targets[0]}
     original = pooling._scan_with_gradient
     fns = {}
-    for name, impl, old_gradient in (("custom", "custom", False), ("scan", "scan", False),
-                                     ("scan, gradient before", "scan", True)):
+    # "bf16": train.mixed_precision=bfloat16 (bf16 activations, float32
+    # weights and loss; no loss scaling is needed for bfloat16).
+    for name, impl, old_gradient, dtype in (("custom", "custom", False, "float32"),
+                                            ("scan", "scan", False, "float32"),
+                                            ("scan, gradient before", "scan", True, "float32"),
+                                            ("custom, bf16", "custom", False, "bfloat16")):
         if old_gradient:
             pooling._scan_with_gradient = pooling._cummax_scan
         try:
             keras.utils.set_random_seed(0)
-            model = build_model(dataclasses_replace(config.model, pooling_impl=impl), config.loss)
+            model_config = dataclasses_replace(config.model, pooling_impl=impl, compute_dtype=dtype)
+            model = build_model(model_config, config.loss)
             model.build((None, size, size, 3))
             model.compile(optimizer=keras.optimizers.Adam(1e-4), jit_compile=False)
             model.train_on_batch(images, targets)  # traced now, with this gradient
