@@ -71,20 +71,6 @@ def load_image(path: str) -> np.ndarray:
     return load(path)
 
 
-class _OneRecord:
-    """A logger proxy appending `lines` to the counts warning (one log record)."""
-
-    def __init__(self, logger, lines):
-        self._logger, self._lines = logger, lines
-
-    def warning(self, message, *args):
-        self._logger.warning("".join(["%s"] + ["\n  %s"] * len(self._lines)),
-                             message % args, *self._lines)
-
-    def info(self, *args):
-        self._logger.info(*args)
-
-
 def _json_size(info):
     """(height, width) of an ``images`` entry; 0 for a missing or bad value."""
     size = []
@@ -251,6 +237,4 @@ class CocoDataset(RecordList):
         self.repaired = dict(repaired)
         self.problems = problems
         listed = problems[:20] + ([f"... {len(problems) - 20} more"] if len(problems) > 20 else [])
-        # One warning: the counts, then one line per item.
-        log_skipped(_OneRecord(logger, listed), f"{annotation_file} (images in {image_dir})",
-                    self.skipped, self.repaired)
+        log_skipped(logger, f"{annotation_file} (images in {image_dir})", self.skipped, self.repaired, listed)

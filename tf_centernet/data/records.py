@@ -121,21 +121,22 @@ class RecordList:
 
 
 def log_skipped(logger, source: str, skipped: Dict[str, int], repaired: Dict[str, int], problems: Sequence[str] = ()):
-    """One warning line with every skip and repair count, then the examples.
+    """One warning: a line with every skip and repair count, then the examples.
 
+    The examples are lines of the same log record, so a log filter or
+    handler sees the counts and the items they count together.
     Difficult / crowd objects handled as configured are reported at INFO.
     """
     expected = {"difficult", "crowd"}
     bad = {k: v for k, v in skipped.items() if k not in expected and v}
     if bad or repaired:
         logger.warning(
-            "%s: skipped %s; repaired %s.",
+            "%s: skipped %s; repaired %s." + "\n  %s" * len(problems),
             source,
             ", ".join(f"{v} {k}" for k, v in sorted(bad.items())) or "nothing",
             ", ".join(f"{v} {k}" for k, v in sorted(repaired.items())) or "nothing",
+            *problems,
         )
-        for message in problems:
-            logger.warning("  %s", message)
     for key in sorted(expected & set(skipped)):
         logger.info("%s: %d %s objects not trained on (as configured).", source, skipped[key], key)
 
