@@ -17,9 +17,9 @@ import tensorflow as tf
 from tf_centernet.data.augment import augment_for_training
 from tf_centernet.data.coco import CocoDataset
 from tf_centernet.data.images import usable_records
+from tf_centernet.targets import encode_targets
 
 logger = logging.getLogger(__name__)
-from tf_centernet.targets import encode_targets
 
 
 def decode_image(path: tf.Tensor) -> tf.Tensor:
