@@ -18,21 +18,24 @@ def repo_root():
     return REPO_ROOT
 
 
+def _folder_or_skip(*parts):
+    """The folder ``os.path.join(*parts)``; skips the test when it is absent."""
+    path = os.path.join(*parts)
+    if not os.path.isdir(path):
+        pytest.skip(f"{os.path.basename(path)} not found: {path}")
+    return path
+
+
 @pytest.fixture(scope="session")
 def shared_data_dir():
     """``../shared/data``; skips the test when it is absent."""
-    path = os.path.join(SHARED_DIR, "data")
-    if not os.path.isdir(path):
-        pytest.skip(f"shared data folder not found: {path}")
-    return path
+    return _folder_or_skip(SHARED_DIR, "data")
 
 
 @pytest.fixture(scope="session")
 def coco_tiny(shared_data_dir):
     """Paths of coco-tiny: dict split -> (annotation_file, image_dir)."""
-    root = os.path.join(shared_data_dir, "coco-tiny")
-    if not os.path.isdir(root):
-        pytest.skip(f"coco-tiny not found: {root}")
+    root = _folder_or_skip(shared_data_dir, "coco-tiny")
     return {
         split: (
             os.path.join(root, "annotations", f"instances_{split}2017.json"),
@@ -45,10 +48,13 @@ def coco_tiny(shared_data_dir):
 @pytest.fixture(scope="session")
 def fixtures_dir(shared_data_dir):
     """``../shared/data/release-fixtures`` (snapshots in the releases' format); skips when absent."""
-    path = os.path.join(shared_data_dir, "release-fixtures")
-    if not os.path.isdir(path):
-        pytest.skip(f"release fixtures not found: {path}")
-    return path
+    return _folder_or_skip(shared_data_dir, "release-fixtures")
+
+
+@pytest.fixture(scope="session")
+def bccd(shared_data_dir):
+    """``../shared/data/bccd`` (Pascal VOC layout); skips when absent."""
+    return _folder_or_skip(shared_data_dir, "bccd")
 
 
 @pytest.fixture(scope="session")

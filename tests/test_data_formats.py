@@ -24,14 +24,6 @@ from tiny import TINY_MODEL
 BCCD_CLASSES = ["Platelets", "RBC", "WBC"]
 
 
-@pytest.fixture(scope="module")
-def bccd(shared_data_dir):
-    root = os.path.join(shared_data_dir, "bccd")
-    if not os.path.isdir(root):
-        pytest.skip(f"bccd not found: {root}")
-    return root
-
-
 def _objects_by_regex(xml_path):
     """Independent reading of a VOC file: (name, xmin, ymin, xmax, ymax) tuples."""
     text = open(xml_path, encoding="utf-8").read()
