@@ -90,11 +90,13 @@ class DataReport:
 def _decodable(record) -> Optional[str]:
     import cv2
 
-    from tf_centernet.data.images import ImageError, check_image_file, jpeg_is_complete
+    from tf_centernet.data.images import ImageError, check_image_bytes, check_image_file
 
     if record.encoded is not None:
-        if record.encoded[:3] == b"\xff\xd8\xff" and not jpeg_is_complete(record.encoded):
-            return f"{record.file_name}: truncated JPEG (no end-of-image marker)"
+        try:  # the check training runs on encoded (TFRecord) images
+            check_image_bytes(record.encoded, record.file_name)
+        except ImageError as error:
+            return str(error)
         image = cv2.imdecode(np.frombuffer(record.encoded, np.uint8), cv2.IMREAD_REDUCED_COLOR_8)
     else:
         try:  # the check training runs (truncated JPEGs, size limit, signature)

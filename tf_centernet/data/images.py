@@ -116,6 +116,26 @@ def check_image_file(path: str, max_pixels: int = MAX_PIXELS) -> Tuple[int, int]
     return int(height), int(width)
 
 
+def check_image_bytes(data: bytes, name: str = "<bytes>") -> str:
+    """Checks encoded image bytes without decoding them.
+
+    Returns:
+        str: the format (``"JPEG"``, ``"PNG"``, ``"GIF"``, ``"BMP"``, ``"WEBP"``).
+
+    Raises:
+        ImageError: ``reason`` ``empty_image``, ``not_an_image`` or
+            ``truncated_image``; the message names `name`.
+    """
+    if not data:
+        raise ImageError(name, "empty_image", "image is empty (0 bytes)")
+    kind = _format(bytes(data[:32]))
+    if kind is None:
+        raise ImageError(name, "not_an_image", "cannot decode: not a JPEG, PNG, GIF, BMP or WebP file (unknown signature)")
+    if kind == "JPEG" and not jpeg_is_complete(bytes(data)):
+        raise ImageError(name, "truncated_image", "truncated JPEG (no end-of-image marker)")
+    return kind
+
+
 def decode_image_bytes(data: bytes, name: str = "<bytes>", max_pixels: int = MAX_PIXELS) -> np.ndarray:
     """Decodes an encoded image with the rules of this module.
 
@@ -128,13 +148,7 @@ def decode_image_bytes(data: bytes, name: str = "<bytes>", max_pixels: int = MAX
     """
     import cv2
 
-    if not data:
-        raise ImageError(name, "empty_image", "image is empty (0 bytes)")
-    kind = _format(bytes(data[:32]))
-    if kind is None:
-        raise ImageError(name, "not_an_image", "cannot decode: not a JPEG, PNG, GIF, BMP or WebP file (unknown signature)")
-    if kind == "JPEG" and not jpeg_is_complete(bytes(data)):
-        raise ImageError(name, "truncated_image", "truncated JPEG (no end-of-image marker)")
+    check_image_bytes(data, name)
     try:
         image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
     except cv2.error as error:
@@ -184,13 +198,7 @@ def usable_records(dataset, logger, max_pixels: int = MAX_PIXELS, limit_listed: 
             if record.encoded is None:
                 check_image_file(record.file_name, max_pixels)
             else:
-                data = record.encoded
-                if not data:
-                    raise ImageError(record.file_name, "empty_image", "encoded image is empty")
-                if _format(data[:32]) is None:
-                    raise ImageError(record.file_name, "not_an_image", "cannot decode: encoded bytes are not an image")
-                if _format(data[:32]) == "JPEG" and not jpeg_is_complete(data):
-                    raise ImageError(record.file_name, "truncated_image", "truncated JPEG")
+                check_image_bytes(record.encoded, record.file_name)
         except ImageError as error:
             reasons[error.reason] += 1
             problems.append(str(error))
