@@ -327,15 +327,16 @@ def _evaluate(predictor, coco_gt, image_ids, load, category_ids, output_json=Non
     unreadable: List[int] = []
     progress = tqdm(total=len(image_ids), desc="evaluating", unit="img", disable=not verbose)
     for start in range(0, len(image_ids), batch_size):
+        batch = image_ids[start : start + batch_size]
         ids, images = [], []
-        for image_id in image_ids[start : start + batch_size]:
+        for image_id in batch:
             try:
                 images.append(load(image_id))
                 ids.append(image_id)
             except (FileNotFoundError, ValueError) as error:  # one bad image of many: skip it
                 logger.warning("Skipping image id %s: %s", image_id, error)
                 unreadable.append(image_id)
-        progress.update(len(ids) + len(image_ids[start : start + batch_size]) - len(ids))
+        progress.update(len(batch))
         if not ids:
             continue
         predictions = predictor.predict_images(images, batch_size=len(images))
@@ -348,7 +349,8 @@ def _evaluate(predictor, coco_gt, image_ids, load, category_ids, output_json=Non
     progress.close()
     if unreadable:
         logger.warning("Skipped %d unreadable images (not scored): ids %s", len(unreadable), unreadable[:20])
-        image_ids = [i for i in image_ids if i not in set(unreadable)]
+        skipped = set(unreadable)
+        image_ids = [i for i in image_ids if i not in skipped]
 
     if output_json:
         os.makedirs(os.path.dirname(os.path.abspath(output_json)), exist_ok=True)
