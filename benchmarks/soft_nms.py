@@ -8,8 +8,11 @@ flip-test count: 2 x ``num_dets`` = 1000), side by side in one run:
   loaded from ``git show`` into a temporary module: one loop iteration per
   selection over all 2000 candidates, invalid ones included;
 * ``before+xla``: the same, ``jit_compile=True``;
-* ``default``: `tf_centernet.decode.soft_nms` (``decode.nms=gaussian``): the
-  loop over the valid candidates only;
+* ``default``: `tf_centernet.decode.soft_nms` (``decode.nms=gaussian``,
+  ``decode.soft_nms_impl=auto``): the compiled op of ``custom_ops/`` (built
+  on first use; the TensorFlow loop where it cannot load);
+* ``loop``: the same with ``soft_nms_impl=loop``: the TensorFlow loop over
+  the valid candidates only (the portable path of exports);
 * ``xla``: `soft_nms` with ``static_shapes=True`` under ``jit_compile=True``
   (``decode.jit_compile=true``);
 * ``nms=tf``: `soft_nms_tf`, TF's fused kernel (not bit-exact).
@@ -44,7 +47,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from tf_centernet.decode import soft_nms, soft_nms_tf  # noqa: E402
+from tf_centernet.decode import resolve_soft_nms_impl, soft_nms, soft_nms_tf  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -83,6 +86,7 @@ def modes(before):
         "before": tf.function(lambda b, s, c: before(b, s, c)),
         "before+xla": tf.function(lambda b, s, c: before(b, s, c), jit_compile=True),
         "default": tf.function(lambda b, s, c: soft_nms(b, s, c)),
+        "loop": tf.function(lambda b, s, c: soft_nms(b, s, c, impl="loop")),
         "xla": tf.function(lambda b, s, c: soft_nms(b, s, c, static_shapes=True),
                            jit_compile=True),
         "nms=tf": tf.function(lambda b, s, c: soft_nms_tf(b, s, c)),
@@ -101,7 +105,8 @@ def main(argv=None):
 
     fns = modes(load_before(args.before_ref))
     print(f"TensorFlow {tf.__version__}, {os.cpu_count()} CPU cores, batch {args.batch}, "
-          f"{args.candidates} candidates, {args.repeats} interleaved rounds, ms per image")
+          f"{args.candidates} candidates, {args.repeats} interleaved rounds, ms per image; "
+          f"default = soft_nms_impl auto -> {resolve_soft_nms_impl('auto')}")
     names = list(fns)
     header = (f"{'valid/classes':>13} | {'stat':>6} | "
               + " | ".join(f"{n:>10}" for n in names) + " | default speed-up")

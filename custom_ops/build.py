@@ -1,4 +1,4 @@
-"""Builds the compiled directional-pooling ops without Bazel.
+"""Builds the compiled ops (directional pooling, soft-NMS) without Bazel.
 
 The library is compiled from the sources beside this file with the flags
 TensorFlow reports (`tf.sysconfig.get_compile_flags()` / `get_link_flags()`)
@@ -11,8 +11,8 @@ where ``<key>`` is ``tf<version>-<hash>`` and the hash covers the sources,
 this script and the compiler flags: a new TensorFlow or an edited kernel gets
 a fresh build, an unchanged one is reused. In that folder:
 
-* ``directional_pool_ops.so``: CPU kernels only;
-* ``directional_pool_ops_cuda.so``: CPU and CUDA kernels;
+* ``tf_centernet_ops.so``: CPU kernels only;
+* ``tf_centernet_ops_cuda.so``: CPU and CUDA kernels (soft-NMS: CPU only);
 * ``cuda_build_error.log``: why the CUDA variant could not be built.
 
 The CUDA variant is built when ``cuda=True``, or with ``cuda="auto"`` when
@@ -41,11 +41,15 @@ import tempfile
 import time
 
 SOURCE_DIR = os.path.dirname(os.path.abspath(__file__))
-OPS_SOURCES = ["cc/ops/directional_pool_ops.cc"]
-KERNEL_SOURCES = ["cc/kernels/directional_pool_kernels.cc"]
+OPS_SOURCES = ["cc/ops/directional_pool_ops.cc", "cc/ops/soft_nms_ops.cc"]
+KERNEL_SOURCES = ["cc/kernels/directional_pool_kernels.cc", "cc/kernels/soft_nms_kernels.cc"]
 GPU_SOURCES = ["cc/kernels/directional_pool_kernels_gpu.cu.cc"]
 HEADERS = ["cc/kernels/directional_pool.h", "cc/kernels/directional_pool_cuda.cuh"]
-LIBRARY_NAME = "directional_pool_ops"
+# Flags for one source only. Soft-NMS: floating-point operations do not
+# trap (the default assumes they may), so that its branch-free IoU loop is
+# vectorised; values are unchanged.
+SOURCE_FLAGS = {"cc/kernels/soft_nms_kernels.cc": ["-fno-trapping-math"]}
+LIBRARY_NAME = "tf_centernet_ops"
 CUDA_ERROR_LOG = "cuda_build_error.log"
 
 
@@ -88,7 +92,7 @@ def build_key():
             digest.update(f.read())
     with open(os.path.abspath(__file__), "rb") as f:
         digest.update(f.read())
-    digest.update(repr((compile_flags(), link_flags(), os.environ.get("CXX", "g++"))).encode())
+    digest.update(repr((compile_flags(), SOURCE_FLAGS, link_flags(), os.environ.get("CXX", "g++"))).encode())
     return f"tf{tf.__version__}-{digest.hexdigest()[:12]}"
 
 
@@ -147,7 +151,7 @@ def _run(commands, log):
         if proc.returncode != 0:
             failures.append(f"$ {' '.join(cmd)}\n{output[-6000:]}")
     if failures:
-        raise BuildError("Compiling the corner-pooling ops failed:\n" + "\n".join(failures))
+        raise BuildError("Compiling the compiled ops (pooling, soft-NMS) failed:\n" + "\n".join(failures))
 
 
 def _gencode_flags(nvcc):
@@ -190,7 +194,8 @@ def _compile_library(target, cuda, log):
         objects, commands = [], []
         for rel in [*OPS_SOURCES, *KERNEL_SOURCES]:
             obj = os.path.join(tmp, os.path.basename(rel) + ".o")
-            commands.append([cxx, *cflags, "-c", os.path.join(SOURCE_DIR, rel), "-o", obj])
+            extra = SOURCE_FLAGS.get(rel, [])
+            commands.append([cxx, *cflags, *extra, "-c", os.path.join(SOURCE_DIR, rel), "-o", obj])
             objects.append(obj)
         extra_link = []
         if cuda:
@@ -297,7 +302,7 @@ def existing_library(cuda="auto"):
 def main(argv=None):
     import argparse
 
-    parser = argparse.ArgumentParser(description="Build the tf-centernet corner-pooling ops.")
+    parser = argparse.ArgumentParser(description="Build the tf-centernet compiled ops (corner pooling, soft-NMS).")
     parser.add_argument("--cuda", default="auto", choices=["auto", "yes", "no"])
     parser.add_argument("--force", action="store_true", help="rebuild even if cached")
     parser.add_argument("-v", "--verbose", action="store_true")

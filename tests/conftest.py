@@ -58,6 +58,33 @@ def bccd(shared_data_dir):
 
 
 @pytest.fixture(scope="session")
+def compiled_ops():
+    """The compiled op library (pooling, soft-NMS), built or reused.
+
+    Skips where no C++ compiler exists; fails with the compiler's output
+    where one exists and the build fails.
+    """
+    import shutil
+
+    from tf_centernet.ops import custom
+
+    if not shutil.which(os.environ.get("CXX", "g++")):
+        pytest.skip("no C++ compiler to build the custom ops")
+    try:
+        return custom.load()
+    except custom.CustomOpsUnavailable as error:
+        pytest.fail(f"the custom ops did not build or load:\n{error}")
+
+
+@pytest.fixture(params=["loop", "custom"])
+def soft_nms_impl(request):
+    """Each soft-NMS implementation: the TensorFlow loop and the compiled op."""
+    if request.param == "custom":
+        request.getfixturevalue("compiled_ops")
+    return request.param
+
+
+@pytest.fixture(scope="session")
 def synthetic_coco(tmp_path_factory):
     """A synthetic COCO dataset (16 images, 3 classes): (image_dir, annotation_file)."""
     from tf_centernet.data.synthetic import make_synthetic_coco

@@ -8,7 +8,6 @@ gradient of a tied maximum goes to the tied position nearest the scan start.
 """
 
 import os
-import shutil
 import subprocess
 import warnings
 
@@ -29,14 +28,9 @@ SHAPES = [(2, 7, 5, 3), (1, 1, 6, 2), (1, 9, 1, 1), (1, 8, 16, 2), (2, 3, 5, 170
 
 
 @pytest.fixture(scope="module", autouse=True)
-def library():
+def library(compiled_ops):
     """Builds (or reuses) and loads the op library; fails with the compiler output."""
-    if not shutil.which(os.environ.get("CXX", "g++")):
-        pytest.skip("no C++ compiler to build the custom ops")
-    try:
-        return custom.load()
-    except custom.CustomOpsUnavailable as error:
-        pytest.fail(f"the custom ops did not build or load:\n{error}")
+    return compiled_ops
 
 
 def pool(x, direction, impl):
@@ -184,7 +178,7 @@ def test_auto_uses_custom_except_under_xla_export_and_scan_only(tmp_path):
 def test_fallback_warns_once_and_custom_raises(monkeypatch):
     monkeypatch.setitem(custom._state, "library", None)
     monkeypatch.setitem(custom._state, "error", "simulated: the library failed to load.")
-    monkeypatch.setitem(custom._state, "warned", False)
+    monkeypatch.setitem(custom._state, "warned", set())
     x = np.random.default_rng(5).normal(size=(1, 5, 4, 2)).astype(np.float32)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -275,4 +269,4 @@ def test_build_ops_command(capsys):
 
     assert cli.main(["build-ops", "--cuda", "no"]) == 0
     path = capsys.readouterr().out.strip().splitlines()[-1]
-    assert path.endswith("directional_pool_ops.so") and os.path.isfile(path)
+    assert path.endswith("tf_centernet_ops.so") and os.path.isfile(path)

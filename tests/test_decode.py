@@ -229,33 +229,34 @@ def test_first_matching_center_in_order_is_used():
 # ---------------------------------------------------------------------------
 
 
-def run_nms(boxes, scores, classes, **kwargs):
+def run_nms(boxes, scores, classes, impl, **kwargs):
     out = decode.soft_nms(
         tf.constant([boxes], tf.float32),
         tf.constant([scores], tf.float32),
         tf.constant([classes], tf.int32),
+        impl=impl,
         **kwargs,
     )
     n = int(out["num_detections"][0])
     return {k: v[0].numpy()[:n] for k, v in out.items() if k != "num_detections"}, out
 
 
-def test_soft_nms_gaussian_decay_inclusive_areas():
+def test_soft_nms_gaussian_decay_inclusive_areas(soft_nms_impl):
     # Pixel-inclusive: both boxes 10 x 10 = 100, overlap 5 x 10 = 50, IoU = 1/3.
     boxes = [[0, 0, 9, 9], [5, 0, 14, 9]]
-    got, _ = run_nms(boxes, [0.9, 0.8], [0, 0], max_detections=5)
+    got, _ = run_nms(boxes, [0.9, 0.8], [0, 0], soft_nms_impl, max_detections=5)
     np.testing.assert_allclose(got["scores"], [0.9, 0.8 * math.exp(-(1 / 9) / 0.5)], rtol=1e-6)
     np.testing.assert_array_equal(got["boxes"], boxes)
     # Exclusive areas give the same IoU for boxes one pixel larger.
-    got, _ = run_nms([[0, 0, 10, 10], [5, 0, 15, 10]], [0.9, 0.8], [0, 0], inclusive=False)
+    got, _ = run_nms([[0, 0, 10, 10], [5, 0, 15, 10]], [0.9, 0.8], [0, 0], soft_nms_impl, inclusive=False)
     np.testing.assert_allclose(got["scores"], [0.9, 0.8 * math.exp(-2 / 9)], rtol=1e-6)
 
 
-def test_soft_nms_is_per_class_and_drops_low_scores():
+def test_soft_nms_is_per_class_and_drops_low_scores(soft_nms_impl):
     boxes = [[0, 0, 9, 9], [0, 0, 9, 9], [0, 0, 9, 9], [50, 50, 60, 60]]
     scores = [0.9, 0.8, 0.005, 0.0005]
     classes = [0, 1, 0, 0]
-    got, out = run_nms(boxes, scores, classes, max_detections=4)
+    got, out = run_nms(boxes, scores, classes, soft_nms_impl, max_detections=4)
     # Class 1 is untouched; the 0.005 box decays by exp(-1 / 0.5) to 0.00068 <
     # 0.001 and is removed; 0.0005 is below the threshold from the start.
     np.testing.assert_allclose(got["scores"], [0.9, 0.8], rtol=1e-6)
@@ -264,21 +265,21 @@ def test_soft_nms_is_per_class_and_drops_low_scores():
     np.testing.assert_array_equal(out["scores"][0, 2:], 0.0)
 
 
-def test_soft_nms_keeps_best_max_detections_in_order():
+def test_soft_nms_keeps_best_max_detections_in_order(soft_nms_impl):
     boxes = [[i * 20, 0, i * 20 + 10, 10] for i in range(6)]
     scores = [0.3, 0.9, 0.5, 0.7, 0.1, 0.6]
-    got, _ = run_nms(boxes, scores, [0] * 6, max_detections=3)
+    got, _ = run_nms(boxes, scores, [0] * 6, soft_nms_impl, max_detections=3)
     np.testing.assert_allclose(got["scores"], [0.9, 0.7, 0.6])
     np.testing.assert_array_equal(got["boxes"][0], boxes[1])
 
 
-def test_soft_nms_merge_weighted_box_fusion():
+def test_soft_nms_merge_weighted_box_fusion(soft_nms_impl):
     a, b = [0.0, 0.0, 10.0, 10.0], [2.0, 0.0, 12.0, 10.0]
     tl, br = [0.9, 0.6], [0.7, 0.5]
     out = decode.soft_nms(
         tf.constant([[a, b]]), tf.constant([[0.8, 0.55]]), tf.constant([[0, 0]]),
         max_detections=2, method="merge", weight_exp=8.0,
-        tl_scores=tf.constant([tl]), br_scores=tf.constant([br]),
+        tl_scores=tf.constant([tl]), br_scores=tf.constant([br]), impl=soft_nms_impl,
     )
     iou = (9 * 11) / (2 * 121 - 9 * 11)  # inclusive: overlap 9 x 11
     w = math.exp(-iou ** 2 / 0.5)
@@ -292,7 +293,7 @@ def test_soft_nms_merge_weighted_box_fusion():
     np.testing.assert_allclose(out["boxes"][0, 1], b, rtol=1e-6)
 
 
-def test_soft_nms_matches_tf_kernel_with_half_sigma():
+def test_soft_nms_matches_tf_kernel_with_half_sigma(soft_nms_impl):
     rng = np.random.default_rng(0)
     xy = rng.uniform(0, 80, (60, 2))
     wh = rng.uniform(5, 40, (60, 2))
@@ -300,7 +301,8 @@ def test_soft_nms_matches_tf_kernel_with_half_sigma():
     scores = rng.uniform(0.01, 1.0, 60).astype(np.float32)
     classes = rng.integers(0, 3, 60).astype(np.int32)
     ours = decode.soft_nms(
-        boxes[None], scores[None], classes[None], max_detections=30, inclusive=False
+        boxes[None], scores[None], classes[None], max_detections=30, inclusive=False,
+        impl=soft_nms_impl,
     )
     ref = decode.soft_nms_with_tf_op(boxes, scores, classes, max_detections=30)
     assert int(ours["num_detections"][0]) == int(ref["num_detections"]) == 30

@@ -6,6 +6,7 @@ pixel-inclusive IoU, the releases' procedure) and the full-array loop
 """
 
 import dataclasses
+import warnings
 
 import numpy as np
 import pytest
@@ -66,7 +67,7 @@ def test_valid_only_loop_equals_full_loop_and_numpy(method, loop):
             br_scores=tf.constant(rng.uniform(0.1, 1, scores.shape).astype(np.float32)),
         )
     args = as_tensors(boxes, scores, classes)
-    fast = decode.soft_nms(*args, max_detections=60, method=method, loop=loop, **extra)
+    fast = decode.soft_nms(*args, max_detections=60, method=method, loop=loop, impl="loop", **extra)
     full = decode.soft_nms(*args, max_detections=60, method=method, static_shapes=True, **extra)
     np.testing.assert_array_equal(fast["num_detections"], full["num_detections"])
     np.testing.assert_array_equal(fast["classes"], full["classes"])
@@ -92,8 +93,8 @@ def test_class_parallel_loop_keeps_the_tie_order():
     classes[:, 60:90] = classes[:, :30]
     scores[:, 60:] = np.where(scores[:, :60] > 0, scores[:, :60], scores[:, 60:])
     args = as_tensors(boxes, scores, classes)
-    seq = decode.soft_nms(*args, max_detections=80, loop="sequential")
-    par = decode.soft_nms(*args, max_detections=80, loop="classes")
+    seq = decode.soft_nms(*args, max_detections=80, loop="sequential", impl="loop")
+    par = decode.soft_nms(*args, max_detections=80, loop="classes", impl="loop")
     for key in ("boxes", "scores", "classes", "num_detections"):
         np.testing.assert_array_equal(par[key], seq[key])
     expected = numpy_soft_nms(boxes[0], scores[0], classes[0], 80)
@@ -103,9 +104,9 @@ def test_class_parallel_loop_keeps_the_tie_order():
         decode.soft_nms(*args, loop="bogus")
 
 
-def test_fewer_valid_candidates_than_detections_and_none_at_all():
+def test_fewer_valid_candidates_than_detections_and_none_at_all(soft_nms_impl):
     boxes, scores, classes = random_candidates(2, n=40, invalid=(0.9, 1.0))
-    out = decode.soft_nms(*as_tensors(boxes, scores, classes), max_detections=30)
+    out = decode.soft_nms(*as_tensors(boxes, scores, classes), max_detections=30, impl=soft_nms_impl)
     expected = numpy_soft_nms(boxes[0], scores[0], classes[0], 30)
     n = int(out["num_detections"][0])
     assert 0 < n == len(expected) < 30
@@ -224,3 +225,161 @@ def test_decode_detections_with_nms_tf():
     with pytest.raises(ValueError, match="'tf'"):
         decode.decode_detections(outputs, decode.input_geometry(images, [16, 16]),
                                  dataclasses.replace(config, nms="bogus"))
+
+
+# ---------------------------------------------------------------------------
+# The compiled op (custom_ops/cc/kernels/soft_nms_kernels.cc).
+# ---------------------------------------------------------------------------
+
+
+def corner_scores(shape, seed=1):
+    rng = np.random.default_rng(seed)
+    return {
+        "tl_scores": tf.constant(rng.uniform(0.1, 1, shape).astype(np.float32)),
+        "br_scores": tf.constant(rng.uniform(0.1, 1, shape).astype(np.float32)),
+    }
+
+
+@pytest.mark.parametrize("seed", [0, 3])
+@pytest.mark.parametrize("method", ["gaussian", "merge"])
+def test_compiled_equals_the_loop_and_numpy(compiled_ops, method, seed):
+    """Same selections as the sequential loop; scores within float rounding
+    of `exp` (TF vectorises it), boxes bit-identical (merged: float rounding
+    of the sums); and the releases' greedy procedure in NumPy."""
+    boxes, scores, classes = random_candidates(seed, n=400, num_classes=5)
+    extra = corner_scores(scores.shape) if method == "merge" else {}
+    args = as_tensors(boxes, scores, classes)
+    ours = decode.soft_nms(*args, max_detections=80, method=method, impl="custom", **extra)
+    loop = decode.soft_nms(*args, max_detections=80, method=method, impl="loop",
+                           loop="sequential", **extra)
+    np.testing.assert_array_equal(ours["num_detections"], loop["num_detections"])
+    np.testing.assert_array_equal(ours["classes"], loop["classes"])
+    np.testing.assert_allclose(ours["scores"], loop["scores"], rtol=1e-6)
+    if method == "merge":
+        np.testing.assert_allclose(ours["boxes"], loop["boxes"], rtol=1e-5)
+        # Merging moved boxes: the check compares something.
+        assert not np.allclose(ours["boxes"], decode.soft_nms(*args, max_detections=80, impl="custom")["boxes"])
+        return
+    np.testing.assert_array_equal(ours["boxes"], loop["boxes"])
+    for b in range(boxes.shape[0]):
+        expected = numpy_soft_nms(boxes[b], scores[b], classes[b], 80)
+        n = int(ours["num_detections"][b])
+        assert n == len(expected) == 80
+        np.testing.assert_allclose(ours["scores"][b, :n], expected[:, 4], rtol=1e-5)
+        np.testing.assert_array_equal(ours["boxes"][b, :n], expected[:, :4])
+        np.testing.assert_array_equal(ours["classes"][b, :n], expected[:, 5])
+
+
+def test_compiled_keeps_the_tie_order(compiled_ops):
+    """Exact ties within and across classes (coarse scores, duplicated
+    boxes): the loop's rule, equal scores to the lowest candidate index."""
+    boxes, scores, classes = random_candidates(8, n=120, num_classes=3)
+    scores = np.where(scores > 0, np.round(scores, 1) + 0.05, scores).astype(np.float32)
+    boxes[:, 60:] = boxes[:, :60]
+    classes[:, 60:90] = classes[:, :30]
+    scores[:, 60:] = np.where(scores[:, :60] > 0, scores[:, :60], scores[:, 60:])
+    args = as_tensors(boxes, scores, classes)
+    ours = decode.soft_nms(*args, max_detections=80, impl="custom")
+    loop = decode.soft_nms(*args, max_detections=80, impl="loop", loop="sequential")
+    for key in ("boxes", "classes", "num_detections"):
+        np.testing.assert_array_equal(ours[key], loop[key])
+    np.testing.assert_allclose(ours["scores"], loop["scores"], rtol=1e-6)
+    # Hand-made: three equal scores, two classes, no overlap: index order.
+    same = decode.soft_nms(
+        tf.constant([[[0, 0, 9, 9], [20, 0, 29, 9], [40, 0, 49, 9]]], tf.float32),
+        tf.constant([[0.5, 0.5, 0.5]]), tf.constant([[1, 0, 1]]), max_detections=3, impl="custom",
+    )
+    np.testing.assert_array_equal(same["classes"][0], [1, 0, 1])
+    np.testing.assert_array_equal(same["boxes"][0, :, 0], [0, 20, 40])
+
+
+def test_compiled_edge_cases(compiled_ops):
+    from tf_centernet.ops import custom
+
+    # NaN scores never enter; an image without candidates gives zero rows;
+    # no candidates at all (n = 0) and max_detections = 0 are fine.
+    boxes = tf.constant([[[0, 0, 9, 9], [1, 1, 9, 9]], [[0, 0, 9, 9], [1, 1, 9, 9]]], tf.float32)
+    scores = tf.constant([[np.nan, 0.5], [-1.0, 0.0005]])
+    out = custom.soft_nms(boxes, scores, tf.zeros([2, 2], tf.int32), 3, 0.5, 0.001)
+    np.testing.assert_array_equal(out["num_detections"], [1, 0])
+    np.testing.assert_array_equal(out["scores"], [[0.5, 0, 0], [0, 0, 0]])
+    np.testing.assert_array_equal(out["boxes"][0, 0], [1, 1, 9, 9])
+    empty = custom.soft_nms(tf.zeros([1, 0, 4]), tf.zeros([1, 0]), tf.zeros([1, 0], tf.int32), 4, 0.5, 0.001)
+    assert empty["boxes"].shape == (1, 4, 4) and int(empty["num_detections"][0]) == 0
+    none = custom.soft_nms(boxes, scores, tf.zeros([2, 2], tf.int32), 0, 0.5, 0.001)
+    assert none["scores"].shape == (2, 0)
+    # Unknown shapes in a graph: the outputs' shapes are still known.
+    fn = tf.function(
+        lambda b, s, c: custom.soft_nms(b, s, c, 7, 0.5, 0.001),
+        input_signature=[tf.TensorSpec([None, None, 4]), tf.TensorSpec([None, None]),
+                         tf.TensorSpec([None, None], tf.int32)],
+    )
+    assert fn.get_concrete_function().structured_outputs["boxes"].shape.as_list() == [None, 7, 4]
+    # Mismatched shapes name the input.
+    with pytest.raises((ValueError, tf.errors.InvalidArgumentError), match="scores|Dimension|shape"):
+        custom.soft_nms(boxes, tf.zeros([2, 3]), tf.zeros([2, 2], tf.int32), 3, 0.5, 0.001)
+    with pytest.raises(ValueError, match="both"):
+        custom.soft_nms(boxes, scores, tf.zeros([2, 2], tf.int32), 3, 0.5, 0.001, tl_scores=scores)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="sigma"):
+        custom.soft_nms(boxes, scores, tf.zeros([2, 2], tf.int32), 3, 0.0, 0.001)
+
+
+def test_auto_uses_compiled_except_under_xla_export_and_scan_only(compiled_ops, tmp_path):
+    from tf_centernet.ops import custom, pooling
+
+    boxes, scores, classes = as_tensors(*random_candidates(4, n=50))
+
+    def op_types(impl="auto", **kwargs):
+        fn = tf.function(lambda b, s, c: decode.soft_nms(b, s, c, max_detections=10, impl=impl), **kwargs)
+        return {op.type for op in fn.get_concrete_function(boxes, scores, classes).graph.get_operations()}
+
+    assert decode.resolve_soft_nms_impl("auto") == "custom"
+    assert custom.SOFT_NMS_OP_TYPE in op_types()
+    assert custom.SOFT_NMS_OP_TYPE not in op_types("loop")
+    assert decode.resolve_soft_nms_impl("auto", static_shapes=True) == "loop"
+    with pooling.scan_only():
+        assert decode.resolve_soft_nms_impl("auto") == "loop"
+        assert custom.SOFT_NMS_OP_TYPE not in op_types()
+    with pytest.raises(ValueError, match="XLA"):
+        tf.function(lambda b, s, c: decode.soft_nms(b, s, c, impl="custom"), jit_compile=True)(
+            boxes, scores, classes)
+    with pytest.raises(ValueError, match="impl"):
+        decode.resolve_soft_nms_impl("fast")
+    # A SavedModel traced with "auto" holds the loop, and loads without our library.
+    module = tf.Module()
+    module.f = tf.function(
+        lambda b, s, c: decode.soft_nms(b, s, c, max_detections=10),
+        input_signature=[tf.TensorSpec([None, None, 4]), tf.TensorSpec([None, None]),
+                         tf.TensorSpec([None, None], tf.int32)],
+    )
+    tf.saved_model.save(module, str(tmp_path / "saved"))
+    saved = tf.saved_model.load(str(tmp_path / "saved"))
+    ops = {n.op for f in saved.f.concrete_functions for n in f.graph.as_graph_def().node}
+    for func in saved.f.concrete_functions:
+        ops |= {n.op for lib in func.graph.as_graph_def().library.function for n in lib.node_def}
+    assert custom.SOFT_NMS_OP_TYPE not in ops and ops & {"While", "StatelessWhile"}
+    expected = decode.soft_nms(boxes, scores, classes, max_detections=10, impl="custom")
+    got = saved.f(boxes, scores, classes)
+    np.testing.assert_array_equal(got["classes"], expected["classes"])
+    np.testing.assert_allclose(got["scores"], expected["scores"], rtol=1e-6)
+
+
+def test_compiled_fallback_warns_once_and_custom_raises(monkeypatch):
+    from tf_centernet.ops import custom
+
+    monkeypatch.setitem(custom._state, "library", None)
+    monkeypatch.setitem(custom._state, "error", "simulated: the library failed to load.")
+    monkeypatch.setitem(custom._state, "warned", set())
+    args = as_tensors(*random_candidates(5, n=60))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        first = decode.soft_nms(*args, max_detections=20)
+        decode.soft_nms(*args, max_detections=20)
+    fallback = [w for w in caught if issubclass(w.category, custom.CustomOpsFallbackWarning)]
+    assert len(fallback) == 1
+    assert "soft-NMS" in str(fallback[0].message) and "simulated" in str(fallback[0].message)
+    loop = decode.soft_nms(*args, max_detections=20, impl="loop")
+    for key in first:
+        np.testing.assert_array_equal(first[key], loop[key])
+    with pytest.raises(custom.CustomOpsUnavailable, match="simulated"):
+        decode.soft_nms(*args, impl="custom")

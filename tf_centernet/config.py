@@ -264,6 +264,10 @@ class DecodeConfig:
     # Soft-NMS (docs/reference.md §7.6): "gaussian" or "merge" (the releases'),
     # "tf" (TF's fused kernel: faster, not bit-exact) or "none" (skips it).
     nms: str = "gaussian"
+    # "auto" | "custom" | "loop": implementation of "gaussian"/"merge": the
+    # compiled op (custom_ops/, CPU) where it loads, else the TensorFlow loop
+    # (the portable one, always used in exports and under XLA). Same detections.
+    soft_nms_impl: str = "auto"
     soft_nms_sigma: float = 0.5
     score_threshold: float = 0.001
     merge_weight_exp: float = 8.0

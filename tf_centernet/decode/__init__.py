@@ -25,7 +25,10 @@ The pipeline, as `decode_detections` runs it (docs/reference.md §7 steps):
 5. `central_region_filter` (CenterNet, eq. 1 of the paper).
 6. `soft_nms`: per-class Gaussian soft-NMS (or the weighted "merge"
    variant) that also keeps the best ``max_detections`` (docs/reference.md §7.6-7.7);
-   ``nms="tf"`` uses TF's fused kernel instead (`soft_nms_tf`, not bit-exact).
+   It runs as the compiled op of ``custom_ops/`` where that loads and the
+   graph is not exported (``soft_nms_impl="auto"``), else as a TensorFlow
+   loop; same detections. ``nms="tf"`` uses TF's fused kernel instead
+   (`soft_nms_tf`, not bit-exact).
 
 ``DecodeConfig.jit_compile`` makes the `Decoder` run the decoding XLA-compiled.
 
@@ -52,6 +55,7 @@ from tf_centernet.decode.pairing import decode_outputs, pair_corners
 from tf_centernet.decode.pipeline import decode_detections
 from tf_centernet.decode.soft_nms import (
     box_iou,
+    resolve_soft_nms_impl,
     soft_nms,
     soft_nms_tf,
     soft_nms_with_tf_op,
@@ -77,6 +81,7 @@ __all__ = [
     "points_to_image",
     "central_region_filter",
     "box_iou",
+    "resolve_soft_nms_impl",
     "soft_nms",
     "soft_nms_tf",
     "soft_nms_with_tf_op",

@@ -19,7 +19,7 @@ from tf_centernet.decode.geometry import (
     points_to_image,
 )
 from tf_centernet.decode.pairing import decode_outputs
-from tf_centernet.decode.soft_nms import soft_nms, soft_nms_tf, top_detections
+from tf_centernet.decode.soft_nms import SOFT_NMS_IMPLS, soft_nms, soft_nms_tf, top_detections
 
 
 def _as_float_dict(outputs) -> Dict[str, tf.Tensor]:
@@ -83,7 +83,7 @@ def decode_detections(
 
     Raises:
         ValueError: mismatched lists, centers requested without a scale 1,
-            or an unknown ``config.nms``.
+            or an unknown ``config.nms`` or ``config.soft_nms_impl``.
         KeyError: a required model output is missing.
     """
     config = config or DecodeConfig()
@@ -101,6 +101,10 @@ def decode_detections(
     if config.nms not in ("gaussian", "merge", "tf", "none"):
         raise ValueError(
             f"decode.nms must be 'gaussian', 'merge', 'tf' or 'none', got {config.nms!r}."
+        )
+    if config.soft_nms_impl not in SOFT_NMS_IMPLS:
+        raise ValueError(
+            f"decode.soft_nms_impl must be one of {SOFT_NMS_IMPLS}, got {config.soft_nms_impl!r}."
         )
     if static_shapes is None:
         static_shapes = bool(config.jit_compile)
@@ -189,4 +193,5 @@ def decode_detections(
         br_scores=merged["br_scores"],
         weight_exp=config.merge_weight_exp,
         static_shapes=static_shapes,
+        impl=config.soft_nms_impl,
     )

@@ -15,6 +15,53 @@ from tf_centernet.decode.geometry import INVALID_SCORE
 from tf_centernet.decode.soft_nms_parallel import class_grid, class_parallel_soft_nms, columns
 
 _DEFAULTS = DecodeConfig()
+SOFT_NMS_IMPLS = ("auto", "custom", "loop")
+
+
+@tf.autograph.experimental.do_not_convert  # plain Python, run while tracing
+def resolve_soft_nms_impl(impl: str = "auto", static_shapes: bool = False) -> str:
+    """The soft-NMS `impl` stands for here and now: "custom" or "loop".
+
+    ``"auto"`` is the compiled op (`tf_centernet.ops.custom.soft_nms`) where
+    it loads, except with `static_shapes`, inside an XLA-compiled function,
+    `tf.saved_model.save` or `tf_centernet.ops.scan_only` (graphs that must
+    run without our library: exports); there, and where the library cannot
+    be built or loaded (one `CustomOpsFallbackWarning` per process), the
+    TensorFlow loop.
+
+    Args:
+        impl: str. "auto", "custom" or "loop". Defaults to "auto".
+        static_shapes: bool. As `soft_nms`. Defaults to False.
+
+    Returns:
+        str. "custom" or "loop".
+
+    Raises:
+        ValueError: unknown `impl`, or "custom" under XLA.
+        CustomOpsUnavailable: "custom" and the library cannot be loaded.
+    """
+    if impl not in SOFT_NMS_IMPLS:
+        raise ValueError(f"soft_nms impl must be one of {SOFT_NMS_IMPLS}, got {impl!r}.")
+    if impl == "loop":
+        return "loop"
+    from tf_centernet.ops import custom, pooling
+
+    if impl == "custom":
+        if pooling._in_xla_context():
+            raise ValueError(
+                "soft_nms impl='custom' cannot run inside an XLA-compiled function "
+                "(jit_compile=True): XLA has no kernel for it. Use 'auto' or 'loop'."
+            )
+        custom.load()
+        return "custom"
+    if static_shapes or pooling.in_portable_context():
+        return "loop"
+    try:
+        custom.load()
+    except custom.CustomOpsUnavailable as error:
+        custom.warn_fallback(custom.short_reason(error), what="soft_nms")
+        return "loop"
+    return "custom"
 
 
 def box_iou(box: tf.Tensor, boxes: tf.Tensor, inclusive: bool = True) -> tf.Tensor:
@@ -69,6 +116,7 @@ def soft_nms(
     inclusive: bool = True,
     static_shapes: bool = False,
     loop: str = "auto",
+    impl: str = "auto",
 ) -> Dict[str, tf.Tensor]:
     """Per-class Gaussian soft-NMS that keeps the best `max_detections` (docs/reference.md §7.6-7.7).
 
@@ -88,6 +136,16 @@ def soft_nms(
     the best box of every class at once (`class_parallel_soft_nms`, same
     selections and scores); otherwise, and with `static_shapes` (XLA, then
     over all `n`), one selection per iteration.
+
+    Two implementations give these selections: the compiled op
+    (`tf_centernet.ops.custom.soft_nms`: a max-heap over the classes, each
+    selection one pass over its class; about 0.1 ms for 2000 candidates) and
+    the TensorFlow loops described above (portable: XLA, SavedModel, TFLite,
+    ONNX). ``impl="auto"`` picks the compiled op where it loads and the
+    graph may depend on it (see `resolve_soft_nms_impl`). Both select the
+    same boxes in the same order; scores agree to the last bit except where
+    `exp` rounds differently (one unit in the last place), merged boxes to
+    float rounding.
 
     With ``method="merge"`` (the releases' `soft_nms_merge`) the selected box
     is replaced by the weighted mean of itself and the remaining overlapping
@@ -119,6 +177,9 @@ def soft_nms(
             iteration), ``"sequential"`` (one selection per iteration) or
             ``"auto"`` (whichever needs fewer steps; see the code). Same
             results. Defaults to `"auto"`.
+        impl: str. ``"auto"``, ``"custom"`` (the compiled op) or ``"loop"``
+            (the TensorFlow loops); see `resolve_soft_nms_impl`. Defaults to
+            `"auto"`.
 
     Returns:
         dict with ``boxes`` float32 `(batch, max_detections, 4)`, ``scores``
@@ -127,7 +188,10 @@ def soft_nms(
         int32 `(batch,)`; rows past ``num_detections`` are zero.
 
     Raises:
-        ValueError: unknown `method`, or "merge" without corner scores.
+        ValueError: unknown `method`, `loop` or `impl`, "merge" without
+            corner scores, or ``impl="custom"`` under XLA.
+        CustomOpsUnavailable: ``impl="custom"`` and the compiled op cannot be
+            built or loaded.
     """
     if method not in ("gaussian", "merge"):
         raise ValueError(f"soft_nms method must be 'gaussian' or 'merge', got {method!r}.")
@@ -136,6 +200,14 @@ def soft_nms(
     merge = method == "merge"
     if merge and (tl_scores is None or br_scores is None):
         raise ValueError("soft_nms(method='merge') needs tl_scores and br_scores.")
+    if resolve_soft_nms_impl(impl, static_shapes) == "custom":
+        from tf_centernet.ops import custom
+
+        return custom.soft_nms(
+            boxes, scores, classes, max_detections, sigma, score_threshold,
+            inclusive=inclusive, tl_scores=tl_scores if merge else None,
+            br_scores=br_scores if merge else None, weight_exp=weight_exp,
+        )
     scores = tf.cast(scores, tf.float32)
     batch = tf.shape(scores)[0]
     # Only candidates at or above the threshold ever enter: the loop runs

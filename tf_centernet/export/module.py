@@ -5,6 +5,7 @@ See `tf_centernet.export` for the output convention of every format.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import List, Optional, Sequence, Tuple
 
 import tensorflow as tf
@@ -203,6 +204,12 @@ class DetectionModule(tf.Module):
             raise ValueError(
                 f"{len(self.category_ids)} category ids for {config.model.num_classes} classes."
             )
+        # The exported graph holds the portable soft-NMS loop, never the
+        # compiled op (unknown to TF Serving, TFLite and ONNX), even where a
+        # function is traced outside `tf.saved_model.save`.
+        config = dataclasses.replace(
+            config, decode=dataclasses.replace(config.decode, soft_nms_impl="loop")
+        )
         self.predictor = Predictor(self.model, config, flip_test=flip_test)
         self.serve = tf.function(
             self._serve,

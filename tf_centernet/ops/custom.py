@@ -1,6 +1,14 @@
-"""The compiled directional-pooling ops: lazy build and load, gradient.
+"""The compiled ops: directional pooling and soft-NMS; lazy build and load.
 
-docs/reference.md §2. Two custom TensorFlow ops, ``TfCenterNet>DirectionalPool``
+One library holds them (C++/CUDA sources in the top-level ``custom_ops/``):
+
+* directional pooling (docs/reference.md §2), CPU and CUDA, with its
+  gradient: `directional_pool`;
+* per-class soft-NMS (docs/reference.md §7.6-7.7), CPU only (it runs on
+  the host, as the releases' Cython soft-NMS does): `soft_nms`, used by
+  `tf_centernet.decode.soft_nms` for ``impl="auto"``/``"custom"``.
+
+Directional pooling: two custom TensorFlow ops, ``TfCenterNet>DirectionalPool``
 and ``TfCenterNet>DirectionalPoolGrad``, serve the four directions: a
 cumulative maximum along ``axis``, scanned from index 0 or, with
 ``reverse=True``, from the last index (top pooling is axis 1 reversed, left
@@ -48,6 +56,7 @@ logger = logging.getLogger("tf_centernet")
 
 OP_TYPE = "TfCenterNet>DirectionalPool"
 GRAD_OP_TYPE = "TfCenterNet>DirectionalPoolGrad"
+SOFT_NMS_OP_TYPE = "TfCenterNet>SoftNms"
 DTYPES = (tf.float16, tf.bfloat16, tf.float32, tf.float64)
 
 
@@ -60,7 +69,7 @@ class CustomOpsFallbackWarning(RuntimeWarning):
 
 
 _lock = threading.RLock()
-_state = {"library": None, "path": None, "error": None, "warned": False}
+_state = {"library": None, "path": None, "error": None, "warned": set()}
 
 
 def source_dir():
@@ -122,9 +131,10 @@ def build(cuda="auto", force=False, verbose=False):
     except builder.BuildError as error:
         raise CustomOpsUnavailable(str(error)) from error
     except OSError as error:  # e.g. no compiler, read-only cache folder
-        raise CustomOpsUnavailable(f"Building the compiled pooling ops failed: {error}") from error
+        raise CustomOpsUnavailable(f"Building the compiled ops failed: {error}") from error
 
 
+@tf.autograph.experimental.do_not_convert  # called while tracing; plain Python
 def load(path=None):
     """The loaded op library, building it on first use.
 
@@ -151,14 +161,14 @@ def load(path=None):
             if path is None:
                 builder = build_module()
                 if builder.existing_library() is None:
-                    logger.info("Compiling the corner-pooling ops (once, about 20 s) into %s", builder.build_dir())
+                    logger.info("Compiling the pooling and soft-NMS ops (once, about 20 s) into %s", builder.build_dir())
                 path = build()
             library = tf.load_op_library(path)
         except CustomOpsUnavailable as error:
             _state["error"] = str(error)
             raise
         except (tf.errors.OpError, OSError) as error:
-            _state["error"] = f"Loading the compiled pooling ops failed: {error}"
+            _state["error"] = f"Loading the compiled ops failed: {error}"
             raise CustomOpsUnavailable(_state["error"]) from error
         _state["library"], _state["path"] = library, path
         logger.debug("Loaded %s", path)
@@ -166,10 +176,10 @@ def load(path=None):
 
 
 def reset():
-    """Forgets a remembered load failure and the fallback warning."""
+    """Forgets a remembered load failure and the fallback warnings."""
     with _lock:
         _state["error"] = None
-        _state["warned"] = False
+        _state["warned"] = set()
 
 
 def is_available():
@@ -207,20 +217,39 @@ def short_reason(error):
     return lines[0] + (f" ({compiler[:300]})" if compiler else "")
 
 
-def warn_fallback(reason):
-    """Warns once per process that "auto" uses the scans, and why."""
+_FALLBACKS = {
+    "pooling": (
+        "the compiled corner-pooling ops are not used; falling back to the "
+        "pure-TensorFlow scans (slower, same results)",
+        "model.pooling_impl=scan",
+    ),
+    "soft_nms": (
+        "the compiled soft-NMS is not used; falling back to the TensorFlow "
+        "loop (slower, same detections)",
+        "decode.soft_nms_impl=loop",
+    ),
+}
+
+
+def warn_fallback(reason, what="pooling"):
+    """Warns once per process and op that "auto" uses the portable path, and why.
+
+    Args:
+        reason: str. Why the compiled op is not used.
+        what: str. ``"pooling"`` or ``"soft_nms"``. Defaults to "pooling".
+    """
     with _lock:
-        if _state["warned"]:
+        if what in _state["warned"]:
             return
-        _state["warned"] = True
+        _state["warned"].add(what)
     reason = reason.rstrip()
     if not reason.endswith((".", ")")):
         reason += "."
+    fallback, setting = _FALLBACKS[what]
     warnings.warn(
-        "tf_centernet: the compiled corner-pooling ops are not used; falling "
-        f"back to the pure-TensorFlow scans (slower, same results). Reason: {reason} "
-        "Run `tf-centernet build-ops` to see the build, or set "
-        "model.pooling_impl=scan to silence this warning.",
+        f"tf_centernet: {fallback}. Reason: {reason} "
+        f"Run `tf-centernet build-ops` to see the build, or set {setting} to "
+        "silence this warning.",
         CustomOpsFallbackWarning,
         stacklevel=4,
     )
@@ -258,3 +287,68 @@ def _directional_pool_grad(op, grad):
     return load().tf_center_net_directional_pool_grad(
         op.outputs[0], grad, axis=op.get_attr("axis"), reverse=op.get_attr("reverse")
     )
+
+
+def soft_nms(
+    boxes, scores, classes, max_detections, sigma, score_threshold,
+    inclusive=True, tl_scores=None, br_scores=None, weight_exp=8.0, name=None,
+):
+    """Per-class soft-NMS with the compiled op (docs/reference.md §7.6-7.7).
+
+    The selections of `tf_centernet.decode.soft_nms`'s loops (same tie rule:
+    equal scores go to the lowest candidate index; same float32 arithmetic,
+    scores within one unit in the last place where `exp` rounds differently
+    from TensorFlow's vectorised one). With `tl_scores` and `br_scores` the
+    selected boxes are merged (``method="merge"``; sums in float64, so merged
+    boxes agree with the loop to float rounding). Runs on the host: on a GPU
+    machine TensorFlow places it on the CPU. No gradient, no XLA kernel; not
+    for exported graphs (`tf_centernet.decode.soft_nms` uses its loop there).
+
+    Args:
+        boxes: float32 tensor `(batch, n, 4)`, x1, y1, x2, y2 in image pixels.
+        scores: float32 tensor `(batch, n)`; below `score_threshold` or NaN:
+            never selected.
+        classes: int32 tensor `(batch, n)`.
+        max_detections: int >= 0. Selections per image.
+        sigma: float > 0. Release-form Gaussian parameter, ``exp(-IoU^2 / sigma)``.
+        score_threshold: float.
+        inclusive: bool. Pixel-inclusive widths and heights. Defaults to True.
+        tl_scores, br_scores: float32 tensors `(batch, n)` or None (both for
+            "merge"). Defaults to None.
+        weight_exp: float. Exponent of the merge weights. Defaults to 8.0.
+        name: str or None. Op name.
+
+    Returns:
+        dict with ``boxes`` float32 `(batch, max_detections, 4)`, ``scores``
+        float32 `(batch, max_detections)` (scores at selection,
+        non-increasing), ``classes`` int32 `(batch, max_detections)` and
+        ``num_detections`` int32 `(batch,)`; rows past ``num_detections``
+        are zero.
+
+    Raises:
+        CustomOpsUnavailable: the library cannot be built or loaded.
+        ValueError: only one of `tl_scores` and `br_scores`.
+        tf.errors.InvalidArgumentError: shapes that do not match (at run time
+            when they are not known before).
+    """
+    library = load()
+    if (tl_scores is None) != (br_scores is None):
+        raise ValueError("soft_nms: merging needs both tl_scores and br_scores.")
+    merge = tl_scores is not None
+    boxes = tf.cast(boxes, tf.float32)
+    scores = tf.cast(scores, tf.float32)
+    classes = tf.cast(classes, tf.int32)
+    # Without merging the corner scores are not read: any (batch, n) tensor.
+    tl = tf.cast(tl_scores, tf.float32) if merge else scores
+    br = tf.cast(br_scores, tf.float32) if merge else scores
+    out_boxes, out_scores, out_classes, count = library.tf_center_net_soft_nms(
+        boxes, scores, classes, tl, br,
+        max_detections=int(max_detections), sigma=float(sigma),
+        score_threshold=float(score_threshold), inclusive=bool(inclusive),
+        merge=merge, weight_exp=float(weight_exp), name=name,
+    )
+    return {"boxes": out_boxes, "scores": out_scores, "classes": out_classes,
+            "num_detections": count}
+
+
+tf.no_gradient(SOFT_NMS_OP_TYPE)

@@ -258,6 +258,9 @@ _scan_only = threading.local()
 def scan_only():
     """Within this block (this thread), ``impl="auto"`` means the scan.
 
+    The same holds for the compiled soft-NMS: ``soft_nms_impl="auto"`` of
+    `tf_centernet.decode.soft_nms` means its TensorFlow loop here.
+
     For export paths other than `tf.saved_model.save` (which "auto" detects
     by itself), e.g. TFLite conversion or ONNX export:
 
@@ -289,6 +292,15 @@ def _in_save_context():
         return save_context.in_save_context()
     except Exception:  # private API moved: assume not
         return False
+
+
+def in_portable_context():
+    """True where "auto" must choose the portable ops over the compiled ones.
+
+    Inside a `scan_only` block, an XLA-compiled function or
+    `tf.saved_model.save` (their graphs must run without our library).
+    """
+    return bool(getattr(_scan_only, "depth", 0)) or _in_xla_context() or _in_save_context()
 
 
 def resolve_impl(impl, dtype=tf.float32):
@@ -326,7 +338,7 @@ def resolve_impl(impl, dtype=tf.float32):
         custom.load()
         return "custom"
     # "auto"
-    if getattr(_scan_only, "depth", 0) or _in_xla_context() or _in_save_context():
+    if in_portable_context():
         return "scan"
     if dtype not in custom.DTYPES:
         return "scan"
