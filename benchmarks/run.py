@@ -15,8 +15,9 @@ Sections (each prints a table as it finishes; a summary at the end):
    of benchmarks/pooling.py). "scan fwd+bwd before" differentiates the
    scan's steps (the gradient before the custom one).
 3. Decoding (flip test) of random CenterNet heads at 511 (128x128 grid, 80
-   classes), in a `tf.function`, with each ``decode.nms`` option and
-   ``decode.jit_compile`` (the soft-NMS step alone, before/after:
+   classes), in a `tf.function`, with each ``decode.nms`` option,
+   ``decode.soft_nms_impl`` (compiled op by default, "loop" the TensorFlow
+   loop) and ``decode.jit_compile`` (the soft-NMS step alone, before/after:
    benchmarks/soft_nms.py).
 4. Forward pass at 511, batch 1: CenterNet-52 with ``--full`` (about 10 s
    per forward here, plus minutes of XLA compilation), else the small
@@ -291,16 +292,20 @@ def section_decode(args):
     # compiled function).
     modes = {
         "gaussian": DecodeConfig(),
+        "gaussian, loop": DecodeConfig(soft_nms_impl="loop"),
         "gaussian+xla": DecodeConfig(jit_compile=True),
         "merge": DecodeConfig(nms="merge"),
+        "merge, loop": DecodeConfig(nms="merge", soft_nms_impl="loop"),
         "tf": DecodeConfig(nms="tf"),
         "none": DecodeConfig(nms="none"),
     }
-    rows = []
+    fns = {}
     for name, config in modes.items():
         decoder = decode.Decoder(config, use_centers=True)
         fn = tf.function(lambda out, d=decoder: d.decode(out, geometry, flip_test=True))
-        rows.append((name, median_ms(lambda: fn(outputs)["boxes"].numpy(), args.repeats)))
+        fns[name] = lambda fn=fn: fn(outputs)["boxes"].numpy()
+    # Interleaved rounds: the options differ by a few ms of about 30.
+    rows = list(interleaved_ms(fns, args.repeats, warmup=2).items())
     print_table("3. Decoding at 511 (flip test), ms per image", ("nms", "ms"), rows)
     return rows[0][1]
 

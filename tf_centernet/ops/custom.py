@@ -296,9 +296,11 @@ def soft_nms(
     """Per-class soft-NMS with the compiled op (docs/reference.md §7.6-7.7).
 
     The selections of `tf_centernet.decode.soft_nms`'s loops (same tie rule:
-    equal scores go to the lowest candidate index; same float32 arithmetic,
-    scores within one unit in the last place where `exp` rounds differently
-    from TensorFlow's vectorised one). With `tl_scores` and `br_scores` the
+    equal scores go to the lowest candidate index; the same float32
+    arithmetic with Eigen's vectorised `exp`, as TensorFlow's, so scores
+    agree to the last bit except, by one unit in the last place, where only
+    one side takes `exp`'s scalar path; algorithm in
+    ``custom_ops/cc/kernels/soft_nms_kernels.cc``). With `tl_scores` and `br_scores` the
     selected boxes are merged (``method="merge"``; sums in float64, so merged
     boxes agree with the loop to float rounding). Runs on the host: on a GPU
     machine TensorFlow places it on the CPU. No gradient, no XLA kernel; not

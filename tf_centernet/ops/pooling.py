@@ -276,7 +276,8 @@ def scan_only():
         _scan_only.depth -= 1
 
 
-def _in_xla_context():
+def in_xla_context():
+    """True while tracing inside an XLA-compiled function (``jit_compile=True``)."""
     try:
         from tensorflow.python.ops import control_flow_util
 
@@ -300,7 +301,7 @@ def in_portable_context():
     Inside a `scan_only` block, an XLA-compiled function or
     `tf.saved_model.save` (their graphs must run without our library).
     """
-    return bool(getattr(_scan_only, "depth", 0)) or _in_xla_context() or _in_save_context()
+    return bool(getattr(_scan_only, "depth", 0)) or in_xla_context() or _in_save_context()
 
 
 def resolve_impl(impl, dtype=tf.float32):
@@ -325,7 +326,7 @@ def resolve_impl(impl, dtype=tf.float32):
     from tf_centernet.ops import custom
 
     if impl == "custom":
-        if _in_xla_context():
+        if in_xla_context():
             raise ValueError(
                 "impl='custom' cannot run inside an XLA-compiled function "
                 "(jit_compile=True): XLA has no kernel for the compiled pooling "
