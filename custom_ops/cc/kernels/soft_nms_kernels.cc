@@ -2,15 +2,19 @@
 // docs/reference.md §7.6-7.7.
 //
 // Per image, the candidates at or above the threshold are grouped by class
-// (stable: candidate index order within a class). Classes never interact, so
-// each class is a separate greedy soft-NMS; a max-heap over the classes,
-// keyed by (best current score, lowest candidate index), hands out the
-// selections in the order the one-selection-per-iteration graph loop makes
-// them. Selecting a box touches only its own class: one pass decays the
-// other boxes of the class, drops those below the threshold (compacting the
-// class in place) and finds the class's next best. A whole image costs
-// max_detections passes over one class each, against the graph loop's
-// passes over every candidate plus its per-op dispatch.
+// (stable: candidate index order within a class) into columns (x1, y1, x2,
+// y2, area, score, ...). Classes never interact, so each class is a separate
+// greedy soft-NMS; a max-heap over the classes, keyed by (best current score,
+// lowest candidate index), hands out the selections in the order the
+// one-selection-per-iteration graph loop makes them, ties included.
+// Selecting a box touches only its own class, in branch-free passes that the
+// compiler vectorises (the file is compiled with -fno-trapping-math, see
+// build.py): IoU with the selected box, the weights, the decay, the class's
+// next best. Selected boxes and boxes decayed below the threshold are marked
+// dead (score -inf) instead of being removed; a class is compacted once half
+// of it is dead. A whole image costs max_detections passes over one class
+// each, against the graph loop's passes over every candidate, each made of
+// dozens of separately dispatched ops.
 //
 // The arithmetic is the graph loop's, in float32 and in the same order
 // (areas, intersection, union = (area_best + area) - inter, IoU = 0 where the
@@ -18,10 +22,9 @@
 // TensorFlow's Exp kernel), so selections agree with it, and scores to the
 // last bit except where one of them takes exp's scalar path for an element
 // the other vectorises (1 ulp). Boxes that do not overlap the selected one
-// keep their score untouched (w = exp(-0) = 1 exactly), so only the
-// overlapping ones are computed. The merge sums are accumulated in double
-// (the graph reduces in float32 in a tree order): merged boxes agree to
-// float rounding.
+// get IoU 0 and w = exp(-0) = 1 exactly: their scores do not change. The
+// merge sums are accumulated in double (the graph reduces in float32 in a
+// tree order): merged boxes agree to float rounding.
 
 #include <algorithm>
 #include <cmath>
