@@ -345,6 +345,11 @@ def test_auto_uses_compiled_except_under_xla_export_and_scan_only(compiled_ops, 
             boxes, scores, classes)
     with pytest.raises(ValueError, match="impl"):
         decode.resolve_soft_nms_impl("fast")
+    with pytest.raises(ValueError, match="decode.soft_nms_impl"):
+        decode.decode_detections(
+            _pair_outputs(7), decode.input_geometry(tf.zeros([1, 63, 63, 3]), [16, 16]),
+            DecodeConfig(soft_nms_impl="fast"),
+        )
     # A SavedModel traced with "auto" holds the loop, and loads without our library.
     module = tf.Module()
     module.f = tf.function(
