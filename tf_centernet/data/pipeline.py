@@ -36,11 +36,14 @@ def decode_image(path: tf.Tensor) -> tf.Tensor:
     Returns:
         uint8 ``(height, width, 3)`` RGB.
     """
-    return decode_image_bytes(tf.io.read_file(path))
+    return decode_encoded_image(tf.io.read_file(path))
 
 
-def decode_image_bytes(data: tf.Tensor) -> tf.Tensor:
-    """Decodes an encoded image (JPEG, PNG, ...) as `decode_image` does.
+def decode_encoded_image(data: tf.Tensor) -> tf.Tensor:
+    """Decodes an encoded image (JPEG, PNG, ...) in the graph, as `decode_image` does.
+
+    The `tf.data` counterpart of `tf_centernet.data.images.decode_image_bytes`
+    (NumPy/OpenCV, with its checks), for records held in memory.
 
     Args:
         data: scalar string tensor, the file's bytes.
@@ -147,7 +150,7 @@ def build_train_dataset(
 
     def read(index):
         source = tf.gather(sources, index)
-        return decode_image_bytes(source) if in_memory else decode_image(source)
+        return decode_encoded_image(source) if in_memory else decode_image(source)
 
     def augment_and_encode(element_number, index, image):
         start, end = splits[index], splits[index + 1]
