@@ -151,7 +151,7 @@ def _run(commands, log):
         if proc.returncode != 0:
             failures.append(f"$ {' '.join(cmd)}\n{output[-6000:]}")
     if failures:
-        raise BuildError("Compiling the compiled ops (pooling, soft-NMS) failed:\n" + "\n".join(failures))
+        raise BuildError("Building the compiled ops (pooling, soft-NMS) failed:\n" + "\n".join(failures))
 
 
 def _gencode_flags(nvcc):
