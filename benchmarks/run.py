@@ -442,7 +442,7 @@ def main(argv=None):
     parser.add_argument("--base", default="0f82836", help="git revision for the 'before' pipeline")
     parser.add_argument("--images", type=int, default=24, help="images for the per-stage figures")
     parser.add_argument("--input-size", type=int, default=511)
-    parser.add_argument("--batches", type=int, default=6, help="timed pipeline batches of 8")
+    parser.add_argument("--batches", type=int, default=12, help="timed pipeline batches of 8")
     parser.add_argument(
         "--sections", nargs="+", default=["pipeline", "pooling", "decode", "forward", "train"],
         choices=["pipeline", "pooling", "decode", "forward", "train"],
