@@ -33,6 +33,17 @@ def library(compiled_ops):
     return compiled_ops
 
 
+def saved_op_types(function):
+    """Op types in every concrete function of a loaded `tf.function`, nested
+    functions (loop and branch bodies) included."""
+    ops = set()
+    for concrete in function.concrete_functions:
+        graph = concrete.graph.as_graph_def()
+        ops |= {node.op for node in graph.node}
+        ops |= {node.op for lib in graph.library.function for node in lib.node_def}
+    return ops
+
+
 def pool(x, direction, impl):
     return pooling.directional_pool(tf.constant(x), direction, impl=impl).numpy()
 
@@ -169,10 +180,7 @@ def test_auto_uses_custom_except_under_xla_export_and_scan_only(tmp_path):
     module.f = tf.function(lambda t: pooling.left_pool(t, impl="auto"), input_signature=[tf.TensorSpec([None, 4, 4, 2])])
     tf.saved_model.save(module, str(tmp_path / "saved"))
     saved = tf.saved_model.load(str(tmp_path / "saved"))
-    ops = {n.op for f in saved.f.concrete_functions for n in f.graph.as_graph_def().node}
-    for func in saved.f.concrete_functions:
-        ops |= {n.op for lib in func.graph.as_graph_def().library.function for n in lib.node_def}
-    assert custom.OP_TYPE not in ops
+    assert custom.OP_TYPE not in saved_op_types(saved.f)
 
 
 def test_fallback_warns_once_and_custom_raises(monkeypatch):

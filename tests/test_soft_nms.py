@@ -17,8 +17,10 @@ from tf_centernet.config import DecodeConfig
 
 try:
     from tests._decode_helpers import _np_soft_nms
+    from tests.test_custom_ops import saved_op_types
 except ImportError:  # tests/ not a package
     from _decode_helpers import _np_soft_nms
+    from test_custom_ops import saved_op_types
 
 SIGMA, THRESHOLD = 0.5, 0.001
 
@@ -55,6 +57,19 @@ def as_tensors(boxes, scores, classes):
     return tf.constant(boxes), tf.constant(scores), tf.constant(classes)
 
 
+def assert_matches_numpy(out, boxes, scores, classes, max_detections):
+    """Every image of `out` holds `max_detections` selections equal to the
+    releases' greedy procedure (`numpy_soft_nms`): same boxes and classes,
+    scores within float32 rounding of its float64."""
+    for b in range(boxes.shape[0]):
+        expected = numpy_soft_nms(boxes[b], scores[b], classes[b], max_detections)
+        n = int(out["num_detections"][b])
+        assert n == len(expected) == max_detections
+        np.testing.assert_allclose(out["scores"][b, :n], expected[:, 4], rtol=1e-5)
+        np.testing.assert_array_equal(out["boxes"][b, :n], expected[:, :4])
+        np.testing.assert_array_equal(out["classes"][b, :n], expected[:, 5])
+
+
 @pytest.mark.parametrize("loop", ["auto", "classes", "sequential"])
 @pytest.mark.parametrize("method", ["gaussian", "merge"])
 def test_valid_only_loop_equals_full_loop_and_numpy(method, loop):
@@ -75,13 +90,7 @@ def test_valid_only_loop_equals_full_loop_and_numpy(method, loop):
     np.testing.assert_allclose(fast["boxes"], full["boxes"], rtol=1e-6)
     if method == "merge":
         return
-    for b in range(boxes.shape[0]):
-        expected = numpy_soft_nms(boxes[b], scores[b], classes[b], 60)
-        n = int(fast["num_detections"][b])
-        assert n == len(expected) == 60
-        np.testing.assert_allclose(fast["scores"][b, :n], expected[:, 4], rtol=1e-5)
-        np.testing.assert_array_equal(fast["boxes"][b, :n], expected[:, :4])
-        np.testing.assert_array_equal(fast["classes"][b, :n], expected[:, 5])
+    assert_matches_numpy(fast, boxes, scores, classes, 60)
 
 
 def test_class_parallel_loop_keeps_the_tie_order():
@@ -261,13 +270,7 @@ def test_compiled_equals_the_loop_and_numpy(compiled_ops, method, seed):
         assert not np.allclose(ours["boxes"], decode.soft_nms(*args, max_detections=80, impl="custom")["boxes"])
         return
     np.testing.assert_array_equal(ours["boxes"], loop["boxes"])
-    for b in range(boxes.shape[0]):
-        expected = numpy_soft_nms(boxes[b], scores[b], classes[b], 80)
-        n = int(ours["num_detections"][b])
-        assert n == len(expected) == 80
-        np.testing.assert_allclose(ours["scores"][b, :n], expected[:, 4], rtol=1e-5)
-        np.testing.assert_array_equal(ours["boxes"][b, :n], expected[:, :4])
-        np.testing.assert_array_equal(ours["classes"][b, :n], expected[:, 5])
+    assert_matches_numpy(ours, boxes, scores, classes, 80)
 
 
 def test_compiled_keeps_the_tie_order(compiled_ops):
@@ -359,9 +362,7 @@ def test_auto_uses_compiled_except_under_xla_export_and_scan_only(compiled_ops, 
     )
     tf.saved_model.save(module, str(tmp_path / "saved"))
     saved = tf.saved_model.load(str(tmp_path / "saved"))
-    ops = {n.op for f in saved.f.concrete_functions for n in f.graph.as_graph_def().node}
-    for func in saved.f.concrete_functions:
-        ops |= {n.op for lib in func.graph.as_graph_def().library.function for n in lib.node_def}
+    ops = saved_op_types(saved.f)
     assert custom.SOFT_NMS_OP_TYPE not in ops and ops & {"While", "StatelessWhile"}
     expected = decode.soft_nms(boxes, scores, classes, max_detections=10, impl="custom")
     got = saved.f(boxes, scores, classes)

@@ -7,10 +7,10 @@
 // greedy soft-NMS; a max-heap over the classes, keyed by (best current score,
 // lowest candidate index), hands out the selections in the order the
 // one-selection-per-iteration graph loop makes them, ties included.
-// Selecting a box touches only its own class, in branch-free passes that the
-// compiler vectorises (the file is compiled with -fno-trapping-math, see
-// build.py): IoU with the selected box, the weights, the decay, the class's
-// next best. Selected boxes and boxes decayed below the threshold are marked
+// Selecting a box touches only its own class, in branch-free passes, the
+// IoU with the selected box, the weights and the decay vectorised (the file
+// is compiled with -fno-trapping-math, see build.py), then the class's next
+// best. Selected boxes and boxes decayed below the threshold are marked
 // dead (score -inf) instead of being removed; a class is compacted once half
 // of it is dead. A whole image costs max_detections passes over one class
 // each, against the graph loop's passes over every candidate, each made of
@@ -97,13 +97,18 @@ struct Group {
   int32_t cls;
 };
 
-// Offset in [begin, begin + size) of the best candidate (highest score;
-// equal scores: the lowest index, i.e. the first, as a class is in index order).
-inline int64_t BestOf(const Columns& col, int64_t begin, int64_t size) {
-  int64_t best = begin;
-  for (int64_t j = begin + 1; j < begin + size; ++j) {
-    if (col.score[j] > col.score[best]) best = j;
-  }
+// Score of a selected box or of one decayed below the threshold.
+constexpr float kDead = -std::numeric_limits<float>::infinity();
+
+// Offset in score[0, size) of the best live candidate, or -1 when all are
+// dead: the maximum (one pass), then its first position, i.e. the
+// lowest index among equal scores, as a class is in index order.
+inline int64_t BestOf(const float* score, int64_t size) {
+  float best_score = kDead;
+  for (int64_t j = 0; j < size; ++j) best_score = score[j] > best_score ? score[j] : best_score;
+  if (best_score == kDead) return -1;
+  int64_t best = 0;
+  while (score[best] != best_score) ++best;
   return best;
 }
 
@@ -142,14 +147,13 @@ void SoftNmsImage(const float* boxes, const float* scores, const int32_t* classe
   }
   std::priority_queue<HeapEntry, std::vector<HeapEntry>, Later> heap;
   for (size_t g = 0; g < groups.size(); ++g) {
-    const int64_t best = BestOf(col, groups[g].begin, groups[g].size);
+    const int64_t best = groups[g].begin + BestOf(col.score.data() + groups[g].begin, groups[g].size);
     heap.push({col.score[best], col.index[best], static_cast<int32_t>(g)});
   }
 
   // A selected or dropped box is marked dead (score -inf) rather than
   // removed: the passes below stay branch-free and vectorised over the
   // whole class, which is compacted once half of it is dead.
-  const float dead = -std::numeric_limits<float>::infinity();
   std::vector<float> iou(m), weight(m);  // per-selection scratch
   int32_t count = 0;
   while (count < p.max_detections && !heap.empty()) {
@@ -162,7 +166,7 @@ void SoftNmsImage(const float* boxes, const float* scores, const int32_t* classe
     while (col.index[sel] != top.index) ++sel;
     const float sx1 = col.x1[sel], sy1 = col.y1[sel], sx2 = col.x2[sel], sy2 = col.y2[sel];
     const float sarea = col.area[sel];
-    col.score[sel] = dead;
+    col.score[sel] = kDead;
     const float* __restrict x1 = col.x1.data() + begin;
     const float* __restrict y1 = col.y1.data() + begin;
     const float* __restrict x2 = col.x2.data() + begin;
@@ -198,7 +202,7 @@ void SoftNmsImage(const float* boxes, const float* scores, const int32_t* classe
       const float* tl = col.tl.data() + begin;
       const float* br = col.br.data() + begin;
       for (int64_t j = 0; j < size; ++j) {
-        if (!(ov[j] > 0.0f) || score[j] == dead) continue;
+        if (!(ov[j] > 0.0f) || score[j] == kDead) continue;
         const float mw = std::pow(1.0f - w[j], p.weight_exp);
         const float tw = tl[j] * mw, bw = br[j] * mw;
         tl_sum += tw;
@@ -213,7 +217,7 @@ void SoftNmsImage(const float* boxes, const float* scores, const int32_t* classe
     const float threshold = p.score_threshold;
     for (int64_t j = 0; j < size; ++j) {
       const float decayed = score[j] * w[j];
-      score[j] = decayed >= threshold ? decayed : dead;
+      score[j] = decayed >= threshold ? decayed : kDead;
     }
 
     float* box = out_boxes + 4 * count;
@@ -236,20 +240,17 @@ void SoftNmsImage(const float* boxes, const float* scores, const int32_t* classe
     out_classes[count] = group.cls;
     ++count;
 
-    // The class's next best: the maximum, then its first (lowest-index) position.
-    float best_score = dead;
-    for (int64_t j = 0; j < size; ++j) best_score = score[j] > best_score ? score[j] : best_score;
-    if (best_score == dead) continue;  // the class is exhausted
-    int64_t best = 0;
-    while (score[best] != best_score) ++best;
-    heap.push({best_score, col.index[begin + best], top.group});
+    // The class's next best.
+    const int64_t best = BestOf(score, size);
+    if (best < 0) continue;  // the class is exhausted
+    heap.push({score[best], col.index[begin + best], top.group});
     // Compact once half of the class is dead (keeping index order).
     int64_t live = 0;
-    for (int64_t j = 0; j < size; ++j) live += score[j] != dead;
+    for (int64_t j = 0; j < size; ++j) live += score[j] != kDead;
     if (2 * live < size) {
       int64_t kept = begin;
       for (int64_t j = begin; j < begin + size; ++j) {
-        if (col.score[j] == dead) continue;
+        if (col.score[j] == kDead) continue;
         if (kept != j) col.Move(kept, j);
         ++kept;
       }
