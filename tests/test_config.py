@@ -8,9 +8,9 @@ from tf_centernet.config import BACKBONES, load_config, to_yaml
 @pytest.mark.parametrize(
     "name,architecture,backbone,batch,top_k,iou",
     [
-        ("centernet_hg52", "centernet", "hourglass52", 48, 70, 0.7),
-        ("centernet_hg104", "centernet", "hourglass104", 48, 70, 0.7),
-        ("cornernet_hg104", "cornernet", "hourglass104", 49, 100, 0.3),
+        ("centernet_hg52", "centernet", "hourglass_52", 48, 70, 0.7),
+        ("centernet_hg104", "centernet", "hourglass_104", 48, 70, 0.7),
+        ("cornernet_hg104", "cornernet", "hourglass_104", 49, 100, 0.3),
     ],
 )
 def test_paper_configs(name, architecture, backbone, batch, top_k, iou):
@@ -43,4 +43,4 @@ def test_bad_values_are_clear_errors():
 
 
 def test_small_backbone_is_cpu_sized():
-    assert BACKBONES["hourglass_small"]["widths"][0] < BACKBONES["hourglass52"]["widths"][0]
+    assert BACKBONES["hourglass_small"]["widths"][0] < BACKBONES["hourglass_52"]["widths"][0]

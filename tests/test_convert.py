@@ -54,8 +54,11 @@ def converted(request, fixtures_dir, tmp_path_factory):
     snapshot = os.path.join(fixtures_dir, "centernet_small.pkl" if arch == "centernet" else "cornernet_small_zip.pth")
     config = load_config(f"{arch}_small", SMALL)
     model_dir = str(tmp_path_factory.mktemp(f"{arch}_converted"))
-    checkpoint = convert_snapshot(snapshot, config, model_dir)
+    convert_snapshot(snapshot, config, model_dir)
     model = load_trained_model(load_config(os.path.join(model_dir, "config.yaml")), model_dir)
+    # All weights in one file, to restore the model after tests that change it.
+    checkpoint = os.path.join(model_dir, "restore.weights.h5")
+    model.save_weights(checkpoint)
     reference = dict(np.load(os.path.join(fixtures_dir, f"{arch}_small_outputs.npz")))
     return arch, config, model, checkpoint, snapshot, reference
 
@@ -97,6 +100,22 @@ def test_converted_heads_match_the_release(converted, name):
     # The first convolution's input channels were reversed: the BGR input
     # itself, fed as if RGB, does not reproduce the release.
     assert max(head_errors(model, reference, name, reverse_channels=False).values()) > 100 * HEAD_TOLERANCE
+
+
+def test_converted_preset_loads_with_keras_hub(converted):
+    """`tf-centernet convert` writes a keras-hub preset: its loaders give back the release heads."""
+    import keras_hub
+
+    import tf_centernet
+
+    arch, _, _, weights, _, reference = converted
+    preset = os.path.dirname(weights)
+    expected = tf_centernet.CenterNetObjectDetector if arch == "centernet" else tf_centernet.CornerNetObjectDetector
+    for model in (keras_hub.models.ObjectDetector.from_preset(preset), expected.from_preset(preset)):
+        assert type(model) is expected
+        assert model.category_ids == [1, 2, 3]
+        errors = head_errors(model, reference, "a")
+        assert max(errors.values()) < HEAD_TOLERANCE, errors
 
 
 def rows(decoded, b):

@@ -32,8 +32,11 @@ def test_convert_then_detect_then_export_with_no_further_flag(fixtures_dir, coco
         "--model-dir", "runs/converted",
     ]) == 0
     model_dir = tmp_path / "runs" / "converted"
-    assert sorted(os.listdir(model_dir)) == ["checkpoints", "checkpoints.sha256", "classes.json", "config.yaml"]
-    assert os.listdir(model_dir / "checkpoints") == ["ckpt-0.weights.h5"]
+    # A keras-hub preset that is also a model directory (config.yaml, classes.json).
+    assert sorted(os.listdir(model_dir)) == [
+        "classes.json", "config.json", "config.yaml", "image_converter.json", "metadata.json",
+        "model.weights.h5", "preprocessor.json", "task.json", "task.weights.h5",
+    ]
     with open(model_dir / "classes.json") as f:
         assert json.load(f) == {"category_ids": [1, 2, 3], "names": ["1", "2", "3"]}
 

@@ -70,7 +70,8 @@ def detector(tmp_path_factory):
     ]
     config = load_config("demo", overrides)
     keras.utils.set_random_seed(0)
-    model = build_model(config.model)
+    model = build_model(config.model, config.loss, config.decode, config.data)
+    model.category_ids, model.class_names = [CATEGORY_ID], ["dog"]
     size = config.data.input_size
     model.build((None, size, size, 3))
     for modules in model.stack_modules:
@@ -258,7 +259,7 @@ def test_saved_model_signatures(saved_model_dir):
     ops = {n.op for n in graph.node} | {n.op for fn in graph.library.function for n in fn.node_def}
     assert ops - set(dir(tf.raw_ops)) == set()
     with pytest.raises(FileExistsError):
-        export_lib.export_saved_model(lambda x: x, None, saved_model_dir)
+        export_lib.export_saved_model(None, saved_model_dir)
 
 
 @pytest.mark.slow
@@ -330,7 +331,7 @@ def tflite_float32(detector, tmp_path_factory):
     """The float32 TFLite export of the detector at FIXED_SIZE."""
     pytest.importorskip("ai_edge_litert")
     return export_lib.export(
-        detector.model, detector.config, str(tmp_path_factory.mktemp("tflite") / "model.tflite"),
+        detector.model, str(tmp_path_factory.mktemp("tflite") / "model.tflite"),
         format="tflite", input_size=FIXED_SIZE,
     )
 
@@ -347,8 +348,8 @@ def test_tflite_float32_matches_keras(detector, images, keras_fixed, tflite_floa
 
 def test_tflite_float16_and_int8(detector, images, keras_fixed, tflite_float32, tmp_path):
     config, model = detector.config, detector.model
-    fp16 = export_lib.export(model, config, str(tmp_path / "fp16.tflite"), format="tflite-fp16", input_size=FIXED_SIZE)
-    int8 = export_lib.export(model, config, str(tmp_path / "int8.tflite"), format="tflite-int8", input_size=FIXED_SIZE)
+    fp16 = export_lib.export(model, str(tmp_path / "fp16.tflite"), format="tflite-fp16", input_size=FIXED_SIZE)
+    int8 = export_lib.export(model, str(tmp_path / "int8.tflite"), format="tflite-int8", input_size=FIXED_SIZE)
     # Against the float32 file (the graph itself is the same size in all
     # three): float16 saves 2 of the 4 bytes of (almost) every weight, int8 3.
     weight_bytes = sum(int(np.prod(w.shape)) for w in model.weights) * 4
@@ -380,7 +381,7 @@ def test_onnx_matches_keras(detector, images, keras_fixed, tmp_path):
     pytest.importorskip("tf2onnx")
     ort = pytest.importorskip("onnxruntime")
     path = export_lib.export(
-        detector.model, detector.config, str(tmp_path / "model.onnx"), format="onnx", input_size=FIXED_SIZE
+        detector.model, str(tmp_path / "model.onnx"), format="onnx", input_size=FIXED_SIZE
     )
     options = ort.SessionOptions()
     options.intra_op_num_threads = 2
@@ -403,7 +404,7 @@ def test_onnx_matches_keras(detector, images, keras_fixed, tmp_path):
 @pytest.mark.skipif(export_lib.tensorrt_status()[0], reason="TensorRT is available here")
 def test_tftrt_without_tensorrt_is_a_clear_error(detector, tmp_path, caplog):
     with pytest.raises(RuntimeError, match="TensorRT") as error:
-        export_lib.export(detector.model, detector.config, str(tmp_path / "trt"), format="tftrt")
+        export_lib.export(detector.model, str(tmp_path / "trt"), format="tftrt")
     assert "--format savedmodel" in str(error.value)
     assert not os.path.exists(tmp_path / "trt")
     # The CLI says so before loading any checkpoint.
@@ -415,7 +416,7 @@ def test_tftrt_without_tensorrt_is_a_clear_error(detector, tmp_path, caplog):
 @pytest.mark.skipif(not export_lib.tensorrt_status()[0], reason="TensorRT is not available")
 def test_tftrt_conversion_matches_keras(detector, images, tmp_path):  # pragma: no cover - GPU only
     path = export_lib.export(
-        detector.model, detector.config, str(tmp_path / "trt" / "1"), format="tftrt", input_size=FIXED_SIZE
+        detector.model, str(tmp_path / "trt" / "1"), format="tftrt", input_size=FIXED_SIZE
     )
     serve = tf.saved_model.load(path).signatures["serving_default"]
     for image in images.fixed:

@@ -9,7 +9,7 @@ from tf_centernet.config import ModelConfig
 from tf_centernet.layers.convolution import ConvModule, ResidualBlock
 from tf_centernet.layers.hourglass import HourglassModule
 from tf_centernet.layers.pooling import CascadeCornerPooling, CenterPooling, CornerPooling
-from tf_centernet.models.detector import KeypointDetector, build_model, count_trainable_parameters
+from tf_centernet.models.object_detector import KeypointDetector, build_model, count_trainable_parameters
 from tf_centernet.ops import pooling
 
 
@@ -225,3 +225,59 @@ def test_full_models_match_release_parameter_counts(architecture, backbone, expe
     assert out["tl_offset"].shape == (1, 128, 128, 2)
     assert ("ct_heatmap" in out) == centernet
     assert all(np.isfinite(v.numpy()).all() for v in out.values())
+
+
+# The sorted "path:shape" list of every dataset in a weights file that the
+# project wrote before the keras-hub redesign (tests/tiny.py model, 2
+# classes, Adam slots built): the layout of every earlier checkpoint. The
+# redesigned backbone is a `keras.Model`, which Keras saves with its
+# sub-layers under ``layers/``; a file in the earlier layout must still load.
+EARLIER_LAYOUT_SHA256 = "382e5d907f8961debd8899ce82fe23a5db9872cf339b075813a81c4110f70ff3"
+
+
+def _dataset_names(path):
+    import h5py
+
+    names = []
+    with h5py.File(path, "r") as f:
+        f.visit(lambda n: names.append(f"{n}:{f[n].shape}") if isinstance(f[n], h5py.Dataset) else None)
+    return names
+
+
+def test_checkpoints_of_earlier_releases_load(tmp_path):
+    import hashlib
+
+    import h5py
+
+    from tf_centernet.checkpoints import load_checkpoint
+    from tf_centernet.config import load_config
+    from tiny import TINY_MODEL
+
+    config = load_config("demo", TINY_MODEL + ["model.num_classes=2"])
+
+    def compiled(seed):
+        keras.utils.set_random_seed(seed)
+        model = build_model(config.model, config.loss, config.decode)
+        model.compile(optimizer=keras.optimizers.Adam())
+        model.optimizer.build(model.trainable_variables)
+        return model
+
+    source = compiled(1)
+    path = str(tmp_path / "ckpt-7.weights.h5")
+    source.save_weights(path)
+    # Rewrite the file into the earlier layout: backbone/layers/NAME -> backbone/NAME.
+    with h5py.File(path, "r+") as f:
+        for name in list(f["backbone/layers"].keys()):
+            f.move(f"backbone/layers/{name}", f"backbone/{name}")
+        del f["backbone/layers"]
+    names = _dataset_names(path)
+    assert hashlib.sha256("\n".join(sorted(names)).encode()).hexdigest() == EARLIER_LAYOUT_SHA256
+
+    target = compiled(2)
+    load_checkpoint(target, path)
+    x = tf.random.stateless_normal([1, 127, 127, 3], seed=[1, 2])
+    expected, got = source(x, training=False), target(x, training=False)
+    for key in expected:
+        np.testing.assert_array_equal(got[key], expected[key])
+    for a, b in zip(source.optimizer.variables, target.optimizer.variables):
+        np.testing.assert_array_equal(a, b)

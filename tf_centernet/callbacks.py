@@ -162,9 +162,8 @@ class EvaluationCallback(keras.callbacks.Callback):
     def evaluate(self, step):
         """Evaluates now; returns the metrics dict."""
         from tf_centernet.evaluation import evaluate_coco
-        from tf_centernet.inference import Predictor
 
-        predictor = Predictor(self.model, self.config, flip_test=False)
+        predictor = _NoFlip(self.model)
         metrics = evaluate_coco(
             predictor, self.annotations, self.image_dir, category_ids=self.category_ids,
             max_images=self.max_images, compute_fd=True, verbose=False,
@@ -230,7 +229,6 @@ class ImageSummaries(keras.callbacks.Callback):
         self.lr_every = max(1, int(lr_every))
         self.score_threshold = float(score_threshold)
         self.writer = None
-        self._predictor = None
 
     def _ensure_writer(self):
         if self.writer is None:
@@ -239,7 +237,6 @@ class ImageSummaries(keras.callbacks.Callback):
 
     def write_images(self, step):
         """Writes the pictures of the model as it is now."""
-        from tf_centernet.inference import Predictor, preprocess_images
         from tf_centernet.visualize import draw_detections
 
         writer = self._ensure_writer()
@@ -247,17 +244,14 @@ class ImageSummaries(keras.callbacks.Callback):
             self.image, self.boxes, np.ones(len(self.boxes), np.float32), self.classes,
             self.class_names, score_threshold=0.0,
         )
-        if self._predictor is None:
-            self._predictor = Predictor(self.model, self.config, flip_test=False)
-        found = self._predictor.predict_images([self.image])[0]
+        found = self.model.predict_images([self.image], flip_test=False)[0]
         drawn = draw_detections(
             self.image, np.asarray(found["boxes"]), np.asarray(found["scores"]),
             np.asarray(found["classes"]), self.class_names, score_threshold=self.score_threshold,
         )
         height, width = self.image.shape[:2]
-        canvas, _ = preprocess_images(
-            tf.constant(self.image[None]), tf.constant([[height, width]], tf.int32), 1.0,
-            tuple(self.config.data.mean), tuple(self.config.data.std),
+        canvas, _ = self.model.image_converter(
+            tf.constant(self.image[None]), tf.constant([[height, width]], tf.int32), 1.0
         )
         outputs = self.model(canvas, training=False)
         with writer.as_default(step=step):
@@ -350,3 +344,13 @@ __all__ = [
     "watch_callbacks", "EvaluationCallback", "ImageSummaries", "ProgressLog", "WorkerCheckpointCallback",
     "progress_mode", "PROGRESS_MODES", "METRICS_FILE",
 ]
+
+
+class _NoFlip:
+    """The training model's `predict_images` without the flip test (faster evaluation)."""
+
+    def __init__(self, model):
+        self.model = model
+
+    def predict_images(self, images, batch_size=1):
+        return self.model.predict_images(images, batch_size=batch_size, flip_test=False)

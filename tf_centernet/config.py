@@ -31,9 +31,9 @@ _HOURGLASS_52 = dict(
     pool_channels=128,
 )
 BACKBONES = {
-    "hourglass52": _HOURGLASS_52,
+    "hourglass_52": _HOURGLASS_52,
     # Two stacks of the same hourglass.
-    "hourglass104": dict(_HOURGLASS_52, num_stacks=2),
+    "hourglass_104": dict(_HOURGLASS_52, num_stacks=2),
     # A CPU-sized hourglass for tests and small experiments.
     "hourglass_small": dict(
         num_stacks=2,
@@ -45,6 +45,22 @@ BACKBONES = {
         pool_channels=16,
     ),
 }
+# Spellings of earlier releases of this project (config files keep working).
+BACKBONE_ALIASES = {"hourglass52": "hourglass_52", "hourglass104": "hourglass_104"}
+
+
+def resolve_backbone(name: str) -> dict:
+    """The hyper-parameters of a named hourglass size (a copy of its `BACKBONES` row).
+
+    Raises:
+        ValueError: unknown name (the message lists the known ones).
+    """
+    key = BACKBONE_ALIASES.get(name, name)
+    if key not in BACKBONES:
+        raise ValueError(f"Unknown backbone {name!r}; expected one of {sorted(BACKBONES)}.")
+    spec = dict(BACKBONES[key])
+    spec["widths"], spec["blocks"] = list(spec["widths"]), list(spec["blocks"])
+    return spec
 
 
 @dataclass
@@ -57,7 +73,7 @@ class ModelConfig:
     """
 
     architecture: str = "centernet"
-    backbone: str = "hourglass104"
+    backbone: str = "hourglass_104"
     num_classes: int = 80
     num_stacks: Optional[int] = None
     levels: Optional[int] = None
@@ -92,12 +108,7 @@ class ModelConfig:
         Raises:
             ValueError: unknown backbone name or inconsistent lengths.
         """
-        if self.backbone not in BACKBONES:
-            raise ValueError(
-                f"Unknown backbone {self.backbone!r}; expected one of "
-                f"{sorted(BACKBONES)}."
-            )
-        spec = dict(BACKBONES[self.backbone])
+        spec = resolve_backbone(self.backbone)
         for key in spec:
             value = getattr(self, key)
             if value is not None:

@@ -1,120 +1,126 @@
-"""Test-time preprocessing, network call and decoding in one graph (docs/reference.md §7.5).
+"""Detections from any network callable: `Predictor` (docs/reference.md §7.5).
 
-`Predictor` turns a batch of uint8 RGB images of different sizes into
-detections in original-image pixels. Per test scale ``s`` each image of size
-``(h, w)`` is resized to ``(int(h * s), int(w * s))`` pixels, pasted centred
-into a zero canvas, normalised, and run through the model together with its
-horizontally flipped copy; `tf_centernet.decode.decode_detections` does the
-rest.
-
-The releases use one canvas per image, ``(int(h * s) | 127, int(w * s) |
-127)``. A batch needs one common canvas, so here it is ``(max_b int(h_b * s)
-| 127, max_b int(w_b * s) | 127)`` (still ``127 mod 128``) and every image
-is centred in it with its own borders. With a batch of one image (or of
-images of one size) this is exactly the releases' input.
+A detector built by this project does all of this itself: ``model.predict``
+on RGB images of any sizes, ``model.detect`` in a graph. `Predictor` is what
+`predict` cannot be: the same test-time loop (the model's image converter
+for the canvas, `Decoder.detect` for scales, flip test and decoding) around
+any callable with the detector's output contract: a network loaded from a
+SavedModel's heads, a test oracle, a model of another framework.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import logging
+import os
 from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import tensorflow as tf
 
-from tf_centernet.config import Config
-from tf_centernet.decode import Decoder, ScaleGeometry
+from tf_centernet.checkpoints import CHECKPOINT_SUBDIR, CheckpointError, load_checkpoint
+from tf_centernet.config import Config, load_config
+from tf_centernet.data.labels import class_labels
+from tf_centernet.decode import Decoder
+from tf_centernet.models import KeypointObjectDetector, build_model
+from tf_centernet.models.object_detector import unpad_detections
+from tf_centernet.models.preprocessor import CenterNetImageConverter, preprocess_images
 
-__all__ = ["Predictor", "preprocess_images", "pad_batch"]
+__all__ = ["Predictor", "load_detector", "load_trained_model", "preprocess_images", "pad_batch"]
+
+logger = logging.getLogger("tf_centernet")
 
 
-def preprocess_images(
-    images: tf.Tensor,
-    image_sizes: tf.Tensor,
-    scale: float,
-    mean: Sequence[float],
-    std: Sequence[float],
-) -> Tuple[tf.Tensor, ScaleGeometry]:
-    """Builds the network input of one test scale (docs/reference.md §7.5).
-
-    Each image is cropped to its true size, resized (bilinear, half-pixel
-    centres, no antialiasing, rounded to integers like OpenCV's uint8
-    `cv2.resize`; skipped at scale 1) to ``(int(h * s), int(w * s))``, and
-    pasted into a zero canvas of the common size ``(Hc, Wc)`` with its top-left
-    corner at ``(Hc // 2 - hs // 2, Wc // 2 - ws // 2)`` (the releases'
-    `crop_image` centred at ``(hs // 2, ws // 2)``). The whole canvas,
-    padding included, is then normalised: ``(pixel / 255 - mean) / std``, so
-    padding is ``-mean / std`` as in the releases.
+def load_detector(path: str, overrides: Sequence[str] = ()):
+    """The detector of a model directory or a preset folder, ready for `predict`.
 
     Args:
-        images: uint8 tensor `(batch, max_height, max_width, 3)`. RGB images,
-            each in the top-left corner, zero-padded at the bottom and right.
-        image_sizes: int32 tensor `(batch, 2)`. True ``(height, width)`` of
-            each image in pixels.
-        scale: float. Test scale.
-        mean: three floats, RGB order, for pixels scaled to [0, 1].
-        std: three floats, RGB order.
+        path: str. A model directory (``config.yaml`` and checkpoints, as
+            `tf-centernet train` writes; `tf-centernet convert`'s too) or a
+            keras-hub preset folder (``save_to_preset``).
+        overrides: sequence of ``"section.key=value"`` applied to a model
+            directory's configuration (e.g. ``decode.flip_test=false``).
 
     Returns:
-        (canvas, geometry): float32 tensor `(batch, Hc, Wc, 3)` with ``Hc,
-        Wc = 127 mod 128``, and the `ScaleGeometry` of the batch.
+        A built `tf_centernet.models.KeypointObjectDetector` with its class
+        names and category ids.
+
+    Raises:
+        FileNotFoundError: neither a model directory nor a preset.
     """
-    sizes = tf.cast(image_sizes, tf.int32)
-    # int(h * s) in Python double precision.
-    scaled = tf.cast(tf.floor(tf.cast(sizes, tf.float64) * float(scale)), tf.int32)
-    checks = [
-        tf.debugging.assert_greater_equal(
-            scaled, 1, message=f"An image is smaller than one pixel at scale {scale}."
+    config_file = os.path.join(path, "config.yaml")
+    if os.path.isfile(config_file):
+        config = load_config(config_file, [*overrides, f"train.model_dir={os.path.abspath(path)}"])
+        return load_trained_model(config, path)
+    if os.path.isfile(os.path.join(path, "config.json")):
+        if overrides:
+            raise ValueError("overrides apply to a model directory's config.yaml; a preset has none.")
+        return KeypointObjectDetector.from_preset(path)
+    raise FileNotFoundError(f"{path} is neither a model directory (config.yaml) nor a preset (config.json).")
+
+
+def load_trained_model(config, checkpoint):
+    """A built detector with weights from a checkpoint or a preset, for inference.
+
+    Args:
+        config: `Config`.
+        checkpoint: str. A model directory (its newest usable checkpoint:
+            an unusable newer one is skipped with a logged warning, see
+            `tf_centernet.checkpoints.load_checkpoint`; without checkpoints,
+            the preset weights ``model.weights.h5`` + ``task.weights.h5``
+            that `tf-centernet convert` and ``save_to_preset`` write) or a
+            ``.weights.h5`` file.
+
+    Returns:
+        A `KeypointObjectDetector` built for ``config.data.input_size``, its
+        ``category_ids`` and ``class_names`` set (`class_labels`).
+
+    Raises:
+        FileNotFoundError: no checkpoint there.
+        CheckpointError (a ValueError): the named file, or every checkpoint
+            of the directory, is corrupt, truncated or does not fit the
+            model.
+    """
+    model = build_model(config.model, config.loss, config.decode, config.data)
+    size = config.data.input_size
+    model.build((None, size, size, 3))
+    is_dir = os.path.isdir(checkpoint)
+    path = None
+    if is_dir or (os.path.isfile(checkpoint) and checkpoint.endswith(".weights.h5")):
+        path = load_checkpoint(model, checkpoint)
+    if not path and is_dir and os.path.isfile(os.path.join(checkpoint, PRESET_WEIGHTS)):
+        path = load_preset_weights(model, checkpoint)
+    if not path:
+        raise FileNotFoundError(
+            f"No checkpoint found at {checkpoint!r} (expected a model directory "
+            f"with {CHECKPOINT_SUBDIR}/ckpt-STEP.weights.h5 or preset weights, or a .weights.h5 file)."
         )
-    ]
-    with tf.control_dependencies(checks):
-        hc = tf.bitwise.bitwise_or(tf.reduce_max(scaled[:, 0]), 127)
-        wc = tf.bitwise.bitwise_or(tf.reduce_max(scaled[:, 1]), 127)
-    tops = hc // 2 - scaled[:, 0] // 2
-    lefts = wc // 2 - scaled[:, 1] // 2
+    model.category_ids, model.class_names = class_labels(config, checkpoint if is_dir else None)
+    logger.info("Loaded weights from %s", path)
+    return model
 
-    def paste(args):
-        image, size, new_size, top, left = args
-        crop = tf.cast(image[: size[0], : size[1], :], tf.float32)
-        if float(scale) != 1.0:
-            crop = tf.image.resize(crop, new_size, method="bilinear")
-            crop = tf.clip_by_value(tf.round(crop), 0.0, 255.0)
-        return tf.pad(
-            crop,
-            [[top, hc - new_size[0] - top], [left, wc - new_size[1] - left], [0, 0]],
-        )
 
-    # One image at a time: every image has its own resize size.
-    canvas = tf.map_fn(
-        paste,
-        (images, sizes, scaled, tops, lefts),
-        fn_output_signature=tf.TensorSpec([None, None, 3], tf.float32),
-    )
-    mean = tf.constant(mean, tf.float32)
-    std = tf.constant(std, tf.float32)
-    canvas = (canvas / 255.0 - mean) / std
+# keras-hub's preset weight files (`save_to_preset`): backbone, then the rest.
+PRESET_WEIGHTS = "model.weights.h5"
+PRESET_TASK_WEIGHTS = "task.weights.h5"
 
-    batch = tf.shape(sizes)[0]
-    out_h = (hc + 1) // 4
-    out_w = (wc + 1) // 4
-    # Ratios in double, then float32, like the releases' numpy arrays.
-    ratios = tf.cast(
-        tf.stack(
-            [tf.cast(out_h, tf.float64) / tf.cast(hc, tf.float64),
-             tf.cast(out_w, tf.float64) / tf.cast(wc, tf.float64)]
-        ),
-        tf.float32,
-    )
-    borders = tf.cast(
-        tf.stack([tops, tops + scaled[:, 0], lefts, lefts + scaled[:, 1]], axis=1),
-        tf.float32,
-    )
-    geometry = ScaleGeometry(
-        scale=float(scale),
-        borders=borders,
-        sizes=tf.cast(scaled, tf.float32),
-        ratios=tf.tile(ratios[None, :], [batch, 1]),
-    )
-    return canvas, geometry
+
+def load_preset_weights(model, folder):
+    """Loads a preset folder's weights into a built detector; returns the backbone file's path.
+
+    Raises:
+        CheckpointError: the files do not fit the model.
+    """
+    backbone = os.path.join(folder, PRESET_WEIGHTS)
+    try:
+        model.backbone.load_weights(backbone)
+        model.load_task_weights(os.path.join(folder, PRESET_TASK_WEIGHTS))
+    except Exception as error:  # h5py/Keras raise OSError, ValueError, KeyError, ...
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise CheckpointError(f"Cannot load the preset weights of {folder}: {first}") from None
+    return backbone
+
+
 
 
 def pad_batch(images: Sequence[np.ndarray]) -> Tuple[np.ndarray, np.ndarray]:
@@ -217,14 +223,11 @@ class Predictor:
         if use_centers is None:
             use_centers = config.model.uses_centers and config.model.central_region
         self.use_centers = bool(use_centers)
-        if self.use_centers and 1.0 not in self.scales:
-            raise ValueError(
-                "The central-region filter takes its centers from scale 1 (docs/"
-                f"reference.md §7.4); test scales {list(self.scales)} lack it."
-            )
-        self.decoder = Decoder(config.decode, use_centers=self.use_centers)
-        self.mean = tuple(float(v) for v in config.data.mean)
-        self.std = tuple(float(v) for v in config.data.std)
+        decode_config = dataclasses.replace(config.decode, test_scales=list(self.scales), flip_test=self.flip_test)
+        self.decoder = Decoder(decode_config, use_centers=self.use_centers)
+        self.converter = CenterNetImageConverter(mean=config.data.mean, std=config.data.std)
+        self.mean = tuple(self.converter.mean)
+        self.std = tuple(self.converter.std)
         self.predict = tf.function(
             self._predict,
             input_signature=[
@@ -234,32 +237,23 @@ class Predictor:
         )
 
     def detect(self, images: tf.Tensor, preprocess: Callable) -> Dict[str, tf.Tensor]:
-        """The per-scale loop: preprocess, network (with the flipped copy), decode.
-
-        The one loop behind `predict` and the exports' fixed-size graphs.
+        """`Decoder.detect` with this predictor's network.
 
         Args:
             images: uint8 tensor `(batch, height, width, 3)`.
-            preprocess: callable ``(images, scale) -> (canvas, ScaleGeometry)``,
-                e.g. `preprocess_images` with the image sizes bound.
+            preprocess: callable ``(images, scale) -> (canvas, ScaleGeometry)``.
 
         Returns:
             The dict of `Decoder` (boxes in original-image pixels).
         """
-        outputs, geometry = [], []
-        for scale in self.scales:
-            canvas, geo = preprocess(images, scale)
-            if self.flip_test:
-                # (2 * batch, Hc, Wc, 3): unflipped first, as decode expects.
-                canvas = tf.concat([canvas, tf.reverse(canvas, axis=[2])], axis=0)
-            outputs.append(self.model(canvas, training=False))
-            geometry.append(geo)
-        return self.decoder.decode(outputs, geometry, flip_test=self.flip_test)
+        return self.decoder.detect(
+            lambda canvas: self.model(canvas, training=False), lambda scale: preprocess(images, scale)
+        )
 
     def _predict(self, images: tf.Tensor, image_sizes: tf.Tensor) -> Dict[str, tf.Tensor]:
         return self.detect(
             images,
-            lambda batch, scale: preprocess_images(batch, image_sizes, scale, self.mean, self.std),
+            lambda batch, scale: self.converter(batch, image_sizes, scale),
         )
 
     def __call__(
@@ -352,13 +346,5 @@ class Predictor:
         for start in range(0, len(images), batch_size):
             batch, sizes = pad_batch(images[start : start + batch_size])
             out = self.predict(tf.constant(batch), tf.constant(sizes))
-            out = {key: value.numpy() for key, value in out.items()}
-            for i, count in enumerate(out["num_detections"]):
-                results.append(
-                    {
-                        "boxes": out["boxes"][i, :count],
-                        "scores": out["scores"][i, :count],
-                        "classes": out["classes"][i, :count],
-                    }
-                )
+            results += unpad_detections({key: value.numpy() for key, value in out.items()})
         return results

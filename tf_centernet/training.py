@@ -60,7 +60,8 @@ from tf_centernet.checkpoints import (  # noqa: F401  (re-exported: public names
 from tf_centernet.callbacks import WorkerCheckpointCallback, progress_mode, watch_callbacks
 from tf_centernet.guards import NONFINITE_POLICIES, GuardedAdam, InterruptGuard, ModelDirLock, NonFiniteGuard
 from tf_centernet.data.labels import CLASSES_FILE, class_labels, read_classes, write_classes  # noqa: F401
-from tf_centernet.models.detector import build_model
+from tf_centernet.models.object_detector import build_model
+from tf_centernet.inference import load_trained_model  # noqa: F401  (its earlier home)
 
 logger = logging.getLogger("tf_centernet")
 
@@ -99,41 +100,6 @@ class StopAtStep(keras.callbacks.Callback):
     def on_train_batch_end(self, batch, logs=None):
         if int(self.model.optimizer.iterations.numpy()) >= self.total_steps:
             self.model.stop_training = True
-
-
-def load_trained_model(config, checkpoint):
-    """A built model with weights from a checkpoint, for inference.
-
-    Args:
-        config: `Config`.
-        checkpoint: str. A model directory (its newest usable checkpoint:
-            an unusable newer one is skipped with a logged warning, see
-            `tf_centernet.checkpoints.load_checkpoint`) or a `.weights.h5`
-            file.
-
-    Returns:
-        `KeypointDetector` built for `config.data.input_size`.
-
-    Raises:
-        FileNotFoundError: no checkpoint there.
-        CheckpointError (a ValueError): the named file, or every checkpoint
-            of the directory, is corrupt, truncated or does not fit the
-            model.
-    """
-    model = build_model(config.model, config.loss, config.decode)
-    size = config.data.input_size
-    model.build((None, size, size, 3))
-    is_dir = os.path.isdir(checkpoint)
-    path = None
-    if is_dir or (os.path.isfile(checkpoint) and checkpoint.endswith(".weights.h5")):
-        path = load_checkpoint(model, checkpoint)
-    if not path:
-        raise FileNotFoundError(
-            f"No checkpoint found at {checkpoint!r} (expected a model directory "
-            f"with {CHECKPOINT_SUBDIR}/ckpt-STEP.weights.h5, or a .weights.h5 file)."
-        )
-    logger.info("Loaded weights from %s", path)
-    return model
 
 
 def train(config, strategy=None, verbose=1, extra_callbacks=(), progress=None):
@@ -218,7 +184,7 @@ def _train_locked(config, dataset, strategy, mode, extra_callbacks, interrupt, c
     )
     size = config.data.input_size
     with strategy.scope():
-        model = build_model(config.model, config.loss)
+        model = build_model(config.model, config.loss, config.decode, config.data)
         model.build((None, size, size, 3))
         optimizer = GuardedAdam(learning_rate_schedule(tc))
         model.compile(optimizer=optimizer, jit_compile=bool(tc.jit_compile))

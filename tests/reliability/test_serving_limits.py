@@ -44,9 +44,9 @@ from tf_centernet.models import build_model
 from tf_centernet.export.module import DetectionModule
 config = load_config("demo", ["model.num_classes=1", "decode.flip_test=false",
                               "train.model_dir=" + sys.argv[3], *json.loads(sys.argv[4])])
-model = build_model(config.model)
+model = build_model(config.model, decode_config=config.decode)
 model.build((None, 63, 63, 3))
-module = DetectionModule(model, config, category_ids=[1], max_megapixels=float(sys.argv[2]))
+module = DetectionModule(model, category_ids=[1], max_megapixels=float(sys.argv[2]))
 report = {}
 small = open(sys.argv[1] + ".small", "rb").read()
 report["small"] = int(module.serve_bytes(tf.constant([small]))["num_detections"].shape[0])

@@ -87,14 +87,13 @@ def cmd_train(args):
 def cmd_evaluate(args):
     from tf_centernet.data.records import open_dataset
     from tf_centernet.evaluation import evaluate_dataset
-    from tf_centernet.inference import Predictor
     from tf_centernet.training import load_trained_model
 
     config = _load_config(args)
     model = load_trained_model(config, _checkpoint(args, config))
     names, category_ids = _class_names(config, args)
     dataset = open_dataset(config, "val", class_names=names)
-    predictor = Predictor(model, config)
+    predictor = model
     output = args.output or os.path.join(config.train.model_dir, "eval")
     os.makedirs(output, exist_ok=True)
     evaluate_dataset(
@@ -123,13 +122,11 @@ def cmd_detect(args):
 
     from tf_centernet.data.coco import load_image
     from tf_centernet.evaluation import detections_to_coco
-    from tf_centernet.inference import Predictor
     from tf_centernet.training import load_trained_model
     from tf_centernet.visualize import draw_detections
 
     config = _load_config(args)
     model = load_trained_model(config, _checkpoint(args, config))
-    predictor = Predictor(model, config)
     names, category_ids = _class_names(config, args)
     os.makedirs(args.output, exist_ok=True)
     results, failed = [], []
@@ -140,7 +137,7 @@ def cmd_detect(args):
             logger.warning("Skipping %s", error)
             failed.append(path)
             continue
-        det = predictor.predict_images([image])[0]
+        det = model.predict_images([image])[0]
         drawn = draw_detections(
             image, det["boxes"], det["scores"], det["classes"], names, score_threshold=args.score_threshold
         )
@@ -162,33 +159,21 @@ def cmd_detect(args):
     return 0
 
 
-# --format -> default output under MODEL_DIR/export (TF Serving wants a version folder).
-_EXPORT_DEFAULTS = {
-    "savedmodel": os.path.join("saved_model", "1"),
-    "tflite": "model.tflite",
-    "tflite-fp16": "model_fp16.tflite",
-    "tflite-int8": "model_int8.tflite",
-    "tftrt": os.path.join("tftrt", "1"),
-    "onnx": "model.onnx",
-}
+def _export_formats():
+    """The export format names (from the one registry, without importing TensorFlow)."""
+    return ["savedmodel", "tflite", "tflite-fp16", "tflite-int8", "tftrt", "onnx"]
 
 
 def cmd_export(args):
-    """Exports a trained model (see `tf_centernet.export`)."""
+    """Exports a trained model: ``model.export`` with the format registry's default path."""
     from tf_centernet import export as export_lib
 
+    fmt = export_lib.get_format(args.format)
     # Fail before loading anything when the target toolchain is missing.
-    if args.format == "tftrt":
-        available, reason = export_lib.tensorrt_status()
-        if not available:
-            logger.error("Cannot export to TF-TRT: %s. %s", reason, export_lib.TENSORRT_HELP)
-            return 2
-    if args.format == "onnx":
-        try:
-            import tf2onnx  # noqa: F401
-        except ImportError:
-            logger.error('ONNX export needs tf2onnx and onnx: pip install "tf-centernet-triplets[onnx]".')
-            return 2
+    ready, message = fmt.check()
+    if not ready:
+        logger.error("%s", message)
+        return 2
     input_size = None
     if args.input_size:
         if len(args.input_size) > 2 or min(args.input_size) < 1:
@@ -202,13 +187,11 @@ def cmd_export(args):
         config.decode.flip_test = False
     model = load_trained_model(config, _checkpoint(args, config))
     output = args.output or os.path.join(
-        getattr(args, "model_dir", None) or config.train.model_dir, "export", _EXPORT_DEFAULTS[args.format]
+        getattr(args, "model_dir", None) or config.train.model_dir, "export", fmt.default_path
     )
     try:
         limit = args.max_megapixels if args.max_megapixels and args.max_megapixels > 0 else None
-        path = export_lib.export(
-            model, config, output, format=args.format, input_size=input_size, max_megapixels=limit
-        )
+        path = model.export(output, format=args.format, input_size=input_size, max_megapixels=limit)
     except (RuntimeError, ImportError, FileExistsError) as error:
         logger.error("%s", error)
         return 2
@@ -327,7 +310,7 @@ def build_parser():
     p.add_argument(
         "--format",
         default="savedmodel",
-        choices=list(_EXPORT_DEFAULTS),
+        choices=_export_formats(),
         help="artifact to write (default: savedmodel)",
     )
     p.add_argument(

@@ -27,7 +27,8 @@ def model_dir_state(model_dir: str):
 
     Args:
         model_dir: str. Holds ``config.yaml`` and ``checkpoints/`` (what
-            `train` and `tf-centernet convert` write).
+            `train` writes) or preset weights (what `tf-centernet convert`
+            writes).
 
     Returns:
         dict release key -> NumPy array (release layout).
@@ -42,11 +43,16 @@ def model_dir_state(model_dir: str):
     if not os.path.isfile(config_path):
         raise FileNotFoundError(f"{model_dir} has no config.yaml: not a model directory.")
     checkpoint = latest_checkpoint(model_dir)
-    if checkpoint is None:
-        raise FileNotFoundError(f"{model_dir} holds no checkpoints/ckpt-STEP.weights.h5.")
+    preset = os.path.join(model_dir, "model.weights.h5")
+    if checkpoint is None and not os.path.isfile(preset):
+        raise FileNotFoundError(f"{model_dir} holds no checkpoints/ckpt-STEP.weights.h5 and no preset weights.")
     config = config_lib.load_config(config_path)
     source = build_for_conversion(config)
-    source.load_weights(checkpoint)
+    if checkpoint is not None:
+        source.load_weights(checkpoint)
+    else:
+        source.backbone.load_weights(preset)
+        source.load_task_weights(os.path.join(model_dir, "task.weights.h5"))
     return release_state(source, with_batch_counts=False)
 
 

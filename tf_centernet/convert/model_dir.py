@@ -1,13 +1,16 @@
-"""Converting a release snapshot into a model directory.
+"""Converting a release snapshot into a preset that is also a model directory.
 
-The directory is what `tf-centernet train` writes, so `evaluate`, `detect`,
-`export` and `train --init-from` take it unchanged:
+`evaluate`, `detect`, `export` and `train --init-from` take the directory
+unchanged, and so does keras-hub (``keras_hub.models.ObjectDetector.from_preset``
+once `tf_centernet` is imported):
 
+- keras-hub's preset files (``save_to_preset``): ``config.json`` (the
+  backbone), ``task.json`` (the detector, class names and category ids
+  included), ``preprocessor.json``, ``metadata.json``,
+  ``model.weights.h5`` (backbone weights) and ``task.weights.h5`` (heads);
 - ``config.yaml``: the configuration the snapshot was converted with;
 - ``classes.json``: class index -> category id and name
-  (`tf_centernet.convert.labels.snapshot_labels`);
-- ``checkpoints/ckpt-0.weights.h5``: the weights (Keras weights file, no
-  optimizer state).
+  (`tf_centernet.convert.labels.snapshot_labels`).
 """
 
 from __future__ import annotations
@@ -22,8 +25,8 @@ from tf_centernet import config as config_lib
 from tf_centernet.convert.labels import snapshot_labels
 from tf_centernet.convert.mapping import load_release_state
 from tf_centernet.convert.snapshot import read_snapshot
-from tf_centernet.models.detector import build_model
-from tf_centernet.checkpoints import list_checkpoints, save_checkpoint
+from tf_centernet.models.object_detector import build_model
+from tf_centernet.checkpoints import list_checkpoints
 from tf_centernet.data.labels import write_classes
 
 logger = logging.getLogger("tf_centernet")
@@ -38,7 +41,7 @@ def build_for_conversion(config):
     so that building never compiles the custom ops.
     """
     model_config = dataclasses.replace(config.model, pooling_impl="scan")
-    model = build_model(model_config, config.loss)
+    model = build_model(model_config, config.loss, config.decode, config.data)
     size = config.data.input_size
     model.build((None, size, size, 3))
     return model
@@ -57,22 +60,20 @@ def convert_snapshot(snapshot: str, config, model_dir: str, classes_file: Option
             `tf_centernet.convert.labels.snapshot_labels`).
 
     Returns:
-        str: the path of the written checkpoint.
+        str: the path of the backbone weights file (``model.weights.h5``).
 
     Raises:
         FileNotFoundError: the snapshot or classes file does not exist.
         ImportError: torch is missing (the message names the extra).
-        ValueError: `model_dir` already holds checkpoints, a bad classes
+        ValueError: `model_dir` already holds checkpoints or a preset, a bad classes
             file, or a snapshot that does not match the configuration
             (`tf_centernet.convert.mapping.MappingError`, naming the first
             mismatching keys).
     """
     existing = list_checkpoints(model_dir)
-    if existing:
-        raise ValueError(
-            f"{model_dir} already holds checkpoints ({os.path.basename(existing[-1][1])}); "
-            "convert into a new or empty --model-dir."
-        )
+    if existing or os.path.isfile(os.path.join(model_dir, "config.json")):
+        held = os.path.basename(existing[-1][1]) if existing else "config.json"
+        raise ValueError(f"{model_dir} already holds a model ({held}); convert into a new or empty --model-dir.")
     category_ids, names = snapshot_labels(config.model.num_classes, classes_file)
     state = read_snapshot(snapshot)
     model = build_for_conversion(config)
@@ -87,6 +88,11 @@ def convert_snapshot(snapshot: str, config, model_dir: str, classes_file: Option
     with open(os.path.join(model_dir, "config.yaml"), "w", encoding="utf-8") as f:
         f.write(config_lib.to_yaml(config))
     write_classes(model_dir, types.SimpleNamespace(category_ids=category_ids, class_names=names))
-    path = save_checkpoint(model, model_dir, 0, keep=1)
-    logger.info("Wrote %s", path)
+    model.category_ids, model.class_names = list(category_ids), list(names)
+    # The preset carries the configured pooling implementation, not the
+    # scans used to build it here.
+    model.pooling_impl = config.model.pooling_impl
+    model.save_to_preset(model_dir)
+    path = os.path.join(model_dir, "model.weights.h5")
+    logger.info("Wrote preset %s", model_dir)
     return path

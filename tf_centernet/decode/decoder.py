@@ -1,8 +1,8 @@
 """`Decoder`: decoding as a Keras layer, part of the detector's config.
 
-`KeypointDetector.predict_step` (and so `model.predict`, a reloaded `.keras`
-file and `model.export`) runs it after the network; `Predictor` runs the same
-layer for its multi-scale, original-image-pixel decoding.
+The detector's `predict_step` (and so `model.predict`, a reloaded `.keras`
+file and `model.export`) runs `Decoder.detect`, the test-time loop over
+scales and the flipped copy; `Predictor` runs the same loop for any callable.
 """
 
 from __future__ import annotations
@@ -37,8 +37,8 @@ class Decoder(keras.layers.Layer):
 
     Args:
         decode_config: `DecodeConfig`, a dict of its fields, or None for
-            ``DecodeConfig()``. ``test_scales`` only matters to `Predictor`:
-            the layer decodes the scales it is given.
+            ``DecodeConfig()``. ``test_scales`` and ``flip_test`` drive
+            `detect`; `call` and `decode` decode what they are given.
         use_centers: bool. Apply CenterNet's central-region filter (needs
             ``ct_heatmap``/``ct_offset``). Defaults to `True`.
         **kwargs: `keras.layers.Layer` arguments (``name``, ...).
@@ -64,8 +64,8 @@ class Decoder(keras.layers.Layer):
 
     Raises:
         KeyError: a head output the configuration needs is missing.
-        ValueError: see `decode_detections`; ``jit_compile`` with ``nms="tf"``
-            (at construction).
+        ValueError: see `decode_detections`; at construction ``jit_compile``
+            with ``nms="tf"``, or `use_centers` without 1 among the test scales.
     """
 
     def __init__(
@@ -85,6 +85,11 @@ class Decoder(keras.layers.Layer):
                 "decode.jit_compile needs decode.nms 'gaussian', 'merge' or 'none': "
                 "TF's soft-NMS kernel (nms 'tf') has no XLA kernel."
             )
+        if self.use_centers and 1.0 not in [float(v) for v in self.decode_config.test_scales]:
+            raise ValueError(
+                "The central-region filter takes its centers from scale 1 (docs/"
+                f"reference.md §7.4); decode.test_scales {list(self.decode_config.test_scales)} lack it."
+            )
         self._compiled = None
         self.built = True  # no weights
 
@@ -97,6 +102,39 @@ class Decoder(keras.layers.Layer):
         last = outputs[-1] if isinstance(outputs, (list, tuple)) else outputs
         output_size = tf.shape(last["tl_heatmap"])[1:3]
         return self.decode(outputs, input_geometry(images, output_size))
+
+    @property
+    def test_scales(self):
+        """The test scales, floats (``decode_config.test_scales``)."""
+        return tuple(float(s) for s in self.decode_config.test_scales)
+
+    def detect(self, network, make_canvas, flip_test: Optional[bool] = None) -> Dict[str, tf.Tensor]:
+        """The test-time loop: per scale a canvas, the network (with the flipped copy), then decoding.
+
+        The one loop behind `model.predict`, the exports and `Predictor`
+        (docs/reference.md §7.5).
+
+        Args:
+            network: callable ``canvas -> dict of head outputs`` (e.g.
+                ``lambda x: model(x, training=False)``).
+            make_canvas: callable ``scale -> (canvas float32 (batch, Hc, Wc,
+                3), ScaleGeometry)``, e.g. a bound `CenterNetImageConverter`.
+            flip_test: bool or None. Defaults to ``decode_config.flip_test``.
+
+        Returns:
+            The dict of `call`, boxes in the pixels the geometries map to
+            (original-image pixels for the converter's geometry).
+        """
+        flip = self.flip_test if flip_test is None else bool(flip_test)
+        outputs, geometry = [], []
+        for scale in self.test_scales:
+            canvas, geo = make_canvas(scale)
+            if flip:
+                # (2 * batch, Hc, Wc, 3): unflipped first, as decode expects.
+                canvas = tf.concat([canvas, tf.reverse(canvas, axis=[2])], axis=0)
+            outputs.append(network(canvas))
+            geometry.append(geo)
+        return self.decode(outputs, geometry, flip_test=flip)
 
     def decode(
         self,

@@ -1,12 +1,15 @@
 """Deployment exports: SavedModel for TF Serving, TFLite, TF-TRT and ONNX.
 
-Modules: `signatures` (static preprocessing, the OD API outputs), `module`
-(`DetectionModule`), `saved_model`, `tflite`, `tftrt`, `onnx_export`.
+Modules: `signatures` (the OD API outputs), `module` (`DetectionModule`),
+`saved_model`, `tflite`, `tftrt`, `onnx_export`; this file holds `FORMATS`,
+the one registry of formats (name, default path, toolchain check, writer)
+that ``model.export`` and ``tf-centernet export`` both use: a new format is
+one entry here.
 
 Every artifact holds the whole detector: preprocessing (docs/reference.md, "Test-time input"), the
 network with its pooling built from the pure-TF scans (``pooling_impl="scan"``,
-never the compiled ops), and decoding (`tf_centernet.decode.decode_detections`,
-the same function `Predictor` and evaluation use). Only standard TensorFlow
+never the compiled ops), and decoding (the model's `Decoder`, the one `model.predict`
+and evaluation run). Only standard TensorFlow
 ops appear, so nothing from tf_centernet is needed to run an export.
 
 Detections leave every format in the TF Object Detection API convention,
@@ -50,25 +53,25 @@ Example (the module behind every format; `export` writes the files):
 >>> from tf_centernet.config import load_config
 >>> from tf_centernet.models import build_model
 >>> config = load_config("demo", ["decode.flip_test=false"])
->>> model = build_model(config.model)
+>>> model = build_model(config.model, decode_config=config.decode)
 >>> model.build((None, 127, 127, 3))
->>> module = DetectionModule(model, config)
+>>> module = DetectionModule(model)
 >>> out = module.serve(tf.zeros([1, 90, 120, 3], tf.uint8))
 >>> sorted(out)
 ['detection_boxes', 'detection_classes', 'detection_scores', 'num_detections']
 >>> out["detection_boxes"].shape
 TensorShape([1, 100, 4])
->>> export(model, config, "exports/demo/1", format="savedmodel")  # doctest: +SKIP
+>>> model.export("exports/demo/1")  # doctest: +SKIP
 '/.../exports/demo/1'
 """
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+import os
+from typing import Callable, NamedTuple, Optional, Sequence, Tuple
 
-from tf_centernet.config import Config
 from tf_centernet.export.module import (
-    DEFAULT_MAX_MEGAPIXELS, DetectionModule, label_map_from_config, scan_pooling_model,
+    DEFAULT_MAX_MEGAPIXELS, DetectionModule, export_model, label_map, scan_pooling_model,
 )
 from tf_centernet.export.onnx_export import export_onnx
 from tf_centernet.export.saved_model import (
@@ -77,15 +80,18 @@ from tf_centernet.export.saved_model import (
     SERVING_DEFAULT,
     export_saved_model,
 )
-from tf_centernet.export.signatures import DETECTION_KEYS, static_preprocess, to_detection_api
+from tf_centernet.export.signatures import DETECTION_KEYS, to_detection_api
 from tf_centernet.export.tflite import export_tflite, tflite_interpreter
 from tf_centernet.export.tftrt import TENSORRT_HELP, export_tftrt, tensorrt_status
+from tf_centernet.models.preprocessor import static_preprocess
 
 __all__ = [
     "FORMATS",
+    "ExportFormat",
     "DetectionModule",
+    "export_model",
     "scan_pooling_model",
-    "label_map_from_config",
+    "label_map",
     "static_preprocess",
     "to_detection_api",
     "export",
@@ -97,30 +103,104 @@ __all__ = [
     "tflite_interpreter",
 ]
 
-FORMATS = ("savedmodel", "tflite", "tflite-fp16", "tflite-int8", "tftrt", "onnx")
-# TFLite format -> quantisation of `export_tflite`.
-_TFLITE_QUANTIZATION = {"tflite": "float32", "tflite-fp16": "float16", "tflite-int8": "int8"}
+
+def _ready() -> Tuple[bool, str]:
+    return True, ""
+
+
+def _tf2onnx_ready() -> Tuple[bool, str]:
+    try:
+        import tf2onnx  # noqa: F401
+    except ImportError:
+        return False, 'ONNX export needs tf2onnx and onnx: pip install "tf-centernet-triplets[onnx]".'
+    return True, ""
+
+
+def _tensorrt_ready() -> Tuple[bool, str]:
+    available, reason = tensorrt_status()
+    return available, "" if available else f"Cannot export to TF-TRT: {reason}. {TENSORRT_HELP}"
+
+
+class ExportFormat(NamedTuple):
+    """One deployment format.
+
+    Attributes:
+        name: str. The ``--format`` / ``format=`` name.
+        default_path: str. Output under ``MODEL_DIR/export`` (TF Serving
+            wants a numbered version folder).
+        check: callable ``() -> (ready, message)``: the toolchain is
+            installed; run before loading or converting anything.
+        write: callable ``(model, output, options) -> path``.
+    """
+
+    name: str
+    default_path: str
+    check: Callable[[], Tuple[bool, str]]
+    write: Callable
+
+
+def _tflite(quantization):
+    def write(model, output, o):
+        return export_tflite(model, output, quantization, o["input_size"], o["flip_test"], o["category_ids"])
+    return write
+
+
+FORMATS = {
+    f.name: f
+    for f in (
+        ExportFormat(
+            "savedmodel", os.path.join("saved_model", "1"), _ready,
+            lambda model, output, o: export_saved_model(
+                model, output, o["category_ids"], o["class_names"], o["flip_test"], o["max_megapixels"]),
+        ),
+        ExportFormat("tflite", "model.tflite", _ready, _tflite("float32")),
+        ExportFormat("tflite-fp16", "model_fp16.tflite", _ready, _tflite("float16")),
+        ExportFormat("tflite-int8", "model_int8.tflite", _ready, _tflite("int8")),
+        ExportFormat(
+            "tftrt", os.path.join("tftrt", "1"), _tensorrt_ready,
+            lambda model, output, o: export_tftrt(
+                model, output, input_size=o["input_size"], flip_test=o["flip_test"], category_ids=o["category_ids"]),
+        ),
+        ExportFormat(
+            "onnx", "model.onnx", _tf2onnx_ready,
+            lambda model, output, o: export_onnx(
+                model, output, o["input_size"], o["flip_test"], o["category_ids"]),
+        ),
+    )
+}
+
+
+def get_format(name: str) -> ExportFormat:
+    """The `FORMATS` entry of `name` (``"tf_saved_model"`` is ``"savedmodel"``).
+
+    Raises:
+        ValueError: unknown format (the message lists the known ones).
+    """
+    name = "savedmodel" if name == "tf_saved_model" else name
+    if name not in FORMATS:
+        raise ValueError(f"format must be one of {sorted(FORMATS)}, got {name!r}.")
+    return FORMATS[name]
 
 
 def export(
-    model, config: Config, output: str,
+    model, output: str,
     format: str = "savedmodel",
     input_size=None, flip_test: Optional[bool] = None, category_ids: Optional[Sequence[int]] = None,
     class_names: Optional[Sequence[str]] = None,
     max_megapixels: Optional[float] = DEFAULT_MAX_MEGAPIXELS,
 ) -> str:
-    """Exports `model` in one of `FORMATS` (see the module docstring).
+    """Exports `model` in one of `FORMATS` (see the module docstring); ``model.export`` calls this.
 
     Args:
-        model: a built detector.
-        config: `Config`.
+        model: a built `tf_centernet.models.KeypointObjectDetector`.
         output: str. Folder (savedmodel, tftrt) or file (tflite*, onnx).
-        format: str. One of `FORMATS`. Defaults to `"savedmodel"`.
+        format: str. A `FORMATS` name. Defaults to `"savedmodel"`.
         input_size: int, ``(height, width)`` or None. Fixed image size of
-            tflite and onnx exports (default ``data.input_size``); engine
-            size for tftrt.
-        flip_test: bool or None. Defaults to ``config.decode.flip_test``.
-        category_ids, class_names: label map; see `export_saved_model`.
+            tflite and onnx exports (default: the image converter's
+            ``input_size``); engine size for tftrt.
+        flip_test: bool or None. Defaults to the model's decoder.
+        category_ids, class_names: label map. Defaults to the model's
+            ``category_ids`` / ``class_names`` (``1..C`` and their strings).
         max_megapixels: float or None. Image size limit of the SavedModel's
             ``serving_bytes``; see `export_saved_model`.
 
@@ -129,18 +209,13 @@ def export(
 
     Raises:
         ValueError: unknown format.
-        RuntimeError: tftrt without TensorRT.
-        ImportError: onnx without tf2onnx.
+        RuntimeError: the format's toolchain is missing (tftrt without
+            TensorRT, onnx without tf2onnx), with what to do.
     """
-    if format not in FORMATS:
-        raise ValueError(f"format must be one of {FORMATS}, got {format!r}.")
-    if format == "savedmodel":
-        return export_saved_model(model, config, output, category_ids, class_names, flip_test, max_megapixels)
-    if format in _TFLITE_QUANTIZATION:
-        return export_tflite(
-            model, config, output, _TFLITE_QUANTIZATION[format], input_size, flip_test, category_ids
-        )
-    if format == "tftrt":
-        return export_tftrt(model, config, output, input_size=input_size, flip_test=flip_test,
-                            category_ids=category_ids)
-    return export_onnx(model, config, output, input_size, flip_test, category_ids)
+    fmt = get_format(format)
+    ready, message = fmt.check()
+    if not ready:
+        raise RuntimeError(message)
+    options = dict(input_size=input_size, flip_test=flip_test, category_ids=category_ids,
+                   class_names=class_names, max_megapixels=max_megapixels)
+    return fmt.write(model, output, options)

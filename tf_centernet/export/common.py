@@ -7,7 +7,6 @@ import logging
 import os
 from typing import Tuple
 
-from tf_centernet.config import Config
 
 
 def prepare_output(path: str, is_dir: bool) -> str:
@@ -32,10 +31,16 @@ def quiet_absl():
         absl_logger.setLevel(level)
 
 
-def input_size_of(config: Config, input_size) -> Tuple[int, int]:
-    """``(height, width)`` from an int, a pair, or None (``config.data.input_size``)."""
+def input_size_of(model, input_size) -> Tuple[int, int]:
+    """``(height, width)`` from an int, a pair, or None (the model's image converter's ``input_size``).
+
+    Raises:
+        ValueError: None and the model's converter has no ``input_size``.
+    """
     if input_size is None:
-        return config.data.input_size, config.data.input_size
+        input_size = getattr(model.image_converter, "input_size", None)
+        if input_size is None:
+            raise ValueError("Give input_size: the model's image converter has none.")
     if isinstance(input_size, int):
         return input_size, input_size
     height, width = (int(v) for v in input_size)

@@ -10,61 +10,71 @@ from typing import List, Optional, Sequence, Tuple
 
 import tensorflow as tf
 
-from tf_centernet.config import Config
-from tf_centernet.data.labels import class_labels
-from tf_centernet.export.signatures import static_preprocess, to_detection_api
-from tf_centernet.inference import Predictor
+from tf_centernet.export.signatures import to_detection_api
 
 
-def scan_pooling_model(model):
-    """A copy of a detector whose directional pooling uses the pure-TF scans.
+def export_model(model, flip_test: Optional[bool] = None):
+    """The copy of a detector that every export holds: portable ops only.
 
-    Compiled pooling ops (``pooling_impl="custom"`` or ``"auto"``) are
-    runtime-specific and absent from TF Serving, TFLite and ONNX; an export
-    must only contain the portable scans (`tf_centernet.ops.pooling`). The
-    copy is built from ``model.get_config()`` with ``pooling_impl="scan"`` and
-    takes the model's weights; the model itself is untouched.
+    Compiled pooling ops (``pooling_impl="custom"`` or ``"auto"``) and the
+    compiled soft-NMS are runtime-specific and absent from TF Serving,
+    TFLite and ONNX; the copy, built from ``model.get_config()``, uses the
+    pure-TF scans (`tf_centernet.ops.pooling`) and the soft-NMS loop, takes
+    the model's weights, and leaves the model untouched.
 
     Args:
-        model: a built `KeypointDetector`, or any other callable (returned
-            as is: e.g. a test double without pooling).
+        model: a built `tf_centernet.models.KeypointObjectDetector`.
+        flip_test: bool or None. Overrides the decoder's ``flip_test``.
 
     Returns:
-        A `KeypointDetector` with ``pooling_impl="scan"`` and the same
-        weights, or `model` itself when it already uses the scans or is not a
-        `KeypointDetector`.
+        The copy (or `model` itself when nothing needs to change).
 
     Raises:
-        ValueError: `model` is a `KeypointDetector` that is not built.
+        TypeError: `model` is not one of this project's detectors.
+        ValueError: `model` is not built.
     """
-    from tf_centernet.models.detector import KeypointDetector
+    from tf_centernet.decode import Decoder
+    from tf_centernet.models import KeypointObjectDetector
 
-    if not isinstance(model, KeypointDetector) or model.pooling_impl == "scan":
-        return model
+    if not isinstance(model, KeypointObjectDetector):
+        raise TypeError(f"Only this project's detectors export, got a {type(model).__name__}.")
     if not model.built:
         raise ValueError("Build the model (call it once or `model.build`) before exporting it.")
-    config = dict(model.get_config(), pooling_impl="scan")
+    decode = model.decoder.decode_config
+    changes = {"soft_nms_impl": "loop"}
+    if flip_test is not None:
+        changes["flip_test"] = bool(flip_test)
+    decoder = Decoder(dataclasses.replace(decode, **changes), use_centers=model.decoder.use_centers, name="decoder")
+    if model.pooling_impl == "scan" and decode == decoder.decode_config:
+        return model
+    config = dict(model.get_config(), pooling_impl="scan", decoder=decoder, compile=False)
     copy = type(model).from_config(config)
     # Weight shapes do not depend on the spatial size: any valid size builds.
-    size = 4 * 2 ** model.levels - 1
-    copy.build((None, size, size, 3))
+    copy.build()
     copy.set_weights(model.get_weights())
     return copy
 
 
-def label_map_from_config(config: Config) -> Tuple[List[int], List[str]]:
-    """Class index -> COCO category id and name of ``config.train.model_dir``.
+scan_pooling_model = export_model  # the name of earlier releases
 
-    See `tf_centernet.data.labels.class_labels` (the one place this mapping
-    is resolved: the model's ``classes.json``, else the annotation files).
 
-    Returns:
-        (category_ids, names): two lists of ``model.num_classes`` entries.
+def label_map(model, category_ids=None, class_names=None) -> Tuple[List[int], List[str]]:
+    """Class index -> (category id, name): the arguments, else the model's, else ``1..C``.
 
     Raises:
-        ValueError: another number of categories than ``model.num_classes``.
+        ValueError: another number of entries than ``model.num_classes``.
     """
-    return class_labels(config)
+    ids = category_ids if category_ids is not None else getattr(model, "category_ids", None)
+    if ids is None:
+        ids = list(range(1, model.num_classes + 1))
+    ids = [int(c) for c in ids]
+    names = class_names if class_names is not None else getattr(model, "class_names", None)
+    names = [str(n) for n in names] if names is not None else [str(c) for c in ids]
+    if len(ids) != model.num_classes or len(names) != model.num_classes:
+        raise ValueError(
+            f"{len(ids)} category ids and {len(names)} class names for {model.num_classes} classes."
+        )
+    return ids, names
 
 
 DEFAULT_MAX_MEGAPIXELS = 8.0
@@ -148,15 +158,13 @@ class DetectionModule(tf.Module):
     """The exported detector: preprocessing, network and decoding in one graph.
 
     Args:
-        model: a built `KeypointDetector` (copied with the pure-TF pooling,
-            see `scan_pooling_model`) or any callable with its output
-            contract.
-        config: `Config`. Uses ``decode``, ``data.mean``/``data.std`` and
-            ``model`` (as `Predictor`).
+        model: a built `tf_centernet.models.KeypointObjectDetector` (copied
+            with portable ops, see `export_model`). Its preprocessor's image
+            converter and its decoder define the computation.
         category_ids: sequence of ints or None. Class index -> category id.
-            Defaults to `label_map_from_config`.
+            Defaults to `label_map`.
         flip_test: bool or None. Run the horizontally flipped image too.
-            Defaults to ``config.decode.flip_test``.
+            Defaults to the decoder's ``flip_test``.
         max_megapixels: float or None. Largest image `serve_bytes` decodes
             (million pixels); None: no limit. Defaults to
             `DEFAULT_MAX_MEGAPIXELS`.
@@ -164,6 +172,8 @@ class DetectionModule(tf.Module):
     Attributes:
         serve: `tf.function` ``images uint8 (batch, height, width, 3) ->``
             the `to_detection_api` dict (the ``serving_default`` signature).
+            The input's rank, channels and dtype are checked with messages
+            naming the input and its spec.
         serve_bytes: `tf.function` ``image_bytes string (batch,) ->`` the
             same dict (the ``serving_bytes`` signature). Images may differ
             in size; each is detected on its own (as `serve` on a batch of
@@ -173,15 +183,13 @@ class DetectionModule(tf.Module):
         heads: `tf.function` ``canvas float32 (batch, Hc, Wc, 3) ->`` the
             raw head outputs (normalised network input; not a serving
             signature, kept for debugging and tests).
-        predictor: the `Predictor` used by `serve` and `serve_bytes`.
-        model: the detector with the pure-TF pooling (not tracked).
+        model: the exported copy of the detector (not tracked).
         model_variables: its `tf.Variable`s (what the SavedModel stores).
     """
 
     def __init__(
         self,
         model,
-        config: Config,
         category_ids: Optional[Sequence[int]] = None,
         flip_test: Optional[bool] = None,
         max_megapixels: Optional[float] = DEFAULT_MAX_MEGAPIXELS,
@@ -190,27 +198,14 @@ class DetectionModule(tf.Module):
         self._limits = _Untracked(
             max_pixels=int(float(max_megapixels) * 1e6) if max_megapixels else None
         )
-        model = scan_pooling_model(model)
+        model = export_model(model, flip_test)
         # The SavedModel keeps the variables, not the Keras object graph:
         # tracking the model would make `tf.saved_model.save` walk (and trace
         # functions of) every layer, which doubled the export time for nothing
         # a serving runtime uses. A plain holder is not tracked.
         self._holder = _Untracked(model=model)
         self.model_variables = _tf_variables(model)
-        if category_ids is None:
-            category_ids, _ = label_map_from_config(config)
-        self.category_ids = [int(c) for c in category_ids]
-        if len(self.category_ids) != config.model.num_classes:
-            raise ValueError(
-                f"{len(self.category_ids)} category ids for {config.model.num_classes} classes."
-            )
-        # The exported graph holds the portable soft-NMS loop, never the
-        # compiled op (unknown to TF Serving, TFLite and ONNX), even where a
-        # function is traced outside `tf.saved_model.save`.
-        config = dataclasses.replace(
-            config, decode=dataclasses.replace(config.decode, soft_nms_impl="loop")
-        )
-        self.predictor = Predictor(self.model, config, flip_test=flip_test)
+        self.category_ids, _ = label_map(model, category_ids, [""] * model.num_classes)
         self.serve = tf.function(
             self._serve,
             input_signature=[tf.TensorSpec([None, None, None, 3], tf.uint8, name="images")],
@@ -226,27 +221,47 @@ class DetectionModule(tf.Module):
 
     @property
     def model(self):
-        """The exported detector (pure-TF pooling)."""
+        """The exported detector (pure-TF pooling, soft-NMS loop)."""
         return self._holder.model
 
+    @property
+    def max_detections(self) -> int:
+        return int(self.model.decoder.decode_config.max_detections)
+
+    def _empty(self):
+        n = self.max_detections
+        return {
+            "detection_boxes": tf.zeros([0, n, 4]), "detection_scores": tf.zeros([0, n]),
+            "detection_classes": tf.zeros([0, n]), "num_detections": tf.zeros([0]),
+        }
+
     def _serve(self, images):
+        # The signature declares (batch, height, width, 3) uint8; a serving
+        # runtime may still feed other shapes, so say which input is wrong.
+        spec = "uint8 (batch, height, width, 3) RGB"
+        checks = [
+            tf.debugging.assert_rank(images, 4, message=f"serving_default: input 'images' must be {spec}"),
+            tf.debugging.assert_equal(
+                tf.shape(images)[-1], 3, message=f"serving_default: input 'images' must have 3 channels, {spec}"
+            ),
+        ]
+        with tf.control_dependencies(checks):
+            images = tf.identity(images)
         # An empty batch gets empty outputs (not an error from the decoder).
-        n = self.predictor.decode_config.max_detections
-
-        def empty():
-            return {
-                "detection_boxes": tf.zeros([0, n, 4]), "detection_scores": tf.zeros([0, n]),
-                "detection_classes": tf.zeros([0, n]), "num_detections": tf.zeros([0]),
-            }
-
-        return tf.cond(tf.shape(images)[0] > 0, lambda: self._detect(images), empty)
+        return tf.cond(tf.shape(images)[0] > 0, lambda: self._detect(images), self._empty)
 
     def _detect(self, images):
         shape = tf.shape(images)
         sizes = tf.tile(shape[None, 1:3], [shape[0], 1])
-        return to_detection_api(self.predictor.predict(images, sizes), sizes, self.category_ids)
+        return to_detection_api(self.model.detect(images), sizes, self.category_ids)
 
     def _serve_bytes(self, image_bytes):
+        check = tf.debugging.assert_rank(
+            image_bytes, 1, message="serving_bytes: input 'image_bytes' must be a string vector (batch,) of "
+            "encoded JPEG/PNG/GIF/BMP images"
+        )
+        with tf.control_dependencies([check]):
+            image_bytes = tf.identity(image_bytes)
         # One image at a time: each gets its own canvas, so the detections of
         # an image do not depend on the other images of the request.
         def detect_one(encoded):
@@ -254,7 +269,7 @@ class DetectionModule(tf.Module):
             out = self._detect(image)
             return {key: value[0] for key, value in out.items()}
 
-        n = self.predictor.decode_config.max_detections
+        n = self.max_detections
         return tf.map_fn(
             detect_one,
             image_bytes,
@@ -273,8 +288,8 @@ class DetectionModule(tf.Module):
         """A `tf.function` for one image size with static shapes (TFLite, ONNX).
 
         The same computation as `serve` on ``height x width`` images
-        (`static_preprocess` instead of `preprocess_images`; the same model
-        and `decode_detections`).
+        (`tf_centernet.models.preprocessor.static_preprocess`, the same
+        network and decoder).
 
         Args:
             height: int. Image height in pixels.
@@ -285,14 +300,10 @@ class DetectionModule(tf.Module):
             A `tf.function` with input signature ``images uint8 (batch,
             height, width, 3)`` returning the `to_detection_api` dict.
         """
-        predictor = self.predictor
 
         def detect(images):
-            detections = predictor.detect(
-                images, lambda batch, scale: static_preprocess(batch, scale, predictor.mean, predictor.std)
-            )
             sizes = tf.tile(tf.constant([[height, width]], tf.int32), [tf.shape(images)[0], 1])
-            return to_detection_api(detections, sizes, self.category_ids)
+            return to_detection_api(self.model.detect(images, static=True), sizes, self.category_ids)
 
         return tf.function(
             detect,
@@ -311,10 +322,9 @@ class DetectionModule(tf.Module):
             A `tf.function` ``images uint8 (batch, height, width, 3) ->``
             dict of head outputs `(batch, (Hc + 1) / 4, (Wc + 1) / 4, c)`.
         """
-        predictor = self.predictor
 
         def heads(images):
-            canvas, _ = static_preprocess(images, 1.0, predictor.mean, predictor.std)
+            canvas, _ = self.model.image_converter(images, scale=1.0, static=True)
             return dict(self.model(canvas, training=False))
 
         return tf.function(

@@ -7,7 +7,6 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from tf_centernet.config import Config
 from tf_centernet.export.common import input_size_of, prepare_output
 from tf_centernet.export.module import DetectionModule
 
@@ -15,7 +14,7 @@ logger = logging.getLogger("tf_centernet")
 
 
 def export_onnx(
-    model, config: Config, output: str,
+    model, output: str,
     input_size=None, flip_test: Optional[bool] = None, category_ids: Optional[Sequence[int]] = None,
     opset: int = 17,
 ) -> str:
@@ -27,7 +26,7 @@ def export_onnx(
     (``pip install "tf-centernet-triplets[onnx]"``).
 
     Args:
-        model, config, input_size, flip_test, category_ids: see
+        model, input_size, flip_test, category_ids: see
             `export_tflite`.
         output: str. The `.onnx` file.
         opset: int. ONNX opset. Defaults to `17`.
@@ -44,8 +43,8 @@ def export_onnx(
         raise ImportError(
             "ONNX export needs tf2onnx: pip install \"tf-centernet-triplets[onnx]\"."
         ) from error
-    height, width = input_size_of(config, input_size)
-    module = DetectionModule(model, config, category_ids=category_ids, flip_test=flip_test)
+    height, width = input_size_of(model, input_size)
+    module = DetectionModule(model, category_ids=category_ids, flip_test=flip_test)
     fn = module.static_detector(height, width)
     output = prepare_output(output, is_dir=False)
     tf2onnx.convert.from_function(

@@ -10,9 +10,8 @@ from typing import Optional, Sequence
 
 import tensorflow as tf
 
-from tf_centernet.config import Config
 from tf_centernet.export.common import prepare_output, quiet_absl
-from tf_centernet.export.module import DEFAULT_MAX_MEGAPIXELS, DetectionModule, label_map_from_config
+from tf_centernet.export.module import DEFAULT_MAX_MEGAPIXELS, DetectionModule, label_map
 
 logger = logging.getLogger("tf_centernet")
 
@@ -22,7 +21,7 @@ LABEL_MAP_FILE = "label_map.json"
 
 
 def export_saved_model(
-    model, config: Config, output: str,
+    model, output: str,
     category_ids: Optional[Sequence[int]] = None,
     class_names: Optional[Sequence[str]] = None,
     flip_test: Optional[bool] = None,
@@ -42,14 +41,11 @@ def export_saved_model(
 
     Args:
         model: a built detector (see `DetectionModule`).
-        config: `Config`.
         output: str. SavedModel folder (created; must not hold a SavedModel).
-        category_ids: sequence of ints or None. Defaults to
-            `label_map_from_config`.
-        class_names: sequence of str or None. Defaults to
-            `label_map_from_config` (when `category_ids` is None too) or
-            the ids' string form.
-        flip_test: bool or None. Defaults to ``config.decode.flip_test``.
+        category_ids: sequence of ints or None. Defaults to the model's
+            (`tf_centernet.export.module.label_map`).
+        class_names: sequence of str or None. Defaults likewise.
+        flip_test: bool or None. Defaults to the decoder's.
         max_megapixels: float or None. ``serving_bytes`` rejects images whose
             header declares more (million pixels) before decoding them;
             None: no limit. Defaults to `DEFAULT_MAX_MEGAPIXELS` (8).
@@ -60,16 +56,14 @@ def export_saved_model(
     Raises:
         FileExistsError: `output` already holds a SavedModel.
     """
-    output = prepare_output(output, is_dir=True)
+    output = os.path.abspath(output)
     if os.path.exists(os.path.join(output, "saved_model.pb")):
         raise FileExistsError(f"{output} already holds a SavedModel; choose a new version folder.")
-    if category_ids is None:
-        category_ids, default_names = label_map_from_config(config)
-        class_names = class_names or default_names
-    class_names = list(class_names or [str(c) for c in category_ids])
+    category_ids, class_names = label_map(model, category_ids, class_names)
     module = DetectionModule(
-        model, config, category_ids=category_ids, flip_test=flip_test, max_megapixels=max_megapixels
+        model, category_ids=category_ids, flip_test=flip_test, max_megapixels=max_megapixels
     )
+    output = prepare_output(output, is_dir=True)
     with tempfile.TemporaryDirectory() as tmp:
         label_path = os.path.join(tmp, LABEL_MAP_FILE)
         entries = [{"id": int(i), "name": str(n)} for i, n in zip(module.category_ids, class_names)]

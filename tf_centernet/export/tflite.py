@@ -7,7 +7,6 @@ from typing import Optional, Sequence
 
 import tensorflow as tf
 
-from tf_centernet.config import Config
 from tf_centernet.export.common import input_size_of, prepare_output, quiet_absl
 from tf_centernet.export.module import DetectionModule
 
@@ -15,7 +14,7 @@ logger = logging.getLogger("tf_centernet")
 
 
 def export_tflite(
-    model, config: Config, output: str,
+    model, output: str,
     quantization: str = "float32",
     input_size=None, flip_test: Optional[bool] = None, category_ids: Optional[Sequence[int]] = None,
     decoding: bool = True,
@@ -30,14 +29,13 @@ def export_tflite(
 
     Args:
         model: a built detector.
-        config: `Config`.
         output: str. The `.tflite` file.
         quantization: str. ``"float32"``; ``"float16"`` (weights stored in
             float16, computed in float32 on CPU); ``"int8"`` (dynamic-range:
             weights int8, activations float). Defaults to `"float32"`.
-        input_size: int, ``(height, width)`` or None. Defaults to
-            ``config.data.input_size``.
-        flip_test: bool or None. Defaults to ``config.decode.flip_test``.
+        input_size: int, ``(height, width)`` or None. Defaults to the
+            image converter's ``input_size`` (the training size).
+        flip_test: bool or None. Defaults to the decoder's.
         category_ids: sequence of ints or None.
         decoding: bool. Include preprocessing-to-detections (True) or end at
             the head outputs (False). Defaults to `True`.
@@ -51,8 +49,8 @@ def export_tflite(
     """
     if quantization not in ("float32", "float16", "int8"):
         raise ValueError(f"quantization must be float32, float16 or int8, got {quantization!r}.")
-    height, width = input_size_of(config, input_size)
-    module = DetectionModule(model, config, category_ids=category_ids, flip_test=flip_test)
+    height, width = input_size_of(model, input_size)
+    module = DetectionModule(model, category_ids=category_ids, flip_test=flip_test)
     fn = module.static_detector(height, width) if decoding else module.static_heads(height, width)
     concrete = fn.get_concrete_function()
     converter = tf.lite.TFLiteConverter.from_concrete_functions([concrete], module)

@@ -9,7 +9,6 @@ from typing import Optional, Sequence, Tuple
 
 import tensorflow as tf
 
-from tf_centernet.config import Config
 from tf_centernet.export.common import input_size_of, prepare_output
 from tf_centernet.export.saved_model import SERVING_DEFAULT, export_saved_model
 
@@ -49,7 +48,7 @@ TENSORRT_HELP = (
 
 
 def export_tftrt(
-    model, config: Config, output: str,
+    model, output: str,
     precision: str = "FP16",
     input_size=None, flip_test: Optional[bool] = None, category_ids: Optional[Sequence[int]] = None,
 ) -> str:
@@ -62,7 +61,7 @@ def export_tftrt(
     before saving; otherwise at the first request of each new size.
 
     Args:
-        model, config, flip_test, category_ids: see `export_saved_model`.
+        model, flip_test, category_ids: see `export_saved_model`.
         output: str. Output SavedModel folder.
         precision: str. ``"FP32"``, ``"FP16"`` or ``"INT8"`` (INT8 without
             calibration data uses FP16 ranges; prefer FP16). Defaults to
@@ -85,7 +84,7 @@ def export_tftrt(
     output = prepare_output(output, is_dir=True)  # pragma: no cover
     with tempfile.TemporaryDirectory() as tmp:  # pragma: no cover
         source = export_saved_model(
-            model, config, os.path.join(tmp, "saved_model"),
+            model, os.path.join(tmp, "saved_model"),
             category_ids=category_ids, flip_test=flip_test,
         )
         converter = trt.TrtGraphConverterV2(
@@ -98,7 +97,7 @@ def export_tftrt(
         )
         converter.convert()
         if input_size is not None:
-            height, width = input_size_of(config, input_size)
+            height, width = input_size_of(model, input_size)
 
             def input_fn():
                 yield (tf.zeros([1, height, width, 3], tf.uint8),)

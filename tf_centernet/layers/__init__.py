@@ -2,7 +2,7 @@
 
 from tf_centernet.layers.convolution import ConvModule, ResidualBlock
 from tf_centernet.layers.heads import PredictionHead
-from tf_centernet.layers.hourglass import HourglassBackbone, HourglassModule, Stem
+from tf_centernet.layers.hourglass import HourglassModule, Stem
 from tf_centernet.layers.pooling import CascadeCornerPooling, CenterPooling, CornerPooling
 
 __all__ = [
@@ -10,7 +10,6 @@ __all__ = [
     "CenterPooling",
     "ConvModule",
     "CornerPooling",
-    "HourglassBackbone",
     "HourglassModule",
     "PredictionHead",
     "ResidualBlock",

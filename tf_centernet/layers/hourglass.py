@@ -1,4 +1,5 @@
-"""Hourglass module, stem and stacked hourglass backbone (docs/reference.md §1)."""
+"""Hourglass module and stem (docs/reference.md §1); the stacked backbone is
+`tf_centernet.models.HourglassBackbone`."""
 
 from __future__ import annotations
 
@@ -106,89 +107,3 @@ class Stem(AttributeConfig, keras.layers.Layer):
 
     def call(self, inputs, training=None):
         return self.residual(self.conv(inputs, training=training), training=training)
-
-
-
-@keras.saving.register_keras_serializable(package="tf_centernet")
-class HourglassBackbone(AttributeConfig, keras.layers.Layer):
-    """Stacked hourglass network (docs/reference.md §1).
-
-    Stem, then `num_stacks` x (hourglass module, 3x3 convolution module
-    ``cnv`` to `head_channels`). Between stacks: ReLU(BN(conv1x1(x)) +
-    BN(conv1x1(cnv))) followed by a residual block, where x is the stem
-    output or the previous merge. Intermediate predictions are not added
-    back into the trunk.
-
-    Args:
-        num_stacks: int. 1 for Hourglass-52, 2 for Hourglass-104.
-        levels, widths, blocks: see `HourglassModule`.
-        stem_channels: int. Channels of the 7x7 stem convolution.
-        head_channels: int. Channels of each stack's ``cnv`` output (the
-            releases' cnv_dim, 256).
-
-    Call arguments:
-        inputs: (batch, height, width, 3); height and width must be
-            divisible by 4 * 2**levels after the stride-4 stem (the releases
-            use 511 = 128 * 4 - 1 so that the stem gives 128).
-        training: bool.
-
-    Returns:
-        List of `num_stacks` tensors (batch, H/4, W/4, head_channels), one per
-        stack.
-    """
-
-    CONFIG_KEYS = ("num_stacks", "levels", "widths", "blocks", "stem_channels", "head_channels")
-
-    def __init__(
-        self,
-        num_stacks,
-        levels,
-        widths,
-        blocks,
-        stem_channels=128,
-        head_channels=256,
-        **kwargs,
-    ):
-        super().__init__(**kwargs)
-        self._store(num_stacks=num_stacks, levels=levels, widths=list(widths), blocks=list(blocks),
-                    stem_channels=stem_channels, head_channels=head_channels)
-        w0 = widths[0]
-        self.stem = Stem(stem_channels, w0, name="stem")
-        self.hourglasses = [
-            HourglassModule(levels, widths, blocks, name=f"hourglass_{i}")
-            for i in range(num_stacks)
-        ]
-        self.cnvs = [ConvModule(head_channels, 3, name=f"cnv_{i}") for i in range(num_stacks)]
-        self.inter_convs = []  # applied to the trunk (the releases' inters_)
-        self.cnv_convs = []  # applied to cnv (the releases' cnvs_)
-        self.inter_blocks = []  # the releases' inters
-        for i in range(num_stacks - 1):
-            self.inter_convs.append(
-                keras.Sequential(
-                    [keras.layers.Conv2D(w0, 1, use_bias=False), batch_norm()],
-                    name=f"inter_conv_{i}",
-                )
-            )
-            self.cnv_convs.append(
-                keras.Sequential(
-                    [keras.layers.Conv2D(w0, 1, use_bias=False), batch_norm()],
-                    name=f"cnv_conv_{i}",
-                )
-            )
-            self.inter_blocks.append(ResidualBlock(w0, name=f"inter_{i}"))
-        self.relu = keras.layers.ReLU()
-
-    def call(self, inputs, training=None):
-        inter = self.stem(inputs, training=training)
-        features = []
-        for i in range(self.num_stacks):
-            hourglass = self.hourglasses[i](inter, training=training)
-            cnv = self.cnvs[i](hourglass, training=training)
-            features.append(cnv)
-            if i < self.num_stacks - 1:
-                inter = self.relu(
-                    self.inter_convs[i](inter, training=training)
-                    + self.cnv_convs[i](cnv, training=training)
-                )
-                inter = self.inter_blocks[i](inter, training=training)
-        return features
