@@ -11,7 +11,10 @@ to its final name, fsync the folder, then rewrite the manifest the same way
 (temporary file, fsync, rename). A process killed at any point leaves the
 previous state, a ``.partial-*`` file (removed by `cleanup_partials` when the
 next training starts), or a complete checkpoint not yet in the manifest
-(checked as an unlisted file, below).
+(checked as an unlisted file, below). A save that fails for lack of space
+or permission (`CheckpointWriteError`) removes its partial file first, and
+`CheckpointCallback` then stops training with one message: the steps lost
+since the newest intact checkpoint (which stays) and where to make room.
 
 Reading (`validate_checkpoint`, `load_checkpoint`): a listed checkpoint must
 match its SHA-256 (a truncated, zero-byte or bit-flipped file fails); an
@@ -24,6 +27,8 @@ file that is unusable is a `CheckpointError`. Raw h5py errors never escape.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import hashlib
 import logging
 import os
@@ -42,6 +47,25 @@ _NAME = re.compile(r"ckpt-(\d+)\.weights\.h5")
 
 class CheckpointError(ValueError):
     """A checkpoint is unusable (corrupt, truncated, non-finite or mismatched)."""
+
+
+class CheckpointWriteError(RuntimeError):
+    """A checkpoint could not be written: disk full, read-only or no permission.
+
+    Nothing partial is left. Attributes: ``step`` (int), ``errno`` (int or
+    None), ``folder`` (the checkpoint folder), ``written`` (True when the
+    checkpoint file itself is complete and only the manifest failed).
+    ``exit_code`` is 2, the CLI's status for a problem the user fixes.
+    """
+
+    exit_code = 2
+
+    def __init__(self, message, step, errno=None, folder=None, written=False):
+        super().__init__(message)
+        self.step = int(step)
+        self.errno = errno
+        self.folder = folder
+        self.written = written
 
 
 def checkpoint_path(model_dir, step):
@@ -179,6 +203,15 @@ def validate_checkpoint(path):
 # ------------------------------------------------------------------ writing
 
 
+def _free_bytes(folder):
+    """Bytes free for an unprivileged writer on `folder`'s file system, or None."""
+    try:
+        stat = os.statvfs(folder)
+    except (OSError, AttributeError):
+        return None
+    return stat.f_bavail * stat.f_frsize
+
+
 def fsync_dir(folder):
     """fsync a folder so a rename in it survives a power loss (no-op where unsupported)."""
     try:
@@ -250,20 +283,86 @@ def save_checkpoint(model, model_dir, step, keep):
             f"Not saving checkpoint of step {int(step)}: {len(bad)} variable(s) hold NaN/Inf "
             f"(first: {bad[0]}); the last finite checkpoint is kept."
         )
+    from tf_centernet.guards import display_path, os_error_of
+
     path = checkpoint_path(model_dir, step)
     folder = os.path.dirname(path)
-    os.makedirs(folder, exist_ok=True)
     partial = os.path.join(folder, PARTIAL_PREFIX + os.path.basename(path))
-    model.save_weights(partial, overwrite=True)
-    _fsync_file(partial)
-    digest = _sha256(partial)
-    if _expected_digest(path) is not None:  # an older save of this step
-        _update_manifest(model_dir, {_rel(path): None})
-    os.replace(partial, path)
-    fsync_dir(folder)
-    _update_manifest(model_dir, {_rel(path): digest})
+    try:
+        os.makedirs(folder, exist_ok=True)
+        model.save_weights(partial, overwrite=True)
+        _fsync_file(partial)
+        digest = _sha256(partial)
+        if _expected_digest(path) is not None:  # an older save of this step
+            _update_manifest(model_dir, {_rel(path): None})
+        os.replace(partial, path)
+        fsync_dir(folder)
+    except Exception as error:  # h5py / Keras raise OSError, sometimes wrapped
+        cause = os_error_of(error)
+        if cause is None:
+            raise
+        discard_partial(partial)
+        discard_partial(os.path.join(model_dir, PARTIAL_PREFIX + MANIFEST))
+        reason = os.strerror(cause.errno) if cause.errno else str(cause).splitlines()[0]
+        raise CheckpointWriteError(
+            f"Cannot write checkpoint of step {int(step)} in {display_path(folder)}: {reason}",
+            step, cause.errno, folder,
+        ) from None
+    try:
+        _update_manifest(model_dir, {_rel(path): digest})
+    except OSError as error:  # the checkpoint is complete; an unlisted file is validated by reading it
+        discard_partial(os.path.join(model_dir, PARTIAL_PREFIX + MANIFEST))
+        raise CheckpointWriteError(
+            f"Wrote checkpoint {display_path(path)} but cannot update {display_path(os.path.join(model_dir, MANIFEST))}: "
+            f"{os.strerror(error.errno) if error.errno else error}",
+            step, error.errno, folder, written=True,
+        ) from None
     prune_checkpoints(model_dir, keep, protect=path)
     return path
+
+
+def discard_partial(path):
+    """Removes a file a failed save left, closing HDF5's handle on it first.
+
+    Keras leaves its HDF5 file open when a write fails; HDF5 would flush it
+    again when the handle is garbage-collected (one traceback per object on
+    a full disk, then a crash at exit). The file is truncated first, which
+    frees the space that closing it needs. Missing files are ignored.
+    """
+    target = os.path.abspath(path)
+    try:
+        import h5py
+
+        open_files = h5py.h5f.get_obj_ids(types=h5py.h5f.OBJ_FILE)
+    except Exception:  # noqa: BLE001 - h5py missing or no HDF5 file open
+        open_files = []
+    for file_id in open_files:
+        try:
+            if os.path.abspath(os.fsdecode(file_id.name)) != target:
+                continue
+        except Exception:  # noqa: BLE001 - an id closed meanwhile
+            continue
+        with contextlib.suppress(OSError):
+            os.truncate(path, 0)
+        try:
+            while file_id.valid:
+                file_id.close()
+        except Exception:  # noqa: BLE001 - HDF5 could not flush; the id is dropped below
+            pass
+    with contextlib.suppress(OSError):
+        os.remove(path)
+
+
+def checkpoint_bytes(model):
+    """Roughly the size of one checkpoint of `model`: its and its optimizer's variables, in bytes."""
+    variables = list(model.weights)
+    if getattr(model, "optimizer", None) is not None:
+        variables += list(model.optimizer.variables)
+    total = 0
+    for variable in variables:
+        shape = [int(d) for d in variable.shape]
+        total += int(np.prod(shape, dtype=np.int64)) * np.dtype(getattr(variable, "dtype", "float32")).itemsize
+    return total
 
 
 def prune_checkpoints(model_dir, keep, protect=None):
@@ -385,6 +484,12 @@ class CheckpointCallback(keras.callbacks.Callback):
 
     `block(reason)` stops all further saves (a guard found a non-finite
     loss); `last_path` is the newest checkpoint this callback wrote.
+
+    A save that fails for lack of space or permission
+    (`CheckpointWriteError`) stops training at the end of the step; no
+    further save is tried, and `error` is then the `CheckpointWriteError`
+    to raise after `fit`, its message saying how many steps since the
+    newest intact checkpoint are lost and what to do.
     """
 
     def __init__(self, model_dir, every, keep=3, last_saved=None):
@@ -395,6 +500,7 @@ class CheckpointCallback(keras.callbacks.Callback):
         self.last_saved = last_saved
         self.last_path = None
         self.blocked = None
+        self.error = None
 
     def block(self, reason):
         """No checkpoint is written from now on (`reason` is kept for messages)."""
@@ -403,8 +509,56 @@ class CheckpointCallback(keras.callbacks.Callback):
     def _save(self):
         step = int(self.model.optimizer.iterations.numpy())
         if self.blocked is None and step != self.last_saved:
-            self.last_path = save_checkpoint(self.model, self.model_dir, step, self.keep)
+            try:
+                self.last_path = save_checkpoint(self.model, self.model_dir, step, self.keep)
+            except CheckpointWriteError as error:
+                self._stop(error, step)
+                return
             self.last_saved = step
+
+    def _newest_intact(self):
+        """(step, path) of the newest checkpoint on disk that validates, or (None, None)."""
+        if self.last_saved is not None:
+            path = checkpoint_path(self.model_dir, self.last_saved)
+            if os.path.isfile(path):
+                return self.last_saved, path
+        path = latest_checkpoint(self.model_dir)
+        if path is None:
+            return None, None
+        return int(_NAME.fullmatch(os.path.basename(path)).group(1)), path
+
+    def _stop(self, error, step):
+        """Stops training after a failed save; builds `error`'s one-line message."""
+        from tf_centernet.guards import display_path
+
+        self.block(str(error))
+        if self.model is not None:
+            self.model.stop_training = True
+        if error.written:
+            lost = "no step is lost (the checkpoint file is complete; it is checked by reading it back)"
+        else:
+            last, path = self._newest_intact()
+            if last is None:
+                lost = f"the {step} step(s) of this run are lost (no checkpoint was written yet)"
+            else:
+                lost = (f"the {step - last} step(s) since the last checkpoint (step {last}, "
+                        f"{display_path(path)}) are lost")
+        folder = display_path(error.folder or os.path.join(self.model_dir, CHECKPOINT_SUBDIR))
+        if error.errno in (errno.ENOSPC, errno.EDQUOT):
+            free = _free_bytes(error.folder or self.model_dir)
+            need = checkpoint_bytes(self.model) if self.model is not None else 0
+            room = f" ({free / 2**20:.1f} MiB free, a checkpoint takes about {need / 2**20:.1f} MiB)" if free is not None and need else ""
+            todo = f"free space on the file system of {folder}{room} or train into another --model-dir"
+        elif error.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+            todo = f"make {folder} writable (fix its permissions, or remount it read-write) or train into another --model-dir"
+        else:
+            todo = f"fix the problem with {folder}"
+        self.error = CheckpointWriteError(
+            f"{error}. Training stopped at step {step}; {lost}. To go on, {todo}, then run the same command "
+            "to resume.",
+            error.step, error.errno, error.folder, error.written,
+        )
+        logger.debug("Checkpoint write failed: %s", self.error)
 
     def on_train_batch_end(self, batch, logs=None):
         if int(self.model.optimizer.iterations.numpy()) % self.every == 0:
