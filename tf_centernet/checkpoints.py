@@ -288,26 +288,48 @@ def save_checkpoint(model, model_dir, step, keep):
     path = checkpoint_path(model_dir, step)
     folder = os.path.dirname(path)
     partial = os.path.join(folder, PARTIAL_PREFIX + os.path.basename(path))
-    try:
-        os.makedirs(folder, exist_ok=True)
-        model.save_weights(partial, overwrite=True)
-        _fsync_file(partial)
-        digest = _sha256(partial)
-        if _expected_digest(path) is not None:  # an older save of this step
-            _update_manifest(model_dir, {_rel(path): None})
-        os.replace(partial, path)
-        fsync_dir(folder)
-    except Exception as error:  # h5py / Keras raise OSError, sometimes wrapped
-        cause = os_error_of(error)
-        if cause is None:
-            raise
-        discard_partial(partial)
-        discard_partial(os.path.join(model_dir, PARTIAL_PREFIX + MANIFEST))
-        reason = os.strerror(cause.errno) if cause.errno else str(cause).splitlines()[0]
-        raise CheckpointWriteError(
-            f"Cannot write checkpoint of step {int(step)} in {display_path(folder)}: {reason}",
-            step, cause.errno, folder,
-        ) from None
+    failure = None
+    global _hdf5_left_broken
+    with _quiet_hdf5_cleanup():
+        in_hdf5 = False
+        try:
+            os.makedirs(folder, exist_ok=True)
+            # HDF5 does not recover from a write that fails half-way (a
+            # crash can follow): refuse before it starts when the file
+            # cannot fit.
+            need, free = checkpoint_bytes(model), _free_bytes(folder)
+            if free is not None and free < need:
+                raise OSError(errno.ENOSPC, f"{os.strerror(errno.ENOSPC)} ({free / 2**20:.1f} MiB free, the "
+                                            f"checkpoint needs up to {need / 2**20:.1f} MiB)", folder)
+            in_hdf5 = True
+            model.save_weights(partial, overwrite=True)
+            in_hdf5 = False
+            _fsync_file(partial)
+            digest = _sha256(partial)
+            if _expected_digest(path) is not None:  # an older save of this step
+                _update_manifest(model_dir, {_rel(path): None})
+            os.replace(partial, path)
+            fsync_dir(folder)
+        except Exception as error:  # h5py / Keras raise OSError, sometimes wrapped
+            cause = os_error_of(error)
+            if cause is None:
+                raise
+            if in_hdf5 and cause.errno in (errno.ENOSPC, errno.EDQUOT, errno.EIO):
+                _hdf5_left_broken = True  # the file was open when the write failed
+            discard_partial(partial)
+            discard_partial(os.path.join(model_dir, PARTIAL_PREFIX + MANIFEST))
+            if cause.errno:  # HDF5's own wording is a page long: the system's reason, or ours with sizes
+                ours = str(cause.strerror or "").startswith(os.strerror(cause.errno))
+                reason = cause.strerror if ours else os.strerror(cause.errno)
+            else:
+                reason = str(cause).splitlines()[0]
+            failure = CheckpointWriteError(
+                f"Cannot write checkpoint of step {int(step)} in {display_path(folder)}: {reason}",
+                step, cause.errno, folder,
+            )
+            del error, cause  # their traceback holds the failed write's HDF5 handles: freed in the context
+    if failure is not None:
+        raise failure
     try:
         _update_manifest(model_dir, {_rel(path): digest})
     except OSError as error:  # the checkpoint is complete; an unlisted file is validated by reading it
@@ -322,46 +344,96 @@ def save_checkpoint(model, model_dir, step, keep):
 
 
 def discard_partial(path):
-    """Removes a file a failed save left, closing HDF5's handle on it first.
+    """Removes a file a failed save left (missing files are ignored).
 
-    Keras leaves its HDF5 file open when a write fails; HDF5 would flush it
-    again when the handle is garbage-collected (one traceback per object on
-    a full disk, then a crash at exit). The file is truncated first, which
-    frees the space that closing it needs. Missing files are ignored.
+    The file is truncated first: HDF5 may still hold it open after a failed
+    write, and on a full disk only the truncation frees its space.
     """
-    target = os.path.abspath(path)
-    try:
-        import h5py
-
-        open_files = h5py.h5f.get_obj_ids(types=h5py.h5f.OBJ_FILE)
-    except Exception:  # noqa: BLE001 - h5py missing or no HDF5 file open
-        open_files = []
-    for file_id in open_files:
-        try:
-            if os.path.abspath(os.fsdecode(file_id.name)) != target:
-                continue
-        except Exception:  # noqa: BLE001 - an id closed meanwhile
-            continue
-        with contextlib.suppress(OSError):
-            os.truncate(path, 0)
-        try:
-            while file_id.valid:
-                file_id.close()
-        except Exception:  # noqa: BLE001 - HDF5 could not flush; the id is dropped below
-            pass
+    with contextlib.suppress(OSError):
+        os.truncate(path, 0)
     with contextlib.suppress(OSError):
         os.remove(path)
 
 
+# Set when an HDF5 write failed half-way: HDF5 keeps that file open in a
+# state it cannot close, and may crash when the process exits.
+_hdf5_left_broken = False
+
+
+def hdf5_left_broken():
+    """True once a checkpoint write failed inside HDF5 in this process.
+
+    HDF5 then holds a file it can no longer close; closing it when the
+    interpreter exits may crash (SIGSEGV). The command line ends such a
+    process with `os._exit` after its message (`tf_centernet.cli.main`).
+    The free-space check before each save makes this rare: it needs the
+    disk to fill during the write.
+    """
+    return _hdf5_left_broken
+
+
+def _from_h5py(error, trace=None):
+    import traceback
+
+    frames = traceback.extract_tb(trace if trace is not None else getattr(error, "__traceback__", None))
+    return any("h5py" in frame.filename for frame in frames) or "id ref count" in str(error)
+
+
+@contextlib.contextmanager
+def _quiet_hdf5_cleanup():
+    """Counts instead of printing the errors h5py raises while freeing the handles of a failed write.
+
+    When HDF5 cannot write (disk full), Keras' close of the weights file
+    fails half-way and each of its objects reports the same error as it is
+    freed (a traceback and "Exception ignored in ObjectID.__dealloc__",
+    hundreds of them). Inside this context those reports are counted
+    (logged at DEBUG); every other error is reported as usual.
+    """
+    import gc
+    import sys
+
+    global _hdf5_left_broken
+    previous_unraisable, previous_excepthook = sys.unraisablehook, sys.excepthook
+    dropped = []
+
+    def unraisable_hook(unraisable):
+        if "h5py" in repr(getattr(unraisable, "object", "")) or _from_h5py(unraisable.exc_value,
+                                                                            unraisable.exc_traceback):
+            dropped.append(unraisable.exc_value)
+            return
+        previous_unraisable(unraisable)
+
+    def excepthook(kind, value, trace):  # Cython prints an unraisable error's traceback through it
+        if _from_h5py(value, trace):
+            dropped.append(value)
+            return
+        previous_excepthook(kind, value, trace)
+
+    sys.unraisablehook, sys.excepthook = unraisable_hook, excepthook
+    try:
+        yield
+    finally:
+        gc.collect()  # free the failed write's handles while the hooks count their errors
+        sys.unraisablehook, sys.excepthook = previous_unraisable, previous_excepthook
+        if dropped:
+            _hdf5_left_broken = True
+            logger.debug("%d HDF5 handle(s) of a failed write freed with errors: %s", len(dropped), dropped[0])
+
+
 def checkpoint_bytes(model):
-    """Roughly the size of one checkpoint of `model`: its and its optimizer's variables, in bytes."""
+    """An upper estimate of the size of one checkpoint of `model`, in bytes.
+
+    The model's and its optimizer's variables, plus HDF5's metadata (about
+    1 KiB per variable, counted as 2 KiB) and 64 KiB.
+    """
     variables = list(model.weights)
     if getattr(model, "optimizer", None) is not None:
         variables += list(model.optimizer.variables)
-    total = 0
+    total = 64 * 1024
     for variable in variables:
         shape = [int(d) for d in variable.shape]
         total += int(np.prod(shape, dtype=np.int64)) * np.dtype(getattr(variable, "dtype", "float32")).itemsize
+        total += 2048
     return total
 
 
@@ -545,10 +617,7 @@ class CheckpointCallback(keras.callbacks.Callback):
                         f"{display_path(path)}) are lost")
         folder = display_path(error.folder or os.path.join(self.model_dir, CHECKPOINT_SUBDIR))
         if error.errno in (errno.ENOSPC, errno.EDQUOT):
-            free = _free_bytes(error.folder or self.model_dir)
-            need = checkpoint_bytes(self.model) if self.model is not None else 0
-            room = f" ({free / 2**20:.1f} MiB free, a checkpoint takes about {need / 2**20:.1f} MiB)" if free is not None and need else ""
-            todo = f"free space on the file system of {folder}{room} or train into another --model-dir"
+            todo = f"free space on the file system of {folder} or train into another --model-dir"
         elif error.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
             todo = f"make {folder} writable (fix its permissions, or remount it read-write) or train into another --model-dir"
         else:

@@ -444,6 +444,25 @@ def build_parser():
 
 
 def main(argv=None):
+    """Runs one command; returns its exit status (see `_run`).
+
+    Run as the program (`argv` None), a process in which HDF5 was left
+    holding a checkpoint it could not finish (the disk filled during the
+    write, `tf_centernet.checkpoints.hdf5_left_broken`) ends with
+    `os._exit` once its message is logged: HDF5 would crash closing that
+    file at interpreter exit.
+    """
+    code = _run(argv)
+    checkpoints = sys.modules.get("tf_centernet.checkpoints")
+    if argv is None and checkpoints is not None and checkpoints.hdf5_left_broken():
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code
+
+
+def _run(argv=None):
     """Runs one command; returns its exit status.
 
     0: success; 1: training stopped on a non-finite loss; 2: bad input
