@@ -227,7 +227,7 @@ def parse_example(serialized: bytes, where: str = "record") -> dict:
         height=int(dense["image/height"]),
         width=int(dense["image/width"]),
         source_id=dense["image/source_id"].decode("utf-8", "replace"),
-        filename=dense["image/filename"].decode("utf-8", "replace"),
+        filename=os.fsdecode(dense["image/filename"]),  # a file system's name: bytes round-trip
         boxes=np.stack(coords, axis=1).astype(np.float32).reshape(-1, 4),
         labels=labels.astype(np.int64),
         texts=texts,
