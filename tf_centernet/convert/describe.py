@@ -133,8 +133,12 @@ def check_config_matches(shapes: Mapping[str, Sequence[int]], model_config, sour
 
     Compares `describe_state` (architecture, class count, stacks, levels,
     widths, blocks and channel counts read from the keys and shapes) with
-    the configuration. Snapshots whose keys are not a release hourglass
-    model pass (the key-by-key check after building reports them).
+    the configuration, and fails when they differ in size, or when a named
+    config describes the snapshot. Left to the key-by-key check after
+    building (which names the first mismatching keys): snapshots whose keys
+    are not a release hourglass model, and a model of the configured size
+    that differs only in architecture or class count and matches no named
+    config.
 
     Args:
         shapes: dict release key (without ``module.``) -> shape.
@@ -154,8 +158,10 @@ def check_config_matches(shapes: Mapping[str, Sequence[int]], model_config, sour
     differences = _differences(found, describe_config(model_config))
     if not differences:
         return
-    classes = f"--set model.num_classes={found['num_classes']}"
     matches = matching_configs(found)
+    if not matches and all(d.startswith(("architecture ", "num_classes ")) for d in differences):
+        return  # a model of the same size, no named config to propose: the key-by-key check names the keys
+    classes = f"--set model.num_classes={found['num_classes']}"
     if all(d.startswith("num_classes ") for d in differences):
         todo = (f"add {classes} (convert keeps the snapshot's classes; train --init-from DIR re-initialises "
                 "the class heads for another count)")
