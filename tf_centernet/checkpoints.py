@@ -273,6 +273,12 @@ def save_checkpoint(model, model_dir, step, keep):
     Raises:
         CheckpointError: a model or optimizer variable is NaN or Inf
             (nothing is written).
+        CheckpointWriteError: the file system refused (disk full, checked
+            against `checkpoint_bytes` before writing; read-only; no
+            permission): the partial file is removed, earlier checkpoints
+            and the manifest are as they were. ``written`` is True when
+            only the manifest could not be updated (the checkpoint is
+            complete, and checked by reading it when unlisted).
     """
     variables = list(model.weights)
     if getattr(model, "optimizer", None) is not None:
@@ -290,7 +296,7 @@ def save_checkpoint(model, model_dir, step, keep):
     partial = os.path.join(folder, PARTIAL_PREFIX + os.path.basename(path))
     failure = None
     global _hdf5_left_broken
-    with _quiet_hdf5_cleanup():
+    with _quiet_hdf5_cleanup() as cleanup:
         in_hdf5 = False
         try:
             os.makedirs(folder, exist_ok=True)
@@ -314,6 +320,7 @@ def save_checkpoint(model, model_dir, step, keep):
             cause = os_error_of(error)
             if cause is None:
                 raise
+            cleanup["failed"] = True
             if in_hdf5 and cause.errno in (errno.ENOSPC, errno.EDQUOT, errno.EIO):
                 _hdf5_left_broken = True  # the file was open when the write failed
             discard_partial(partial)
@@ -387,7 +394,8 @@ def _quiet_hdf5_cleanup():
     fails half-way and each of its objects reports the same error as it is
     freed (a traceback and "Exception ignored in ObjectID.__dealloc__",
     hundreds of them). Inside this context those reports are counted
-    (logged at DEBUG); every other error is reported as usual.
+    (logged at DEBUG); every other error is reported as usual. Yields a
+    dict: set ``state["failed"]`` to have the handles collected on exit.
     """
     import gc
     import sys
@@ -409,11 +417,13 @@ def _quiet_hdf5_cleanup():
             return
         previous_excepthook(kind, value, trace)
 
+    state = {"failed": False}
     sys.unraisablehook, sys.excepthook = unraisable_hook, excepthook
     try:
-        yield
+        yield state
     finally:
-        gc.collect()  # free the failed write's handles while the hooks count their errors
+        if state["failed"]:
+            gc.collect()  # free the failed write's handles while the hooks count their errors
         sys.unraisablehook, sys.excepthook = previous_unraisable, previous_excepthook
         if dropped:
             _hdf5_left_broken = True
@@ -431,9 +441,12 @@ def checkpoint_bytes(model):
         variables += list(model.optimizer.variables)
     total = 64 * 1024
     for variable in variables:
-        shape = [int(d) for d in variable.shape]
-        total += int(np.prod(shape, dtype=np.int64)) * np.dtype(getattr(variable, "dtype", "float32")).itemsize
-        total += 2048
+        dtype = getattr(variable, "dtype", "float32")
+        try:
+            itemsize = np.dtype(getattr(dtype, "as_numpy_dtype", dtype)).itemsize
+        except TypeError:
+            itemsize = 4
+        total += int(np.prod([int(d) for d in variable.shape], dtype=np.int64)) * itemsize + 2048
     return total
 
 
