@@ -4,7 +4,8 @@
 root and may mount (as CI containers usually allow); elsewhere it yields
 None and the tests fall back to a monkeypatched write that raises the same
 `OSError` (``ENOSPC`` / ``EROFS``). `read_only_folder` gives a folder that
-refuses new files: a read-only tmpfs as root, ``chmod 555`` otherwise.
+refuses new files: a read-only tmpfs as root, ``chmod 555`` otherwise, a
+patched probe where neither works.
 """
 
 from __future__ import annotations
@@ -42,34 +43,40 @@ def small_filesystem(path, size_kib):
 
 
 @contextlib.contextmanager
-def read_only_folder(path, prepare=None):
-    """A folder at `path` that refuses new files; `prepare(path)` fills it first.
+def read_only_folder(path, monkeypatch):
+    """A folder at `path` that refuses new files.
 
-    Root ignores permission bits, so as root the folder is a tmpfs
-    remounted read-only (EROFS); otherwise it is ``chmod 555`` (EACCES).
-    Yields None when neither is possible.
+    As root (who ignores permission bits) a tmpfs remounted read-only
+    (EROFS); as another user ``chmod 555`` (EACCES); as root where mounting
+    is not allowed, `tempfile.mkstemp` in that folder patched to raise
+    EROFS (the probe `tf_centernet.guards.check_writable` writes).
     """
     os.makedirs(path, exist_ok=True)
     path = str(path)
-    if can_mount():
-        if not _mount("-t", "tmpfs", "-o", "size=1m", "tmpfs", path):
-            yield None
-            return
+    if can_mount() and _mount("-t", "tmpfs", "-o", "size=1m", "tmpfs", path):
         try:
-            if prepare:
-                prepare(path)
-            if not _mount("-o", "remount,ro", path):
-                yield None
+            if _mount("-o", "remount,ro", path):
+                yield path
                 return
-            yield path
         finally:
             _umount(path)
+    if not can_mount():
+        mode = os.stat(path).st_mode
+        os.chmod(path, stat.S_IRUSR | stat.S_IXUSR | stat.S_IRGRP | stat.S_IXGRP | stat.S_IROTH | stat.S_IXOTH)
+        try:
+            yield path
+        finally:
+            os.chmod(path, mode)
         return
-    if prepare:
-        prepare(path)
-    mode = os.stat(path).st_mode
-    os.chmod(path, stat.S_IRUSR | stat.S_IXUSR | stat.S_IRGRP | stat.S_IXGRP | stat.S_IROTH | stat.S_IXOTH)
-    try:
-        yield path
-    finally:
-        os.chmod(path, mode)
+    import errno
+    import tempfile
+
+    original = tempfile.mkstemp
+
+    def refused(*args, **kwargs):
+        if os.path.abspath(str(kwargs.get("dir", ""))).startswith(os.path.abspath(path)):
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS), kwargs["dir"])
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(tempfile, "mkstemp", refused)
+    yield path

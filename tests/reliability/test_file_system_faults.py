@@ -170,13 +170,12 @@ def test_checkpoint_folder_turning_read_only_stops_without_losing_the_last_check
     assert ckpt.latest_checkpoint(str(tmp_path)).endswith("ckpt-2.weights.h5")
 
 
-def test_read_only_checkpoint_folder_is_refused_before_training(synthetic_coco, tmp_path, caplog, capfd):
+def test_read_only_checkpoint_folder_is_refused_before_training(synthetic_coco, tmp_path, caplog, capfd,
+                                                                 monkeypatch):
     """Item 3: `train` checks checkpoints/ first (read-only tmpfs as root, chmod 555 otherwise)."""
     model_dir = tmp_path / "model"
     model_dir.mkdir()
-    with read_only_folder(model_dir / "checkpoints") as folder:
-        if folder is None:
-            pytest.skip("cannot make a read-only folder here")
+    with read_only_folder(model_dir / "checkpoints", monkeypatch):
         code = cli.main(train_args(synthetic_coco, model_dir, "train.total_steps=2"))
         message = assert_one_clean_line(caplog, capfd)
     assert code == 2
@@ -185,12 +184,11 @@ def test_read_only_checkpoint_folder_is_refused_before_training(synthetic_coco, 
     assert sorted(os.listdir(model_dir)) == ["checkpoints"]  # no lock, no config written
 
 
-def test_convert_data_into_a_read_only_output_fails_before_reading(synthetic_coco, tmp_path, caplog, capfd):
+def test_convert_data_into_a_read_only_output_fails_before_reading(synthetic_coco, tmp_path, caplog, capfd,
+                                                                    monkeypatch):
     """Item 4: --output is checked before the data are read and encoded."""
     image_dir, annotation_file = synthetic_coco
-    with read_only_folder(tmp_path / "out") as out:
-        if out is None:
-            pytest.skip("cannot make a read-only folder here")
+    with read_only_folder(tmp_path / "out", monkeypatch) as out:
         code = cli.main(["convert-data", "--config", "demo", "--output", os.path.join(out, "records"),
                          "--split", "train", "--set", f"data.train_images={image_dir}",
                          f"data.train_annotations={annotation_file}"])
