@@ -14,7 +14,8 @@
 * `ModelDirLock` holds an exclusive ``fcntl.flock`` on ``MODEL_DIR/.train.lock``;
   the kernel drops it when its process dies, so a lock left by a dead
   process is taken over (with a log line naming it).
-* `check_writable` checks an output folder before long work, and
+* `check_writable` checks an output folder before long work,
+  `check_model_dir` a ``--model-dir`` (`CommandLineError`, status 2), and
   `os_error_line` words any `OSError` (read-only, no permission, disk
   full, name too long) as one line naming the file and what to do.
 
@@ -63,6 +64,20 @@ class ModelDirLocked(RuntimeError):
     """Another live process is training into the same model directory."""
 
     exit_code = 2
+
+
+class CommandLineError(SystemExit):
+    """A bad command line (missing or unusable --model-dir, no --config): exit status 2.
+
+    A `SystemExit`, as argparse's own usage errors: `tf_centernet.cli.main`
+    logs ``log_line`` (the message, one line) and lets it end the program
+    with status ``code`` = 2; ``str(error)`` is the message too.
+    """
+
+    def __init__(self, message):
+        super().__init__(message)
+        self.code = 2
+        self.log_line = message
 
 
 class NotWritableError(OSError):
@@ -535,3 +550,46 @@ class ModelDirLock:
     def __exit__(self, *exc):
         self.release()
         return False
+
+
+def check_model_dir(model_dir, must_exist):
+    """Fails early, in one line, on a ``--model-dir`` that cannot be used.
+
+    Args:
+        model_dir: str. The folder given.
+        must_exist: bool. True (evaluate, detect, export): an existing
+            folder. False (train, convert): a folder that exists or can be
+            created, and takes new files (`check_writable`).
+
+    Raises:
+        CommandLineError (status 2): a name too long for the file system,
+            no such folder, or not a folder; the message names --model-dir.
+        NotWritableError (an OSError, ``exit_code`` 2): train / convert
+            into a folder that cannot be written.
+    """
+    try:
+        os.stat(model_dir)
+        exists = True
+    except FileNotFoundError:
+        exists = False
+    except OSError as error:
+        if error.errno == errno.ENAMETOOLONG:
+            name = os.path.basename(os.path.normpath(model_dir))
+            raise CommandLineError(
+                f"--model-dir {display_path(model_dir)[:80]}...: name too long for the file system "
+                f"({len(os.fsencode(name))} bytes; a folder name holds at most 255): use a shorter one."
+            ) from None
+        raise CommandLineError(
+            f"--model-dir {display_path(model_dir)}: {os.strerror(error.errno or errno.EIO)}."
+        ) from None
+    if must_exist:
+        if not exists:
+            raise CommandLineError(
+                f"--model-dir {display_path(model_dir)}: no such directory (a trained model's directory)."
+            )
+        if not os.path.isdir(model_dir):
+            raise CommandLineError(
+                f"--model-dir {display_path(model_dir)}: not a directory (give a trained model's directory)."
+            )
+        return
+    check_writable(model_dir, "--model-dir")

@@ -31,19 +31,6 @@ import sys
 logger = logging.getLogger("tf_centernet")
 
 
-class CommandLineError(SystemExit):
-    """A bad command line (missing or unusable --model-dir, no --config): exit status 2.
-
-    A `SystemExit`, as argparse's own usage errors: `main` logs the message
-    (one line) and lets it end the program with status ``code`` = 2;
-    ``str(error)`` is the message.
-    """
-
-    def __init__(self, message):
-        super().__init__(message)
-        self.code = 2
-
-
 def _setup_logging(verbose):
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO,
@@ -56,16 +43,19 @@ def _setup_logging(verbose):
 def _load_config(args):
     from tf_centernet.config import load_config
 
+    from tf_centernet.data.paths import display_path
+    from tf_centernet.guards import CommandLineError, check_model_dir
+
     overrides = list(args.set or [])
     name = args.config
     model_dir = getattr(args, "model_dir", None)
-    if model_dir:
-        _check_model_dir(model_dir, must_exist=args.command not in ("train", "convert"))
+    if model_dir:  # exists (evaluate, detect, export) or can be created and written (train, convert)
+        check_model_dir(model_dir, must_exist=args.command not in ("train", "convert"))
     if name is None and model_dir and os.path.isfile(os.path.join(model_dir, "config.yaml")):
         name = os.path.join(model_dir, "config.yaml")
     if name is None and model_dir:
         raise CommandLineError(
-            f"--model-dir {_shown(model_dir)} has no config.yaml (written by `train`): "
+            f"--model-dir {display_path(model_dir)} has no config.yaml (written by `train`): "
             "give --config NAME_OR_PATH too, or the directory of a trained model."
         )
     if name is None:
@@ -79,50 +69,6 @@ def _load_config(args):
     if getattr(args, "init_from", None):
         overrides.append(f"train.init_from={os.path.abspath(args.init_from)}")
     return load_config(name, overrides)
-
-
-def _shown(path):
-    from tf_centernet.data.paths import display_path
-
-    return display_path(path)
-
-
-def _check_model_dir(model_dir, must_exist):
-    """Fails early, in one line, on a --model-dir that cannot be used.
-
-    `must_exist` (evaluate, detect, export): an existing folder. Otherwise
-    (train, convert) a folder that exists or can be created and written
-    (`tf_centernet.guards.check_writable`: read-only, no permission, a
-    name longer than the file system allows).
-
-    Raises:
-        CommandLineError: exit status 2, the message names --model-dir.
-        NotWritableError: train / convert into a folder that cannot be written.
-    """
-    import errno
-
-    try:
-        os.stat(model_dir)
-        exists = True
-    except FileNotFoundError:
-        exists = False
-    except OSError as error:
-        if error.errno == errno.ENAMETOOLONG:
-            raise CommandLineError(
-                f"--model-dir {_shown(model_dir)[:80]}...: name too long for the file system "
-                f"({len(os.fsencode(os.path.basename(os.path.normpath(model_dir))))} bytes; a folder name "
-                "holds at most 255): use a shorter one."
-            ) from None
-        raise CommandLineError(f"--model-dir {_shown(model_dir)}: {os.strerror(error.errno or errno.EIO)}.") from None
-    if must_exist:
-        if not exists:
-            raise CommandLineError(f"--model-dir {_shown(model_dir)}: no such directory (a trained model's directory).")
-        if not os.path.isdir(model_dir):
-            raise CommandLineError(f"--model-dir {_shown(model_dir)}: not a directory (give a trained model's directory).")
-        return
-    from tf_centernet.guards import check_writable
-
-    check_writable(model_dir, "--model-dir")
 
 
 def _checkpoint(args, config):
@@ -444,25 +390,6 @@ def build_parser():
 
 
 def main(argv=None):
-    """Runs one command; returns its exit status (see `_run`).
-
-    Run as the program (`argv` None), a process in which HDF5 was left
-    holding a checkpoint it could not finish (the disk filled during the
-    write, `tf_centernet.checkpoints.hdf5_left_broken`) ends with
-    `os._exit` once its message is logged: HDF5 would crash closing that
-    file at interpreter exit.
-    """
-    code = _run(argv)
-    checkpoints = sys.modules.get("tf_centernet.checkpoints")
-    if argv is None and checkpoints is not None and checkpoints.hdf5_left_broken():
-        logging.shutdown()
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(code)
-    return code
-
-
-def _run(argv=None):
     """Runs one command; returns its exit status.
 
     0: success; 1: training stopped on a non-finite loss; 2: bad input
@@ -471,42 +398,66 @@ def _run(argv=None):
     written: read-only, disk full, no permission, name too long); 130 /
     143: interrupted by SIGINT (Ctrl-C) / SIGTERM (`train` saves a
     checkpoint first). Every failure is one logged line (``-v`` shows the
-    traceback). A bad command line (argparse's, or `CommandLineError`)
-    raises `SystemExit` with status 2, as argparse does.
+    traceback). A bad command line (argparse's, or
+    `tf_centernet.guards.CommandLineError`) raises `SystemExit` with
+    status 2, as argparse does.
+
+    Run as the program (`argv` None), a process in which HDF5 was left
+    holding a checkpoint it could not finish (the disk filled during the
+    write, `tf_centernet.checkpoints.hdf5_left_broken`) ends with
+    `os._exit` once its message is logged: HDF5 would crash closing that
+    file at interpreter exit.
     """
     args = build_parser().parse_args(argv)
     _setup_logging(args.verbose)
-    try:
-        return args.func(args)
-    except CommandLineError as error:
-        logger.error("%s", error)
-        raise
-    except KeyboardInterrupt:
-        if args.verbose:
-            raise
-        logger.error("Interrupted (Ctrl-C): %s stopped.", args.command)
-        return 130
-    except (FileNotFoundError, ValueError, ImportError) as error:
-        # ImportError: an optional extra is missing (the message names it).
-        if args.verbose:
-            raise
-        logger.error("%s (run with -v for the traceback)", _shown(str(error)))
-        return 2
-    except Exception as error:
-        # Project errors carry their exit status (tf_centernet.guards).
-        code = getattr(error, "exit_code", None)
-        if code is not None and not args.verbose:
-            logger.error("%s", _shown(str(error)))
-            return code
-        # The file system refused (read-only, full, no permission, name too
-        # long, ...): the user's to fix, so one line and status 2.
-        from tf_centernet.guards import os_error_line, os_error_of
 
-        cause = os_error_of(error)
-        if cause is None or args.verbose:
+    def run():
+        try:
+            return args.func(args)
+        except SystemExit as error:
+            if getattr(error, "log_line", None):  # CommandLineError: say it once, in the log
+                logger.error("%s", error.log_line)
             raise
-        logger.error("%s (run with -v for the traceback)", os_error_line(cause, f"{args.command}: cannot use"))
-        return 2
+        except KeyboardInterrupt:
+            if args.verbose:
+                raise
+            logger.error("Interrupted (Ctrl-C): %s stopped.", args.command)
+            return 130
+        except (FileNotFoundError, ValueError, ImportError) as error:
+            # ImportError: an optional extra is missing (the message names it).
+            if args.verbose:
+                raise
+            logger.error("%s (run with -v for the traceback)", _printable(error))
+            return 2
+        except Exception as error:
+            # Project errors carry their exit status (tf_centernet.guards).
+            code = getattr(error, "exit_code", None)
+            if code is not None and not args.verbose:
+                logger.error("%s", _printable(error))
+                return code
+            # The file system refused (read-only, full, no permission, name
+            # too long, ...): the user's to fix, so one line and status 2.
+            from tf_centernet.guards import os_error_line, os_error_of
+
+            cause = os_error_of(error)
+            if cause is None or args.verbose:
+                raise
+            logger.error("%s (run with -v for the traceback)", os_error_line(cause, f"{args.command}: cannot use"))
+            return 2
+
+    def _printable(error):
+        from tf_centernet.data.paths import printable
+
+        return printable(str(error))
+
+    code = run()
+    checkpoints = sys.modules.get("tf_centernet.checkpoints")
+    if argv is None and checkpoints is not None and checkpoints.hdf5_left_broken():
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code
 
 
 if __name__ == "__main__":
