@@ -341,8 +341,9 @@ def save_checkpoint(model, model_dir, step, keep):
         _update_manifest(model_dir, {_rel(path): digest})
     except OSError as error:  # the checkpoint is complete; an unlisted file is validated by reading it
         discard_partial(os.path.join(model_dir, PARTIAL_PREFIX + MANIFEST))
+        manifest = display_path(os.path.join(model_dir, MANIFEST))
         raise CheckpointWriteError(
-            f"Wrote checkpoint {display_path(path)} but cannot update {display_path(os.path.join(model_dir, MANIFEST))}: "
+            f"Wrote checkpoint {display_path(path)} but cannot update {manifest}: "
             f"{os.strerror(error.errno) if error.errno else error}",
             step, error.errno, folder, written=True,
         ) from None
@@ -632,7 +633,8 @@ class CheckpointCallback(keras.callbacks.Callback):
         if error.errno in (errno.ENOSPC, errno.EDQUOT):
             todo = f"free space on the file system of {folder} or train into another --model-dir"
         elif error.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
-            todo = f"make {folder} writable (fix its permissions, or remount it read-write) or train into another --model-dir"
+            todo = (f"make {folder} writable (fix its permissions, or remount it read-write) "
+                    "or train into another --model-dir")
         else:
             todo = f"fix the problem with {folder}"
         self.error = CheckpointWriteError(
