@@ -11,7 +11,10 @@ to its final name, fsync the folder, then rewrite the manifest the same way
 (temporary file, fsync, rename). A process killed at any point leaves the
 previous state, a ``.partial-*`` file (removed by `cleanup_partials` when the
 next training starts), or a complete checkpoint not yet in the manifest
-(checked as an unlisted file, below).
+(checked as an unlisted file, below). A save that fails for lack of space
+or permission (`CheckpointWriteError`) removes its partial file first, and
+`CheckpointCallback` then stops training with one message: the steps lost
+since the newest intact checkpoint (which stays) and where to make room.
 
 Reading (`validate_checkpoint`, `load_checkpoint`): a listed checkpoint must
 match its SHA-256 (a truncated, zero-byte or bit-flipped file fails); an
@@ -24,6 +27,8 @@ file that is unusable is a `CheckpointError`. Raw h5py errors never escape.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import hashlib
 import logging
 import os
@@ -42,6 +47,25 @@ _NAME = re.compile(r"ckpt-(\d+)\.weights\.h5")
 
 class CheckpointError(ValueError):
     """A checkpoint is unusable (corrupt, truncated, non-finite or mismatched)."""
+
+
+class CheckpointWriteError(RuntimeError):
+    """A checkpoint could not be written: disk full, read-only or no permission.
+
+    Nothing partial is left. Attributes: ``step`` (int), ``errno`` (int or
+    None), ``folder`` (the checkpoint folder), ``written`` (True when the
+    checkpoint file itself is complete and only the manifest failed).
+    ``exit_code`` is 2, the CLI's status for a problem the user fixes.
+    """
+
+    exit_code = 2
+
+    def __init__(self, message, step, errno=None, folder=None, written=False):
+        super().__init__(message)
+        self.step = int(step)
+        self.errno = errno
+        self.folder = folder
+        self.written = written
 
 
 def checkpoint_path(model_dir, step):
@@ -179,6 +203,15 @@ def validate_checkpoint(path):
 # ------------------------------------------------------------------ writing
 
 
+def _free_bytes(folder):
+    """Bytes free for an unprivileged writer on `folder`'s file system, or None."""
+    try:
+        stat = os.statvfs(folder)
+    except (OSError, AttributeError):
+        return None
+    return stat.f_bavail * stat.f_frsize
+
+
 def fsync_dir(folder):
     """fsync a folder so a rename in it survives a power loss (no-op where unsupported)."""
     try:
@@ -240,6 +273,12 @@ def save_checkpoint(model, model_dir, step, keep):
     Raises:
         CheckpointError: a model or optimizer variable is NaN or Inf
             (nothing is written).
+        CheckpointWriteError: the file system refused (disk full, checked
+            against `checkpoint_bytes` before writing; read-only; no
+            permission): the partial file is removed, earlier checkpoints
+            and the manifest are as they were. ``written`` is True when
+            only the manifest could not be updated (the checkpoint is
+            complete, and checked by reading it when unlisted).
     """
     variables = list(model.weights)
     if getattr(model, "optimizer", None) is not None:
@@ -250,20 +289,166 @@ def save_checkpoint(model, model_dir, step, keep):
             f"Not saving checkpoint of step {int(step)}: {len(bad)} variable(s) hold NaN/Inf "
             f"(first: {bad[0]}); the last finite checkpoint is kept."
         )
+    from tf_centernet.guards import display_path, os_error_of
+
     path = checkpoint_path(model_dir, step)
     folder = os.path.dirname(path)
-    os.makedirs(folder, exist_ok=True)
     partial = os.path.join(folder, PARTIAL_PREFIX + os.path.basename(path))
-    model.save_weights(partial, overwrite=True)
-    _fsync_file(partial)
-    digest = _sha256(partial)
-    if _expected_digest(path) is not None:  # an older save of this step
-        _update_manifest(model_dir, {_rel(path): None})
-    os.replace(partial, path)
-    fsync_dir(folder)
-    _update_manifest(model_dir, {_rel(path): digest})
+    failure = None
+    global _hdf5_left_broken
+    with _quiet_hdf5_cleanup() as cleanup:
+        in_hdf5 = False
+        try:
+            os.makedirs(folder, exist_ok=True)
+            # HDF5 does not recover from a write that fails half-way (a
+            # crash can follow): refuse before it starts when the file
+            # cannot fit.
+            need, free = checkpoint_bytes(model), _free_bytes(folder)
+            if free is not None and free < need:
+                raise OSError(errno.ENOSPC, f"{os.strerror(errno.ENOSPC)} ({free / 2**20:.1f} MiB free, the "
+                                            f"checkpoint needs up to {need / 2**20:.1f} MiB)", folder)
+            in_hdf5 = True
+            model.save_weights(partial, overwrite=True)
+            in_hdf5 = False
+            _fsync_file(partial)
+            digest = _sha256(partial)
+            if _expected_digest(path) is not None:  # an older save of this step
+                _update_manifest(model_dir, {_rel(path): None})
+            os.replace(partial, path)
+            fsync_dir(folder)
+        except Exception as error:  # h5py / Keras raise OSError, sometimes wrapped
+            cause = os_error_of(error)
+            if cause is None:
+                raise
+            cleanup["failed"] = True
+            if in_hdf5 and cause.errno in (errno.ENOSPC, errno.EDQUOT, errno.EIO):
+                _hdf5_left_broken = True  # the file was open when the write failed
+            discard_partial(partial)
+            discard_partial(os.path.join(model_dir, PARTIAL_PREFIX + MANIFEST))
+            if cause.errno:  # HDF5's own wording is a page long: the system's reason, or ours with sizes
+                ours = str(cause.strerror or "").startswith(os.strerror(cause.errno))
+                reason = cause.strerror if ours else os.strerror(cause.errno)
+            else:
+                reason = str(cause).splitlines()[0]
+            failure = CheckpointWriteError(
+                f"Cannot write checkpoint of step {int(step)} in {display_path(folder)}: {reason}",
+                step, cause.errno, folder,
+            )
+            del error, cause  # their traceback holds the failed write's HDF5 handles: freed in the context
+    if failure is not None:
+        raise failure
+    try:
+        _update_manifest(model_dir, {_rel(path): digest})
+    except OSError as error:  # the checkpoint is complete; an unlisted file is validated by reading it
+        discard_partial(os.path.join(model_dir, PARTIAL_PREFIX + MANIFEST))
+        manifest = display_path(os.path.join(model_dir, MANIFEST))
+        raise CheckpointWriteError(
+            f"Wrote checkpoint {display_path(path)} but cannot update {manifest}: "
+            f"{os.strerror(error.errno) if error.errno else error}",
+            step, error.errno, folder, written=True,
+        ) from None
     prune_checkpoints(model_dir, keep, protect=path)
     return path
+
+
+def discard_partial(path):
+    """Removes a file a failed save left (missing files are ignored).
+
+    The file is truncated first: HDF5 may still hold it open after a failed
+    write, and on a full disk only the truncation frees its space.
+    """
+    with contextlib.suppress(OSError):
+        os.truncate(path, 0)
+    with contextlib.suppress(OSError):
+        os.remove(path)
+
+
+# Set when an HDF5 write failed half-way: HDF5 keeps that file open in a
+# state it cannot close, and may crash when the process exits.
+_hdf5_left_broken = False
+
+
+def hdf5_left_broken():
+    """True once a checkpoint write failed inside HDF5 in this process.
+
+    HDF5 then holds a file it can no longer close; closing it when the
+    interpreter exits may crash (SIGSEGV). The command line ends such a
+    process with `os._exit` after its message (`tf_centernet.cli.main`).
+    The free-space check before each save makes this rare: it needs the
+    disk to fill during the write.
+    """
+    return _hdf5_left_broken
+
+
+def _from_h5py(error, trace=None):
+    import traceback
+
+    frames = traceback.extract_tb(trace if trace is not None else getattr(error, "__traceback__", None))
+    return any("h5py" in frame.filename for frame in frames) or "id ref count" in str(error)
+
+
+@contextlib.contextmanager
+def _quiet_hdf5_cleanup():
+    """Counts instead of printing the errors h5py raises while freeing the handles of a failed write.
+
+    When HDF5 cannot write (disk full), Keras' close of the weights file
+    fails half-way and each of its objects reports the same error as it is
+    freed (a traceback and "Exception ignored in ObjectID.__dealloc__",
+    hundreds of them). Inside this context those reports are counted
+    (logged at DEBUG); every other error is reported as usual. Yields a
+    dict: set ``state["failed"]`` to have the handles collected on exit.
+    """
+    import gc
+    import sys
+
+    global _hdf5_left_broken
+    previous_unraisable, previous_excepthook = sys.unraisablehook, sys.excepthook
+    dropped = []
+
+    def unraisable_hook(unraisable):
+        if "h5py" in repr(getattr(unraisable, "object", "")) or _from_h5py(unraisable.exc_value,
+                                                                            unraisable.exc_traceback):
+            dropped.append(unraisable.exc_value)
+            return
+        previous_unraisable(unraisable)
+
+    def excepthook(kind, value, trace):  # Cython prints an unraisable error's traceback through it
+        if _from_h5py(value, trace):
+            dropped.append(value)
+            return
+        previous_excepthook(kind, value, trace)
+
+    state = {"failed": False}
+    sys.unraisablehook, sys.excepthook = unraisable_hook, excepthook
+    try:
+        yield state
+    finally:
+        if state["failed"]:
+            gc.collect()  # free the failed write's handles while the hooks count their errors
+        sys.unraisablehook, sys.excepthook = previous_unraisable, previous_excepthook
+        if dropped:
+            _hdf5_left_broken = True
+            logger.debug("%d HDF5 handle(s) of a failed write freed with errors: %s", len(dropped), dropped[0])
+
+
+def checkpoint_bytes(model):
+    """An upper estimate of the size of one checkpoint of `model`, in bytes.
+
+    The model's and its optimizer's variables, plus HDF5's metadata (about
+    1 KiB per variable, counted as 2 KiB) and 64 KiB.
+    """
+    variables = list(model.weights)
+    if getattr(model, "optimizer", None) is not None:
+        variables += list(model.optimizer.variables)
+    total = 64 * 1024
+    for variable in variables:
+        dtype = getattr(variable, "dtype", "float32")
+        try:
+            itemsize = np.dtype(getattr(dtype, "as_numpy_dtype", dtype)).itemsize
+        except TypeError:
+            itemsize = 4
+        total += int(np.prod([int(d) for d in variable.shape], dtype=np.int64)) * itemsize + 2048
+    return total
 
 
 def prune_checkpoints(model_dir, keep, protect=None):
@@ -385,6 +570,12 @@ class CheckpointCallback(keras.callbacks.Callback):
 
     `block(reason)` stops all further saves (a guard found a non-finite
     loss); `last_path` is the newest checkpoint this callback wrote.
+
+    A save that fails for lack of space or permission
+    (`CheckpointWriteError`) stops training at the end of the step; no
+    further save is tried, and `error` is then the `CheckpointWriteError`
+    to raise after `fit`, its message saying how many steps since the
+    newest intact checkpoint are lost and what to do.
     """
 
     def __init__(self, model_dir, every, keep=3, last_saved=None):
@@ -395,6 +586,7 @@ class CheckpointCallback(keras.callbacks.Callback):
         self.last_saved = last_saved
         self.last_path = None
         self.blocked = None
+        self.error = None
 
     def block(self, reason):
         """No checkpoint is written from now on (`reason` is kept for messages)."""
@@ -403,8 +595,54 @@ class CheckpointCallback(keras.callbacks.Callback):
     def _save(self):
         step = int(self.model.optimizer.iterations.numpy())
         if self.blocked is None and step != self.last_saved:
-            self.last_path = save_checkpoint(self.model, self.model_dir, step, self.keep)
+            try:
+                self.last_path = save_checkpoint(self.model, self.model_dir, step, self.keep)
+            except CheckpointWriteError as error:
+                self._stop(error, step)
+                return
             self.last_saved = step
+
+    def _newest_intact(self):
+        """(step, path) of the newest checkpoint on disk that validates, or (None, None)."""
+        if self.last_saved is not None:
+            path = checkpoint_path(self.model_dir, self.last_saved)
+            if os.path.isfile(path):
+                return self.last_saved, path
+        path = latest_checkpoint(self.model_dir)
+        if path is None:
+            return None, None
+        return int(_NAME.fullmatch(os.path.basename(path)).group(1)), path
+
+    def _stop(self, error, step):
+        """Stops training after a failed save; builds `error`'s one-line message."""
+        from tf_centernet.guards import display_path
+
+        self.block(str(error))
+        if self.model is not None:
+            self.model.stop_training = True
+        if error.written:
+            lost = "no step is lost (the checkpoint file is complete; it is checked by reading it back)"
+        else:
+            last, path = self._newest_intact()
+            if last is None:
+                lost = f"the {step} step(s) of this run are lost (no checkpoint was written yet)"
+            else:
+                lost = (f"the {step - last} step(s) since the last checkpoint (step {last}, "
+                        f"{display_path(path)}) are lost")
+        folder = display_path(error.folder or os.path.join(self.model_dir, CHECKPOINT_SUBDIR))
+        if error.errno in (errno.ENOSPC, errno.EDQUOT):
+            todo = f"free space on the file system of {folder} or train into another --model-dir"
+        elif error.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+            todo = (f"make {folder} writable (fix its permissions, or remount it read-write) "
+                    "or train into another --model-dir")
+        else:
+            todo = f"fix the problem with {folder}"
+        self.error = CheckpointWriteError(
+            f"{error}. Training stopped at step {step}; {lost}. To go on, {todo}, then run the same command "
+            "to resume.",
+            error.step, error.errno, error.folder, error.written,
+        )
+        logger.debug("Checkpoint write failed: %s", self.error)
 
     def on_train_batch_end(self, batch, logs=None):
         if int(self.model.optimizer.iterations.numpy()) % self.every == 0:

@@ -35,6 +35,7 @@ __all__ = [
     "format_metrics_table",
     "evaluate_coco",
     "evaluate_dataset",
+    "check_categories",
 ]
 
 # Order of COCOeval.stats.
@@ -275,6 +276,68 @@ def evaluate_coco(
     )
 
 
+def _sample(names, limit=5):
+    names = [str(n) for n in names]
+    return ", ".join(names[:limit]) + (", ..." if len(names) > limit else "")
+
+
+def check_categories(dataset, category_ids: Sequence[int], class_names: Optional[Sequence[str]] = None) -> None:
+    """Refuses to score a model against data annotated with other classes.
+
+    Detections are written with the model's category ids (class index i ->
+    ``category_ids[i]``) and scored against the data's ids, so the two
+    lists must describe the same classes. Equal lists pass. Data whose
+    categories are a subset of the model's (same ids, same names) pass with
+    a logged warning (only those classes are scored). Anything else is an
+    error.
+
+    Args:
+        dataset: a dataset of `tf_centernet.data.records` (``category_ids``,
+            ``class_names``, ``annotation_file``).
+        category_ids: sequence of int. The model's category id per class index.
+        class_names: sequence of str or None. The model's class names; default
+            the dataset's ``requested_class_names`` (set by `open_dataset`
+            from the model's classes.json). Names that are only the ids
+            (``"1"``, ``"2"``, ...) count as unknown.
+
+    Raises:
+        ValueError: one line naming both class counts, a few names of each and
+            the first id they disagree on.
+    """
+    model_ids = [int(c) for c in category_ids]
+    data_ids = [int(c) for c in dataset.category_ids]
+    data_names = [str(n) for n in dataset.class_names]
+    names = class_names if class_names is not None else getattr(dataset, "requested_class_names", None)
+    names = [str(n) for n in names] if names is not None else None
+    if names is not None and (len(names) != len(model_ids) or names == [str(i) for i in model_ids]):
+        names = None  # placeholders, or not the model's list
+    if model_ids == data_ids and (names is None or names == data_names):
+        return
+    model_name = dict(zip(model_ids, names)) if names is not None else {}
+    conflict = None
+    for cid, name in zip(data_ids, data_names):
+        if cid not in model_ids:
+            conflict = f"category id {cid} ({name!r}) is not one of the model's"
+        elif model_name and model_name[cid] != name:
+            conflict = f"category id {cid} is {model_name[cid]!r} in the model but {name!r} in the data"
+        if conflict:
+            break
+    source = getattr(dataset, "annotation_file", "the validation data")
+    if conflict is None:
+        logger.warning(
+            "%s has %d of the model's %d classes (%s): only those are scored.",
+            source, len(data_ids), len(model_ids), _sample(data_names),
+        )
+        return
+    model_text = _sample(names) if names is not None else "ids " + _sample(model_ids)
+    raise ValueError(
+        f"The model's classes and those of {source} disagree: the model has {len(model_ids)} classes "
+        f"({model_text}), the data {len(data_ids)} categories ({_sample(data_names)}); {conflict}. "
+        "Evaluate on data annotated with the model's classes (data.val_annotations), or a model trained on "
+        "these categories (--model-dir)."
+    )
+
+
 def evaluate_dataset(
     predictor, dataset, category_ids: Optional[Sequence[int]] = None, max_images: Optional[int] = None, **options
 ) -> Dict[str, float]:
@@ -296,12 +359,19 @@ def evaluate_dataset(
 
     Returns:
         dict of metrics, as `evaluate_coco`.
+
+    Raises:
+        ValueError: the model's classes (`category_ids`, with the names the
+            dataset was opened with) disagree with the dataset's
+            (`check_categories`); nothing is predicted or written.
     """
     from tf_centernet.data.records import coco_ground_truth
 
-    coco_gt = coco_ground_truth(dataset)
     if category_ids is None:
         category_ids = list(dataset.category_ids)
+    else:
+        check_categories(dataset, category_ids)
+    coco_gt = coco_ground_truth(dataset)
     by_id = {r.image_id: r for r in dataset.records}
     image_ids = sorted(by_id)
     if max_images is not None:
@@ -313,7 +383,7 @@ def evaluate_dataset(
             return load_image_rgb(record.file_name)
         from tf_centernet.data.images import decode_image_bytes
 
-        return decode_image_bytes(record.encoded, record.file_name)
+        return decode_image_bytes(record.encoded, record.display_name)
 
     return _evaluate(predictor, coco_gt, image_ids, load, category_ids, **options)
 

@@ -14,6 +14,10 @@
 * `ModelDirLock` holds an exclusive ``fcntl.flock`` on ``MODEL_DIR/.train.lock``;
   the kernel drops it when its process dies, so a lock left by a dead
   process is taken over (with a log line naming it).
+* `check_writable` checks an output folder before long work,
+  `check_model_dir` a ``--model-dir`` (`CommandLineError`, status 2), and
+  `os_error_line` words any `OSError` (read-only, no permission, disk
+  full, name too long) as one line naming the file and what to do.
 
 Errors carry `exit_code`, the `tf-centernet` exit status (see cli.py).
 """
@@ -21,6 +25,7 @@ Errors carry `exit_code`, the `tf-centernet` exit status (see cli.py).
 from __future__ import annotations
 
 import datetime
+import errno
 import logging
 import math
 import os
@@ -33,6 +38,7 @@ import numpy as np
 import tensorflow as tf
 
 from tf_centernet.checkpoints import checkpoint_path
+from tf_centernet.data.paths import display_path, printable  # noqa: F401  (re-exported)
 
 logger = logging.getLogger("tf_centernet")
 
@@ -58,6 +64,171 @@ class ModelDirLocked(RuntimeError):
     """Another live process is training into the same model directory."""
 
     exit_code = 2
+
+
+class CommandLineError(SystemExit):
+    """A bad command line (missing or unusable --model-dir, no --config): exit status 2.
+
+    A `SystemExit`, as argparse's own usage errors: `tf_centernet.cli.main`
+    logs ``log_line`` (the message, one line) and lets it end the program
+    with status ``code`` = 2; ``str(error)`` is the message too.
+    """
+
+    def __init__(self, message):
+        super().__init__(message)
+        self.code = 2
+        self.log_line = message
+
+
+class NotWritableError(OSError):
+    """An output folder that cannot take new files; `str()` is one line saying what to do."""
+
+    exit_code = 2
+
+    def __str__(self):
+        return self.args[-1] if self.args else super().__str__()
+
+
+# ------------------------------------------------------------ file system
+
+# errno -> what the user can do about it.
+_ADVICE = {
+    errno.ENOSPC: "free space on that file system or choose a folder on another one",
+    errno.EDQUOT: "free space within your disk quota or choose a folder elsewhere",
+    errno.EROFS: "the file system is mounted read-only: choose a folder on a writable one",
+    errno.EACCES: "fix its permissions (e.g. chmod u+w) or choose another folder",
+    errno.EPERM: "fix its permissions (e.g. chmod u+w) or choose another folder",
+    errno.ENAMETOOLONG: "use a shorter name (a file or folder name holds at most 255 bytes)",
+    errno.ENOTDIR: "a file stands where a folder is expected: rename or remove it",
+    errno.EEXIST: "something of that name already exists: remove it or choose another name",
+}
+# The same errors as h5py / HDF5 word them (their OSError may lack `errno`).
+_REASONS = {
+    "No space left on device": errno.ENOSPC,
+    "Disk quota exceeded": errno.EDQUOT,
+    "Read-only file system": errno.EROFS,
+    "Permission denied": errno.EACCES,
+    "Operation not permitted": errno.EPERM,
+    "File name too long": errno.ENAMETOOLONG,
+}
+
+
+def errno_of_text(text):
+    """The errno a system error message names ("No space left on device" -> ENOSPC), or None."""
+    for words, number in _REASONS.items():
+        if words in str(text):
+            return number
+    return None
+
+
+def os_error_of(error):
+    """The `OSError` behind `error` (itself, its cause or context), with `errno` set where known, or None.
+
+    h5py / HDF5 raise `OSError` whose errno is sometimes only in the text
+    (``errno = 28, error message = 'No space left on device'``); that
+    number is restored here.
+    """
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, OSError):
+            if error.errno is None:
+                error.errno = errno_of_text(error)
+            return error
+        error = error.__cause__ or error.__context__
+    return None
+
+
+def os_error_line(error, what=None) -> str:
+    """One line for an `OSError`: what failed, the file, the system's reason and what to do.
+
+    Args:
+        error: `OSError` (or an exception wrapping one, see `os_error_of`).
+        what: str or None. What was being done, e.g. "Cannot write checkpoint
+            of step 40"; default "Cannot access".
+
+    Returns:
+        str, one line, without a traceback.
+    """
+    cause = os_error_of(error) or error
+    number = getattr(cause, "errno", None)
+    reason = os.strerror(number) if number else (str(cause).splitlines()[0] if str(cause) else type(cause).__name__)
+    name = getattr(cause, "filename", None)
+    where = f" {display_path(name)}" if name else ""
+    advice = _ADVICE.get(number)
+    text = f"{what or 'Cannot access'}{where}: {reason}"
+    return text + (f"; {advice}." if advice else ".")
+
+
+def _nearest_existing(path):
+    """(the nearest folder of `path` that exists, the missing names below it)."""
+    path = os.path.abspath(path)
+    missing = []
+    while not os.path.lexists(path):
+        parent = os.path.dirname(path)
+        missing.append(os.path.basename(path))
+        if parent == path:
+            break
+        path = parent
+    return path, list(reversed(missing))
+
+
+def check_writable(path, what):
+    """Checks, without creating anything that stays, that new files can be written in folder `path`.
+
+    For work that writes only at its end (conversions, exports): call it
+    first. A missing `path` is fine when its nearest existing parent folder
+    is writable and the missing names are not too long for the file system.
+    The check writes and removes one small probe file (read-only mounts,
+    permissions, a full disk and ACLs all show), so it holds for root too.
+
+    Args:
+        path: str. The output folder (created later by the caller).
+        what: str. How the user named it in messages, e.g. ``"--output"``.
+
+    Raises:
+        NotWritableError (an OSError, ``exit_code`` 2): the folder, or the
+            nearest existing one, cannot take a new file; or a name is too
+            long; or a file stands where a folder should be. The message
+            names `what`, the folder, the reason and what to do.
+    """
+    import tempfile
+
+    def fail(number, filename, detail=""):
+        reason = os.strerror(number) + (f" ({detail})" if detail else "")
+        advice = _ADVICE.get(number)
+        line = f"{what}: cannot write in {display_path(filename)}: {reason}" + (f"; {advice}." if advice else ".")
+        raise NotWritableError(number, line)
+
+    try:
+        existing, missing = _nearest_existing(path)
+    except OSError as error:  # a component too long to even look up
+        fail(error.errno or errno.ENAMETOOLONG, path)
+    if not os.path.isdir(existing):
+        fail(errno.ENOTDIR, existing)
+    try:
+        limit = os.statvfs(existing).f_namemax or 255
+    except (OSError, AttributeError):
+        limit = 255
+    for name in missing:
+        if len(os.fsencode(name)) > limit:
+            fail(errno.ENAMETOOLONG, path, f"{len(os.fsencode(name))} bytes, the limit is {limit}")
+    try:
+        handle, probe = tempfile.mkstemp(prefix=".write-test-", dir=existing)
+    except OSError as error:
+        fail(error.errno or errno.EACCES, existing)
+    try:
+        with os.fdopen(handle, "wb") as f:
+            f.write(b"\0")
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as error:
+        fail(error.errno or errno.EIO, existing)
+    finally:
+        try:
+            os.remove(probe)
+        except OSError:
+            pass
 
 
 # ------------------------------------------------------------ non-finite
@@ -379,3 +550,46 @@ class ModelDirLock:
     def __exit__(self, *exc):
         self.release()
         return False
+
+
+def check_model_dir(model_dir, must_exist):
+    """Fails early, in one line, on a ``--model-dir`` that cannot be used.
+
+    Args:
+        model_dir: str. The folder given.
+        must_exist: bool. True (evaluate, detect, export): an existing
+            folder. False (train, convert): a folder that exists or can be
+            created, and takes new files (`check_writable`).
+
+    Raises:
+        CommandLineError (status 2): a name too long for the file system,
+            no such folder, or not a folder; the message names --model-dir.
+        NotWritableError (an OSError, ``exit_code`` 2): train / convert
+            into a folder that cannot be written.
+    """
+    try:
+        os.stat(model_dir)
+        exists = True
+    except FileNotFoundError:
+        exists = False
+    except OSError as error:
+        if error.errno == errno.ENAMETOOLONG:
+            name = os.path.basename(os.path.normpath(model_dir))
+            raise CommandLineError(
+                f"--model-dir {display_path(model_dir)[:80]}...: name too long for the file system "
+                f"({len(os.fsencode(name))} bytes; a folder name holds at most 255): use a shorter one."
+            ) from None
+        raise CommandLineError(
+            f"--model-dir {display_path(model_dir)}: {os.strerror(error.errno or errno.EIO)}."
+        ) from None
+    if must_exist:
+        if not exists:
+            raise CommandLineError(
+                f"--model-dir {display_path(model_dir)}: no such directory (a trained model's directory)."
+            )
+        if not os.path.isdir(model_dir):
+            raise CommandLineError(
+                f"--model-dir {display_path(model_dir)}: not a directory (give a trained model's directory)."
+            )
+        return
+    check_writable(model_dir, "--model-dir")

@@ -9,9 +9,14 @@ What `train` does, in order:
    `tf.data` pipeline (augmentation and targets in-graph);
 3. builds the model and Adam with the piecewise-constant schedule of docs/reference.md §6
    (learning rate x decay_rate after each of `decay_steps`);
-4. locks the model directory (`tf_centernet.guards.ModelDirLock`: a second
-   `train` into it fails with a clear error), removes leftovers of killed
-   saves, and restores the newest usable checkpoint of
+4. checks that the model directory and its ``checkpoints/`` folder take
+   new files (`tf_centernet.guards.check_writable`) and that
+   ``train.init_from`` exists, before anything is created; locks the model
+   directory (`tf_centernet.guards.ModelDirLock`: a second
+   `train` into it fails with a clear error; a run that fails before
+   writing anything leaves no folder or lock file it created), removes
+   leftovers of killed saves, checks that one checkpoint fits in the free
+   space, and restores the newest usable checkpoint of
    `model_dir/checkpoints` if there is one (model, optimizer state and
    step; see `tf_centernet.checkpoints`), so re-running an interrupted
    command resumes where it stopped; otherwise loads `train.init_from` (a
@@ -24,7 +29,9 @@ What `train` does, in order:
    `checkpoint_every` steps and at the end, TensorBoard scalars of every
    loss term in `model_dir/logs`, and stops exactly at `total_steps`; a
    non-finite loss stops or skips (``train.on_nonfinite``), Ctrl-C /
-   SIGTERM saves and stops (`tf_centernet.guards`).
+   SIGTERM saves and stops (`tf_centernet.guards`); a checkpoint that
+   cannot be written (disk full, read-only) stops training with one
+   message naming the steps lost (`tf_centernet.checkpoints.CheckpointCallback`).
 
 The input pipeline's position is not checkpointed: a resumed run starts a
 new shuffle and continues the augmentation seeds from the number of images
@@ -49,6 +56,8 @@ from tf_centernet.checkpoints import (  # noqa: F401  (re-exported: public names
     CHECKPOINT_SUBDIR,
     CheckpointCallback,
     CheckpointError,
+    CheckpointWriteError,
+    checkpoint_bytes,
     atomic_write_text,
     checkpoint_path,
     cleanup_partials,
@@ -58,7 +67,17 @@ from tf_centernet.checkpoints import (  # noqa: F401  (re-exported: public names
     save_checkpoint,
 )
 from tf_centernet.callbacks import WorkerCheckpointCallback, progress_mode, watch_callbacks
-from tf_centernet.guards import NONFINITE_POLICIES, GuardedAdam, InterruptGuard, ModelDirLock, NonFiniteGuard
+from tf_centernet.guards import (
+    LOCK_FILE,
+    NONFINITE_POLICIES,
+    GuardedAdam,
+    InterruptGuard,
+    ModelDirLock,
+    NonFiniteGuard,
+    NotWritableError,
+    check_writable,
+    display_path,
+)
 from tf_centernet.data.labels import CLASSES_FILE, class_labels, read_classes, write_classes  # noqa: F401
 from tf_centernet.models.object_detector import build_model
 from tf_centernet.inference import load_trained_model  # noqa: F401  (its earlier home)
@@ -121,10 +140,18 @@ def train(config, strategy=None, verbose=1, extra_callbacks=(), progress=None):
 
     Raises:
         ValueError: the data's number of classes differs from the model's,
-            or `train.init_from` does not match the model beyond its class
-            count (the message names the first mismatching keys), or a bad
+            the training data hold no object at all, or `train.init_from`
+            does not match the model beyond its class count (the message
+            names the first mismatching keys), or a bad
             ``train.on_nonfinite``.
-        FileNotFoundError: `train.init_from` does not exist.
+        FileNotFoundError: `train.init_from` does not exist (checked
+            before the model directory is created or locked).
+        NotWritableError (an OSError): the model directory or its
+            ``checkpoints/`` folder cannot take new files, or one
+            checkpoint would not fit in the free space.
+        CheckpointWriteError: a checkpoint could not be written during
+            training (disk full, read-only); the message says how many
+            steps are lost. Nothing partial is left.
         ImportError: `train.init_from` is a snapshot and torch is missing.
         CheckpointError (a ValueError): no checkpoint of the model directory
             is usable, or they do not fit the model.
@@ -149,6 +176,14 @@ def train(config, strategy=None, verbose=1, extra_callbacks=(), progress=None):
     if precision != "none":
         keras.mixed_precision.set_global_policy(f"mixed_{precision}")
 
+    chief = distribute.strategy_is_chief(strategy)
+    if chief:  # before reading the data: fail in seconds, not after minutes of work
+        check_writable(model_dir, "train.model_dir (--model-dir)")
+        check_writable(os.path.join(model_dir, CHECKPOINT_SUBDIR), "the checkpoint folder")
+    if tc.init_from and not os.path.exists(tc.init_from):
+        raise FileNotFoundError(
+            f"train.init_from (--init-from): no model directory or snapshot at {display_path(tc.init_from)}."
+        )
     dataset = open_dataset(config, "train")
     report = check_dataset(dataset, config, decode_images=False)
     (logger.warning if report.counts else logger.info)("Data check: %s", report.summary())
@@ -158,15 +193,64 @@ def train(config, strategy=None, verbose=1, extra_callbacks=(), progress=None):
             f"model.num_classes is {config.model.num_classes}; set "
             f"model.num_classes={dataset.num_classes}."
         )
+    if dataset.records and not report.objects:
+        raise ValueError(f"No object to train on: {report.zero_objects_reason()}")
     # One writer per model directory; config.yaml and classes.json are
     # written once the data validated and the checkpoint (if any) loaded.
     # Only the chief of a multi-worker job writes (and locks) the model directory.
-    chief = distribute.strategy_is_chief(strategy)
-    with (ModelDirLock(model_dir) if chief else contextlib.nullcontext()), InterruptGuard() as interrupt:
-        if chief:
-            cleanup_partials(model_dir)
-        mode = progress_mode(progress, verbose)
-        return _train_locked(config, dataset, strategy, mode, extra_callbacks, interrupt, chief)
+    created = chief and not os.path.exists(model_dir)
+    try:
+        with (ModelDirLock(model_dir) if chief else contextlib.nullcontext()), InterruptGuard() as interrupt:
+            if chief:
+                cleanup_partials(model_dir)
+            mode = progress_mode(progress, verbose)
+            return _train_locked(config, dataset, strategy, mode, extra_callbacks, interrupt, chief)
+    except BaseException:
+        if created:
+            _remove_if_unused(model_dir)
+        raise
+
+
+def _remove_if_unused(model_dir):
+    """Removes a model directory this run created when it holds nothing but the lock file.
+
+    A run that failed before writing anything (bad checkpoint, init_from,
+    data) then leaves no trace; anything else in the folder keeps it.
+    """
+    try:
+        names = set(os.listdir(model_dir))
+        if names - {LOCK_FILE, CHECKPOINT_SUBDIR}:
+            return
+        checkpoints = os.path.join(model_dir, CHECKPOINT_SUBDIR)
+        if CHECKPOINT_SUBDIR in names:
+            if os.listdir(checkpoints):
+                return
+            os.rmdir(checkpoints)
+        if LOCK_FILE in names:
+            os.remove(os.path.join(model_dir, LOCK_FILE))
+        os.rmdir(model_dir)
+    except OSError:
+        pass  # someone else is using it: leave it
+
+
+def _check_free_space(model, model_dir):
+    """Fails when one checkpoint of `model` cannot fit in `model_dir`; warns when `keep` + 1 may not."""
+    need = checkpoint_bytes(model)
+    try:
+        stat = os.statvfs(model_dir)
+    except (OSError, AttributeError):
+        return
+    free = stat.f_bavail * stat.f_frsize
+    if free < need:
+        import errno
+
+        raise NotWritableError(
+            errno.ENOSPC,
+            f"train.model_dir (--model-dir) {display_path(model_dir)}: {free / 2**20:.1f} MiB free, but one "
+            f"checkpoint takes about {need / 2**20:.1f} MiB; free space on that file system or train into "
+            "another --model-dir.",
+        )
+    return need, free
 
 
 def _train_locked(config, dataset, strategy, mode, extra_callbacks, interrupt, chief=True):
@@ -189,6 +273,14 @@ def _train_locked(config, dataset, strategy, mode, extra_callbacks, interrupt, c
         optimizer = GuardedAdam(learning_rate_schedule(tc))
         model.compile(optimizer=optimizer, jit_compile=bool(tc.jit_compile))
         optimizer.build(model.trainable_variables)
+        if chief:
+            room = _check_free_space(model, model_dir)
+            if room and room[1] < (tc.keep_checkpoints + 1) * room[0]:
+                logger.warning(
+                    "%s has %.1f MiB free; %d checkpoints of about %.1f MiB are kept (train.keep_checkpoints) "
+                    "plus the one being written: training stops with a clear message when the disk fills.",
+                    display_path(model_dir), room[1] / 2**20, tc.keep_checkpoints, room[0] / 2**20,
+                )
         resume_from = load_checkpoint(model, model_dir)
         if resume_from:
             logger.info("Resumed from %s (step %d)", resume_from, int(optimizer.iterations.numpy()))
@@ -261,6 +353,8 @@ def _train_locked(config, dataset, strategy, mode, extra_callbacks, interrupt, c
         logger.warning("Skipped %d non-finite step(s) in this run.", guard.skipped)
     if guard.error is not None:
         raise guard.error
+    if getattr(checkpoints, "error", None) is not None:
+        raise checkpoints.error
     if interrupt.signum is not None:
         step = int(optimizer.iterations.numpy())
         saved = checkpoint_path(model_dir, step)

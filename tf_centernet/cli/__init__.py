@@ -43,20 +43,23 @@ def _setup_logging(verbose):
 def _load_config(args):
     from tf_centernet.config import load_config
 
+    from tf_centernet.data.paths import display_path
+    from tf_centernet.guards import CommandLineError, check_model_dir
+
     overrides = list(args.set or [])
     name = args.config
     model_dir = getattr(args, "model_dir", None)
-    if model_dir and args.command not in ("train", "convert") and not os.path.isdir(model_dir):
-        raise SystemExit(f"error: --model-dir {model_dir}: no such directory (a trained model's directory).")
+    if model_dir:  # exists (evaluate, detect, export) or can be created and written (train, convert)
+        check_model_dir(model_dir, must_exist=args.command not in ("train", "convert"))
     if name is None and model_dir and os.path.isfile(os.path.join(model_dir, "config.yaml")):
         name = os.path.join(model_dir, "config.yaml")
     if name is None and model_dir:
-        raise SystemExit(
-            f"error: --model-dir {model_dir} has no config.yaml (written by `train`): "
+        raise CommandLineError(
+            f"--model-dir {display_path(model_dir)} has no config.yaml (written by `train`): "
             "give --config NAME_OR_PATH too, or the directory of a trained model."
         )
     if name is None:
-        raise SystemExit("error: give --config NAME_OR_PATH, or --model-dir of a trained model.")
+        raise CommandLineError("give --config NAME_OR_PATH, or --model-dir of a trained model.")
     if getattr(args, "classes", None):
         overrides.append(f"data.classes={args.classes}")
     if model_dir:
@@ -374,31 +377,70 @@ def main(argv=None):
 
     0: success; 1: training stopped on a non-finite loss; 2: bad input
     (missing file, invalid configuration or data, unusable checkpoint,
-    model directory locked by another training); 130 / 143: interrupted
-    by SIGINT (Ctrl-C) / SIGTERM (`train` saves a checkpoint first).
+    model directory locked by another training, a folder that cannot be
+    written: read-only, disk full, no permission, name too long); 130 /
+    143: interrupted by SIGINT (Ctrl-C) / SIGTERM (`train` saves a
+    checkpoint first). Every failure is one logged line (``-v`` shows the
+    traceback). A bad command line (argparse's, or
+    `tf_centernet.guards.CommandLineError`) raises `SystemExit` with
+    status 2, as argparse does.
+
+    Run as the program (`argv` None), a process in which HDF5 was left
+    holding a checkpoint it could not finish (the disk filled during the
+    write, `tf_centernet.checkpoints.hdf5_left_broken`) ends with
+    `os._exit` once its message is logged: HDF5 would crash closing that
+    file at interpreter exit.
     """
     args = build_parser().parse_args(argv)
     _setup_logging(args.verbose)
-    try:
-        return args.func(args)
-    except KeyboardInterrupt:
-        if args.verbose:
+
+    def run():
+        try:
+            return args.func(args)
+        except SystemExit as error:
+            if getattr(error, "log_line", None):  # CommandLineError: say it once, in the log
+                logger.error("%s", error.log_line)
             raise
-        logger.error("Interrupted (Ctrl-C): %s stopped.", args.command)
-        return 130
-    except (FileNotFoundError, ValueError, ImportError) as error:
-        # ImportError: an optional extra is missing (the message names it).
-        if args.verbose:
-            raise
-        logger.error("%s (run with -v for the traceback)", error)
-        return 2
-    except Exception as error:
-        # Project errors carry their exit status (tf_centernet.guards).
-        code = getattr(error, "exit_code", None)
-        if code is None or args.verbose:
-            raise
-        logger.error("%s", error)
-        return code
+        except KeyboardInterrupt:
+            if args.verbose:
+                raise
+            logger.error("Interrupted (Ctrl-C): %s stopped.", args.command)
+            return 130
+        except (FileNotFoundError, ValueError, ImportError) as error:
+            # ImportError: an optional extra is missing (the message names it).
+            if args.verbose:
+                raise
+            logger.error("%s (run with -v for the traceback)", _printable(error))
+            return 2
+        except Exception as error:
+            # Project errors carry their exit status (tf_centernet.guards).
+            code = getattr(error, "exit_code", None)
+            if code is not None and not args.verbose:
+                logger.error("%s", _printable(error))
+                return code
+            # The file system refused (read-only, full, no permission, name
+            # too long, ...): the user's to fix, so one line and status 2.
+            from tf_centernet.guards import os_error_line, os_error_of
+
+            cause = os_error_of(error)
+            if cause is None or args.verbose:
+                raise
+            logger.error("%s (run with -v for the traceback)", os_error_line(cause, f"{args.command}: cannot use"))
+            return 2
+
+    def _printable(error):
+        from tf_centernet.data.paths import printable
+
+        return printable(str(error))
+
+    code = run()
+    checkpoints = sys.modules.get("tf_centernet.checkpoints")
+    if argv is None and checkpoints is not None and checkpoints.hdf5_left_broken():
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code
 
 
 if __name__ == "__main__":

@@ -47,11 +47,18 @@ def cmd_check_data(args):
 
 
 def cmd_convert_data(args):
-    """Writes the configured data as TFRecord shards plus classes.txt."""
+    """Writes the configured data as TFRecord shards plus classes.txt.
+
+    --output is checked for writability first (`check_writable`); shards
+    are renamed into place only when complete (`write_tfrecords`).
+    """
     from tf_centernet.data.records import open_dataset
     from tf_centernet.data.tfrecord import write_class_file, write_tfrecords
 
+    from tf_centernet.guards import check_writable
+
     config = _load_config(args)
+    check_writable(args.output, "convert-data --output")  # before reading and encoding the data
     os.makedirs(args.output, exist_ok=True)
     names = None
     for split in _splits(config, args.split):

@@ -22,6 +22,7 @@ import types
 from typing import Optional
 
 from tf_centernet import config as config_lib
+from tf_centernet.convert.describe import check_config_matches
 from tf_centernet.convert.labels import snapshot_labels
 from tf_centernet.convert.mapping import load_release_state
 from tf_centernet.convert.snapshot import read_snapshot
@@ -65,10 +66,13 @@ def convert_snapshot(snapshot: str, config, model_dir: str, classes_file: Option
     Raises:
         FileNotFoundError: the snapshot or classes file does not exist.
         ImportError: torch is missing (the message names the extra).
-        ValueError: `model_dir` already holds checkpoints or a preset, a bad classes
-            file, or a snapshot that does not match the configuration
-            (`tf_centernet.convert.mapping.MappingError`, naming the first
-            mismatching keys).
+        ValueError: `model_dir` already holds checkpoints or a preset, a bad
+            classes file, or a snapshot that does not match the
+            configuration: before building, `ConfigMismatch` when its keys
+            describe another architecture, size or class count (naming the
+            config that matches); after,
+            `tf_centernet.convert.mapping.MappingError` naming the first
+            mismatching keys.
     """
     existing = list_checkpoints(model_dir)
     if existing or os.path.isfile(os.path.join(model_dir, "config.json")):
@@ -76,6 +80,8 @@ def convert_snapshot(snapshot: str, config, model_dir: str, classes_file: Option
         raise ValueError(f"{model_dir} already holds a model ({held}); convert into a new or empty --model-dir.")
     category_ids, names = snapshot_labels(config.model.num_classes, classes_file)
     state = read_snapshot(snapshot)
+    # Before building (minutes for a 104-layer model): does the snapshot describe this config's model?
+    check_config_matches({key: value.shape for key, value in state.items()}, config.model, source=snapshot)
     model = build_for_conversion(config)
     report = load_release_state(model, state, source=snapshot)
     del state

@@ -17,6 +17,7 @@ imported only here, and only when a snapshot is read.
 from __future__ import annotations
 
 import os
+import warnings
 from typing import Dict
 
 import numpy as np
@@ -45,6 +46,27 @@ def import_torch():
     return torch
 
 
+_WANTED = "give a release snapshot (.pkl / .pth) written by torch.save(model.state_dict())"
+
+
+def _unreadable_reason(path: str, error: Exception) -> str:
+    """Why torch.load(weights_only=True) refused `path`, in one line of our own words."""
+    with open(path, "rb") as handle:
+        head = handle.read(512)
+    text = str(error)
+    if "Weights only load failed" in text or "weights_only" in text:
+        return ("it holds Python objects other than tensors (a pickled object, not a state dict); "
+                "it is not unpickled, since that could run code from the file")
+    if head.startswith(b"PK\x03\x04"):
+        return "a damaged or truncated zip-format PyTorch file"
+    if head[:1] == b"\x80":
+        return "a damaged or truncated pickle (legacy PyTorch format)"
+    printable = sum(32 <= b < 127 or b in (9, 10, 13) for b in head)
+    if printable >= 0.95 * len(head):
+        return "a text file, not a PyTorch snapshot"
+    return "not a PyTorch file (neither torch.save's zip format nor its legacy pickle format)"
+
+
 def read_snapshot(path: str) -> Dict[str, np.ndarray]:
     """The arrays of a release snapshot, keyed without the ``module.`` prefix.
 
@@ -61,17 +83,22 @@ def read_snapshot(path: str) -> Dict[str, np.ndarray]:
     Raises:
         FileNotFoundError: no such file.
         ImportError: torch is missing (message names the extra).
-        ValueError: the file is not a readable state dict (names the file).
+        ValueError: the file is not a readable state dict: empty, text,
+            damaged, or a pickle of other objects (one line naming the file
+            and the reason, never torch's own advice).
     """
     if not os.path.isfile(path):
         raise FileNotFoundError(f"Snapshot not found: {path}")
+    if os.path.getsize(path) == 0:
+        raise ValueError(f"{path}: empty file (0 bytes), not a snapshot; {_WANTED}.")
     torch = import_torch()
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # pickle, zip and torch errors alike
-        raise ValueError(
-            f"{path}: not a PyTorch state dict readable with torch.load(weights_only=True): {error}"
-        ) from error
+        with warnings.catch_warnings():  # torch warns about pickle protocols it reads anyway
+            warnings.simplefilter("ignore")
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # pickle, zip and torch errors alike: our own reason, not torch's advice
+        raise ValueError(f"{path}: cannot read it as a PyTorch state dict: {_unreadable_reason(path, error)}; "
+                         f"{_WANTED}.") from None
     if isinstance(state, dict):
         for wrapper in ("state_dict", "model"):
             if isinstance(state.get(wrapper), dict):

@@ -5,9 +5,10 @@ and returns a `DataReport`: counts per class, empty images, what the reader
 skipped or repaired, duplicate image ids / files, the box size histogram in
 output-grid cells (stride 4, at test scale 1), images with more objects than
 ``data.max_objects`` (the objects past it get no embedding / offset slot),
-and the *errors*: findings that would make training wrong (no image, a
-class count other than ``model.num_classes``, unreadable images, objects
-past ``max_objects``).
+and the *errors*: findings that would make training wrong (no image, no
+object left, a class count other than ``model.num_classes``, unreadable
+images, objects past ``max_objects``). Records are named by file, or for
+TFRecord inputs by TFRecord file and record number.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ import dataclasses
 from typing import Dict, List, Optional
 
 import numpy as np
+
+from tf_centernet.data.paths import printable
 
 # What training does with each kind of finding (shown in the report).
 ACTIONS = {
@@ -37,8 +40,24 @@ ACTIONS = {
     "unreadable_image": "training skips it (counted, file named): fix or remove the file",
     "over_max_objects": "objects past data.max_objects get no embedding/offset slot",
     "duplicate_id": "evaluation merges the images",
+    "unsafe_file_name": "image skipped: its file_name leads outside the image folder (../ or absolute)",
 }
 SIZE_BINS = (0, 2, 4, 8, 16, 32, 64, np.inf)
+# Reasons that drop an object (not the image); see ACTIONS.
+_OBJECT_SKIPS = ("unknown_class", "unknown_category", "degenerate_box", "outside_image", "nan_box",
+                 "malformed_box", "crowd", "difficult")
+
+
+def _zero_objects_reason(records, counts, hints) -> str:
+    """The error for a dataset whose images are all without objects."""
+    dropped = {k: counts[k] for k in _OBJECT_SKIPS if counts.get(k)}
+    text = f"no object left in {len(records)} images"
+    if dropped:
+        text += f": all {sum(dropped.values())} were skipped (" + ", ".join(
+            f"{v} {k}" for k, v in sorted(dropped.items())) + ")"
+    else:
+        text += " (the annotations hold none)"
+    return "; ".join([text, *hints])
 
 
 @dataclasses.dataclass
@@ -70,7 +89,11 @@ class DataReport:
     def summary(self) -> str:
         """One line: sizes, then every skip / repair count (never silent)."""
         handled = ", ".join(f"{v} {k}" for k, v in sorted(self.counts.items()) if v) or "nothing skipped or repaired"
-        return f"{self.name}: {self.images} images, {self.objects} objects; {handled}."
+        return printable(f"{self.name}: {self.images} images, {self.objects} objects; {handled}.")
+
+    def zero_objects_reason(self) -> str:
+        """Why no object is left: the skip counts and the reader's hints (for errors)."""
+        return next((e for e in self.errors if e.startswith("no object left")), "no object left")
 
     def text(self) -> str:
         """The multi-line report of ``tf-centernet check-data``."""
@@ -84,28 +107,40 @@ class DataReport:
             lines += [f"  {k}: {v} -> {ACTIONS.get(k, 'skipped')}" for k, v in sorted(self.counts.items())]
         lines += [f"  e.g. {m}" for m in self.examples]
         lines += [f"ERROR: {e}" for e in self.errors]
-        return "\n".join(lines)
+        return printable("\n".join(lines))
 
 
 def _decodable(record) -> Optional[str]:
+    """None when the record's image decodes, else the reason naming it.
+
+    Files are read as bytes by Python and decoded from memory, so a file
+    name that is not UTF-8 (kept by Python as surrogate escapes) reaches the
+    file system unchanged: OpenCV's own file functions cannot take one.
+    """
     import cv2
 
     from tf_centernet.data.images import ImageError, check_image_bytes, check_image_file
 
+    name = record.display_name
     if record.encoded is not None:
         try:  # the check training runs on encoded (TFRecord) images
-            check_image_bytes(record.encoded, record.file_name)
+            check_image_bytes(record.encoded, name)
         except ImageError as error:
             return str(error)
-        image = cv2.imdecode(np.frombuffer(record.encoded, np.uint8), cv2.IMREAD_REDUCED_COLOR_8)
+        data = record.encoded
     else:
         try:  # the check training runs (truncated JPEGs, size limit, signature)
             check_image_file(record.file_name)
         except ImageError as error:
             return str(error)
-        flags = cv2.IMREAD_REDUCED_COLOR_8 | cv2.IMREAD_IGNORE_ORIENTATION
-        image = cv2.imread(record.file_name, flags)
-    return None if image is not None else f"{record.file_name}: cannot decode the image"
+        try:
+            with open(record.file_name, "rb") as handle:
+                data = handle.read()
+        except OSError as error:
+            return f"{name}: cannot read the file ({error.strerror})"
+    flags = cv2.IMREAD_REDUCED_COLOR_8 | cv2.IMREAD_IGNORE_ORIENTATION
+    image = cv2.imdecode(np.frombuffer(data, np.uint8), flags)
+    return None if image is not None else f"{name}: cannot decode the image"
 
 
 def check_dataset(dataset, config, decode_images: bool = True) -> DataReport:
@@ -135,7 +170,7 @@ def check_dataset(dataset, config, decode_images: bool = True) -> DataReport:
         if record.num_objects > max_objects:
             counts["over_max_objects"] += 1
             if len(examples) < 20:
-                examples.append(f"over_max_objects: {record.file_name} has {record.num_objects} objects")
+                examples.append(f"over_max_objects: {record.display_name} has {record.num_objects} objects")
         if decode_images:
             message = _decodable(record)
             if message:
@@ -154,6 +189,8 @@ def check_dataset(dataset, config, decode_images: bool = True) -> DataReport:
         histogram[label] = int(((sizes >= low) & (sizes < high)).sum())
     if not dataset.records:
         errors.append("no usable image")
+    elif not per_class:
+        errors.append(_zero_objects_reason(dataset.records, counts, getattr(dataset, "hints", ())))
     if dataset.num_classes != config.model.num_classes:
         errors.append(
             f"{dataset.num_classes} classes in the data but model.num_classes is {config.model.num_classes}"

@@ -42,6 +42,9 @@ class CocoRecord:
         classes: int32 ``(num_objects,)``. 0-based class indices.
         encoded: bytes or None. The encoded image (TFRecord inputs), read
             instead of `file_name` when set.
+        source: str or None. Where an in-memory record came from, e.g.
+            ``"data/train-00000-of-00002.tfrecord record 17"``; messages
+            name it with `file_name`.
     """
 
     image_id: int
@@ -51,10 +54,20 @@ class CocoRecord:
     boxes: np.ndarray
     classes: np.ndarray
     encoded: Optional[bytes] = None
+    source: Optional[str] = None
 
     @property
     def num_objects(self) -> int:
         return int(self.boxes.shape[0])
+
+    @property
+    def display_name(self) -> str:
+        """The record for messages: ``SOURCE (file_name)`` for TFRecord
+        records, else the file name, printable even when it is not UTF-8."""
+        from tf_centernet.data.paths import display_path
+
+        name = display_path(self.file_name)
+        return f"{self.source} ({name})" if self.source else name
 
 
 def load_image(path: str) -> np.ndarray:
@@ -69,6 +82,15 @@ def load_image(path: str) -> np.ndarray:
     from tf_centernet.data.images import load_image as load
 
     return load(path)
+
+
+def leaves_folder(file_name: str) -> bool:
+    """True when a relative `file_name` would lead outside its folder: absolute, or ``..`` after normalising.
+
+    ``a/../b.jpg`` stays inside; ``../b.jpg`` and ``/data/b.jpg`` do not.
+    """
+    normal = os.path.normpath(file_name)
+    return os.path.isabs(normal) or normal == os.pardir or normal.startswith(os.pardir + os.sep)
 
 
 def _json_size(info):
@@ -100,8 +122,10 @@ class CocoDataset(RecordList):
     count) and reported in one `logging.warning` with one line per item
     (file, image id, annotation index; all in `problems`): those, NaN/inf
     values, degenerate boxes (width or height <= 0), boxes entirely outside
-    the image, annotations of an unknown category, and images whose file is
-    missing (with all their annotations). A JSON width/height that differs
+    the image, annotations of an unknown category, images whose file is
+    missing (with all their annotations), and images whose ``file_name``
+    leads outside `image_dir` (``../x.jpg`` or an absolute path:
+    ``unsafe_file_name``, refused with their annotations). A JSON width/height that differs
     from the image file's header is replaced by the file's (counted in
     `repaired["size_from_image"]`). Images without any
     object are kept (they contribute negatives to the heatmap losses).
@@ -189,6 +213,11 @@ class CocoDataset(RecordList):
             info = self.coco.imgs[image_id]
             path = os.path.join(image_dir, info["file_name"])
             where = f"{annotation_file}: image id {image_id} ({info['file_name']})"
+            if leaves_folder(info["file_name"]):
+                skipped["unsafe_file_name"] += 1
+                problems.append(f"{where}: file_name leads outside the image folder {image_dir} "
+                                "(unsafe_file_name); image skipped with its annotations")
+                continue
             height, width = _json_size(info)
             if check_files:
                 if not os.path.isfile(path):

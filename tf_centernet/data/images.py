@@ -38,7 +38,9 @@ class ImageError(ValueError):
     """An image file that cannot be used; ``reason`` is a short skip key."""
 
     def __init__(self, path: str, reason: str, detail: str):
-        super().__init__(f"{path}: {detail}")
+        from tf_centernet.data.paths import display_path
+
+        super().__init__(f"{display_path(path)}: {detail}")
         self.path = path
         self.reason = reason
 
@@ -198,7 +200,7 @@ def usable_records(dataset, logger, max_pixels: int = MAX_PIXELS, limit_listed: 
             if record.encoded is None:
                 check_image_file(record.file_name, max_pixels)
             else:
-                check_image_bytes(record.encoded, record.file_name)
+                check_image_bytes(record.encoded, record.display_name)
         except ImageError as error:
             reasons[error.reason] += 1
             problems.append(str(error))
@@ -221,7 +223,7 @@ def usable_records(dataset, logger, max_pixels: int = MAX_PIXELS, limit_listed: 
             "%d training images have more than data.max_objects=%d objects; the %d objects beyond "
             "get no embedding/offset slot (heatmaps keep them): %s",
             len(crowded), max_objects, sum(r.num_objects - max_objects for r in crowded),
-            ", ".join(os.path.basename(r.file_name) for r in crowded[:limit_listed]),
+            ", ".join(r.display_name if r.source else os.path.basename(r.display_name) for r in crowded[:limit_listed]),
         )
     if not kept:
         raise ValueError(f"{dataset!r}: no usable training image left (all {len(problems)} rejected).")

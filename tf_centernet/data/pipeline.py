@@ -9,6 +9,7 @@ not images, and the whole chain runs in the `tf.data` graph.
 from __future__ import annotations
 
 import logging
+import os
 from typing import Optional
 
 import numpy as np
@@ -138,7 +139,9 @@ def build_train_dataset(
     if in_memory:
         sources = tf.constant([r.encoded if r.encoded is not None else b"" for r in records])
     else:
-        sources = tf.constant([r.file_name for r in records])
+        # Bytes, as the file system names them: a str path holding bytes
+        # that are not UTF-8 (surrogate escapes) cannot become a tf.string.
+        sources = tf.constant([os.fsencode(r.file_name) for r in records])
     counts = np.array([r.num_objects for r in records], np.int64)
     splits = tf.constant(np.concatenate([[0], np.cumsum(counts)]), tf.int64)
     all_boxes = tf.constant(

@@ -93,10 +93,11 @@ class RecordList:
         """Total number of kept objects."""
         return sum(record.num_objects for record in self.records)
 
-    def _append(self, image_id, file_name, height, width, boxes, labels, ignore, encoded=None):
+    def _append(self, image_id, file_name, height, width, boxes, labels, ignore, encoded=None, source=None):
         """Adds one image: its kept ``boxes`` / ``labels`` (pixels, class
         indices) as a record, its ``ignore`` list of (box, class) as ignore
-        regions in ``self.ignored``."""
+        regions in ``self.ignored``; `source` names where an in-memory
+        record came from (``FILE record N``)."""
         from tf_centernet.data.coco import CocoRecord
 
         if ignore:
@@ -110,6 +111,7 @@ class RecordList:
                 boxes=np.asarray(boxes, np.float32).reshape(-1, 4),
                 classes=np.asarray(labels, np.int32).reshape(-1),
                 encoded=encoded,
+                source=source,
             )
         )
 
@@ -127,15 +129,17 @@ def log_skipped(logger, source: str, skipped: Dict[str, int], repaired: Dict[str
     handler sees the counts and the items they count together.
     Difficult / crowd objects handled as configured are reported at INFO.
     """
+    from tf_centernet.data.paths import printable
+
     expected = {"difficult", "crowd"}
     bad = {k: v for k, v in skipped.items() if k not in expected and v}
     if bad or repaired:
         logger.warning(
             "%s: skipped %s; repaired %s." + "\n  %s" * len(problems),
-            source,
+            printable(source),
             ", ".join(f"{v} {k}" for k, v in sorted(bad.items())) or "nothing",
             ", ".join(f"{v} {k}" for k, v in sorted(repaired.items())) or "nothing",
-            *problems,
+            *(printable(p) for p in problems),
         )
     for key in sorted(expected & set(skipped)):
         logger.info("%s: %d %s objects not trained on (as configured).", source, skipped[key], key)
@@ -206,7 +210,9 @@ def open_dataset(config, split: str = "train", class_names: Optional[Sequence[st
         split: str. ``"train"`` or ``"val"``.
         class_names: sequence of str or None. Class list of the trained model
             (VOC / TFRecord class names are then mapped to it), used when
-            ``data.classes`` is empty.
+            ``data.classes`` is empty. Kept as the dataset's
+            ``requested_class_names``, which `tf_centernet.evaluation`
+            compares with the categories of a COCO file.
 
     Returns:
         `CocoDataset`, `VocDataset` or `TfRecordDataset`.
@@ -226,14 +232,18 @@ def open_dataset(config, split: str = "train", class_names: Optional[Sequence[st
     if fmt == "coco":
         from tf_centernet.data.coco import CocoDataset
 
-        return CocoDataset(annotations, images, crowd=data.crowd)
-    if fmt == "voc":
+        dataset = CocoDataset(annotations, images, crowd=data.crowd)
+    elif fmt == "voc":
         from tf_centernet.data.voc import VocDataset
 
-        return VocDataset(annotations, images, classes=classes, difficult=data.difficult)
-    from tf_centernet.data.tfrecord import TfRecordDataset
+        dataset = VocDataset(annotations, images, classes=classes, difficult=data.difficult)
+    else:
+        from tf_centernet.data.tfrecord import TfRecordDataset
 
-    return TfRecordDataset(annotations, classes=classes, crowd=data.crowd)
+        dataset = TfRecordDataset(annotations, classes=classes, crowd=data.crowd)
+    # COCO files carry their own categories: evaluation compares them with these.
+    dataset.requested_class_names = list(class_names) if class_names else None
+    return dataset
 
 
 def tfrecord_files(pattern: str) -> List[str]:

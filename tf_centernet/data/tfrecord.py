@@ -14,7 +14,9 @@ Each record is a `tf.train.Example` with the keys
 Records are read with `tf.data.TFRecordDataset` and parsed with
 `tf.io.parse_single_example` (no tf-models-official import). A record that
 does not parse, or whose fields are inconsistent, is skipped and counted,
-with a message naming the file, the record number and the field.
+with a message naming the file, the record number and the field. A record
+whose bytes are corrupt (checksum mismatch) is skipped and counted too, and
+the intact records after it are still read (`read_records`).
 `write_tfrecords` writes the same layout from any dataset of this package
 (``tf-centernet convert-data``); the original image file bytes are stored
 unchanged.
@@ -24,7 +26,9 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Dict, List, Optional, Sequence
+import struct
+import uuid
+from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 import tensorflow as tf
@@ -73,6 +77,116 @@ def _diagnose(serialized: bytes, where: str) -> str:
     return f"{where}: does not parse as a detection example"
 
 
+# TFRecord framing: uint64 length, uint32 masked CRC-32C of the length,
+# the data, uint32 masked CRC-32C of the data (all little-endian).
+_HEADER_BYTES = 12
+_FRAME_BYTES = 16
+
+
+def _crc32c_table() -> List[int]:
+    table = []
+    for byte in range(256):
+        crc = byte
+        for _ in range(8):
+            crc = (crc >> 1) ^ 0x82F63B78 if crc & 1 else crc >> 1
+        table.append(crc)
+    return table
+
+
+_CRC32C = _crc32c_table()
+
+
+def masked_crc32c(data: bytes) -> int:
+    """The masked CRC-32C (Castagnoli) of `data`, as TFRecord headers hold it.
+
+    Pure Python (about 1 MB/s): used on the 8-byte length fields only.
+    """
+    crc = 0xFFFFFFFF
+    for byte in data:
+        crc = _CRC32C[(crc ^ byte) & 0xFF] ^ (crc >> 8)
+    crc ^= 0xFFFFFFFF
+    return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
+
+
+def _record_length(blob: bytes, offset: int) -> Optional[int]:
+    """The data length of the record at `offset` when its header checksum holds, else None."""
+    if offset + _HEADER_BYTES > len(blob):
+        return None
+    (crc,) = struct.unpack_from("<I", blob, offset + 8)
+    if masked_crc32c(blob[offset : offset + 8]) != crc:
+        return None
+    return struct.unpack_from("<Q", blob, offset)[0]
+
+
+def _next_record(blob: bytes, offset: int) -> Tuple[Optional[int], str]:
+    """Where reading resumes after the unreadable record at `offset`, and what was wrong.
+
+    A record whose length header holds is skipped whole (its data were
+    corrupt); otherwise the bytes are scanned for the next header whose
+    checksum holds and whose record fits in the file.
+    """
+    left = len(blob) - offset
+    length = _record_length(blob, offset)
+    if length is not None:
+        if offset + _FRAME_BYTES + length > len(blob):
+            return None, f"truncated at byte {offset}: the record needs {_FRAME_BYTES + length} bytes, {left} remain"
+        return offset + _FRAME_BYTES + length, f"corrupt data (checksum mismatch) at byte {offset}; skipped"
+    if left < _FRAME_BYTES:
+        return None, f"truncated at byte {offset}: {left} stray bytes after the last record"
+    for start in range(offset + 1, len(blob) - _FRAME_BYTES + 1):
+        length = _record_length(blob, start)
+        if length is not None and start + _FRAME_BYTES + length <= len(blob):
+            return start, f"corrupt record header at byte {offset}; {start - offset} bytes skipped to the next record"
+    return None, f"corrupt record header at byte {offset}; no intact record after it"
+
+
+def read_records(path: str, on_corrupt: Callable[[int, str], None]) -> Iterator[Tuple[int, bytes]]:
+    """The intact records of one (uncompressed) TFRecord file, reading on past corrupt ones.
+
+    Reads with `tf.data.TFRecordDataset` (checksums checked). Where it
+    stops on a corrupt or truncated record, the file's bytes are searched
+    for the next intact record (`_next_record`) and reading goes on from
+    there (a copy of the rest of the file on TensorFlow's ``ram://`` file
+    system, removed after).
+
+    Args:
+        path: str. A TFRecord file.
+        on_corrupt: called as ``on_corrupt(record_number, reason)`` once per
+            unreadable stretch (one record, or the bytes up to the next
+            intact header); the number continues the file's count.
+
+    Yields:
+        (record number in the file, serialized record), in file order.
+    """
+    source, offset, number, blob, scratch = path, 0, 0, None, None
+    try:
+        while True:
+            try:
+                for serialized in tf.data.TFRecordDataset(source).as_numpy_iterator():
+                    yield number, serialized
+                    number += 1
+                    offset += _FRAME_BYTES + len(serialized)
+                return
+            except tf.errors.DataLossError:
+                pass
+            if blob is None:
+                with open(path, "rb") as handle:
+                    blob = handle.read()
+            restart, reason = _next_record(blob, offset)
+            on_corrupt(number, reason)
+            number += 1
+            if restart is None:
+                return
+            if scratch is None:
+                scratch = f"ram://tf_centernet_tfrecord/{uuid.uuid4().hex}.tfrecord"
+            with tf.io.gfile.GFile(scratch, "wb") as handle:
+                handle.write(blob[restart:])
+            source, offset = scratch, restart
+    finally:
+        if scratch is not None and tf.io.gfile.exists(scratch):
+            tf.io.gfile.remove(scratch)
+
+
 def parse_example(serialized: bytes, where: str = "record") -> dict:
     """One serialized `tf.train.Example` as NumPy values.
 
@@ -113,7 +227,7 @@ def parse_example(serialized: bytes, where: str = "record") -> dict:
         height=int(dense["image/height"]),
         width=int(dense["image/width"]),
         source_id=dense["image/source_id"].decode("utf-8", "replace"),
-        filename=dense["image/filename"].decode("utf-8", "replace"),
+        filename=os.fsdecode(dense["image/filename"]),  # a file system's name: bytes round-trip
         boxes=np.stack(coords, axis=1).astype(np.float32).reshape(-1, 4),
         labels=labels.astype(np.int64),
         texts=texts,
@@ -133,7 +247,8 @@ class TfRecordDataset(RecordList):
     Records keep their encoded image in memory (``CocoRecord.encoded``).
 
     Skipped and counted (one warning, with the first messages of each kind):
-    records that do not parse (``bad_record``), objects whose label is not
+    records that do not parse or are corrupt (``bad_record``; the records
+    after a corrupt one are still read), objects whose label is not
     in the class list (``unknown_class``), NaN, degenerate and out-of-image
     boxes; boxes clipped to the image and sizes read from the image are
     counted in `repaired`. ``is_crowd`` objects: ``crowd="drop"`` keeps them
@@ -144,6 +259,10 @@ class TfRecordDataset(RecordList):
         pattern: str. A file, glob pattern, comma list or folder of shards.
         classes: str or sequence of str. See above.
         crowd: str. ``"drop"`` or ``"keep"``.
+
+    Attributes (besides `CocoDataset`'s): ``files``; ``hints``, list of str:
+    likely causes of skips (boxes in pixels instead of normalised), shown
+    by the data check. Records carry ``source`` (``FILE record N``).
 
     Raises:
         FileNotFoundError: no file matches.
@@ -163,14 +282,15 @@ class TfRecordDataset(RecordList):
 
         examples = []
         for path in self.files:
-            try:
-                for number, serialized in enumerate(tf.data.TFRecordDataset(path).as_numpy_iterator()):
-                    try:
-                        examples.append(parse_example(serialized, f"{path} record {number}"))
-                    except RecordError as error:
-                        problem("bad_record", str(error))
-            except tf.errors.DataLossError as error:
-                problem("bad_record", f"{path}: truncated or corrupt TFRecord file ({error.message})")
+
+            def corrupt(number, reason, path=path):
+                problem("bad_record", f"{path} record {number}: {reason}")
+
+            for number, serialized in read_records(path, corrupt):
+                try:
+                    examples.append(parse_example(serialized, f"{path} record {number}"))
+                except RecordError as error:
+                    problem("bad_record", str(error))
 
         if isinstance(classes, str) and classes:
             names: Optional[List[str]] = read_class_file(classes)
@@ -205,6 +325,8 @@ class TfRecordDataset(RecordList):
         use_ids = all(s.isdigit() for s in numeric) and len(set(numeric)) == len(numeric)
         self.records: List[CocoRecord] = []
         self.ignored: Dict[int, tuple] = {}
+        self.hints: List[str] = []
+        boxes_seen = boxes_over_one = 0
         for number, e in enumerate(examples):
             image_id = int(e["source_id"]) if use_ids else number + 1
             name = e["filename"] or e["source_id"] or f"record {number}"
@@ -222,6 +344,8 @@ class TfRecordDataset(RecordList):
                     field = f"image/object/class/text {text!r}" if by_text else f"image/object/class/label {int(label)}"
                     problem("unknown_class", f"{where}: {field} not in the classes {dict(zip(ids, names))}")
                     continue
+                boxes_seen += 1
+                boxes_over_one += bool(np.nanmax(box) > 1.0 + 1e-3) if np.isfinite(box).any() else 0
                 pixels = [box[0] * width, box[1] * height, box[2] * width, box[3] * height]
                 pixels, reason = sanitize_box(pixels, width, height)
                 if reason == "clipped_box":
@@ -235,9 +359,15 @@ class TfRecordDataset(RecordList):
                     continue
                 boxes.append(pixels)
                 labels.append(cls)
-            self._append(image_id, name, height, width, boxes, labels, ignore, encoded=e["encoded"])
+            self._append(image_id, name, height, width, boxes, labels, ignore, encoded=e["encoded"], source=e["where"])
         self.skipped, self.repaired = dict(skipped), dict(repaired)
         log_skipped(logger, pattern, self.skipped, self.repaired, self.problems)
+        if boxes_over_one and boxes_over_one * 2 >= boxes_seen:
+            self.hints.append(
+                f"{boxes_over_one} of {boxes_seen} boxes have coordinates above 1: image/object/bbox/* must be "
+                "normalised to [0, 1] by the image width and height (these look like pixels)"
+            )
+            logger.warning("%s: %s.", pattern, self.hints[-1])
 
 
 def _feature(values, kind):
@@ -290,7 +420,8 @@ def make_example(dataset, record: CocoRecord) -> tf.train.Example:
         "image/height": _feature([int(height)], "int"),
         "image/width": _feature([int(width)], "int"),
         "image/source_id": _feature([str(record.image_id).encode()], "bytes"),
-        "image/filename": _feature([os.path.basename(record.file_name).encode()], "bytes"),
+        # The file system's bytes (a name that is not UTF-8 is kept as it is).
+        "image/filename": _feature([os.fsencode(os.path.basename(record.file_name))], "bytes"),
         "image/object/class/label": _feature([int(dataset.category_ids[c]) for c in classes], "int"),
         "image/object/class/text": _feature([dataset.class_names[c].encode() for c in classes], "bytes"),
         "image/object/is_crowd": _feature(is_crowd, "int"),
@@ -309,24 +440,57 @@ def write_tfrecords(dataset, prefix: str, num_shards: int = 1) -> List[str]:
     as ``class/text``; crowd (COCO, ``crowd=drop``) and ignore regions
     (VOC ``difficult=ignore``) are written with ``is_crowd = 1``.
 
+    Shards are written as ``.partial-NAME`` files and renamed once all are
+    complete: a failed run (disk full, read-only folder) removes its partial
+    files and leaves earlier shards of the same names as they were.
+
     Returns:
         list of the written paths.
 
     Raises:
-        ValueError: `num_shards` < 1. OSError: unwritable output.
+        ValueError: `num_shards` < 1.
+        OSError: the output cannot be written (``errno`` and ``filename``
+            set, e.g. ENOSPC, EROFS, EACCES); no partial file is left.
     """
+    import errno as errno_lib
+
+    from tf_centernet.guards import errno_of_text
+
     if num_shards < 1:
         raise ValueError(f"num_shards must be at least 1, got {num_shards}.")
     folder = os.path.dirname(os.path.abspath(prefix))
-    os.makedirs(folder, exist_ok=True)
     paths = [f"{prefix}-{i:05d}-of-{num_shards:05d}.tfrecord" for i in range(num_shards)]
-    writers = [tf.io.TFRecordWriter(p) for p in paths]
+    partials = [os.path.join(os.path.dirname(p), ".partial-" + os.path.basename(p)) for p in paths]
+    writers = []
+    current = folder
     try:
+        os.makedirs(folder, exist_ok=True)
+        for partial in partials:
+            current = partial
+            writers.append(tf.io.TFRecordWriter(partial))
         for number, record in enumerate(dataset.records):
+            current = partials[number % num_shards]
             writers[number % num_shards].write(make_example(dataset, record).SerializeToString())
-    finally:
+        for partial, writer in zip(partials, writers):
+            current = partial
+            writer.close()  # flushes: a full disk shows here
+        writers = []
+        for partial, path in zip(partials, paths):
+            current = path
+            os.replace(partial, path)
+    except (OSError, tf.errors.OpError) as error:
         for writer in writers:
-            writer.close()
+            try:
+                writer.close()
+            except Exception:  # noqa: BLE001 - already failing; the file is removed below
+                pass
+        for partial in partials:
+            try:
+                os.remove(partial)
+            except OSError:
+                pass  # never created
+        number = getattr(error, "errno", None) or errno_of_text(getattr(error, "message", error)) or errno_lib.EIO
+        raise OSError(number, os.strerror(number), current) from None
     return paths
 
 

@@ -156,7 +156,9 @@ def resolve_voc_paths(
             every XML of ``Annotations/``.
 
     Returns:
-        (xml paths, image folder, image-set file or None).
+        (xml paths, image folder, image-set file or None). Ids of the
+        image-set file are file names, decoded as the file system decodes
+        them (`os.fsdecode`: bytes that are not UTF-8 round-trip).
 
     Raises:
         FileNotFoundError: a missing path, image-set file or XML folder.
@@ -183,9 +185,11 @@ def resolve_voc_paths(
         jpeg_dir = os.path.join(root, "JPEGImages")
         images = jpeg_dir if os.path.isdir(jpeg_dir) else xml_dir
     if image_set:
-        with open(image_set, encoding="utf-8") as handle:
+        # Ids are file names: read as bytes and decoded as the file system
+        # does (os.fsdecode), so an id that is not UTF-8 names its file.
+        with open(image_set, "rb") as handle:
             # VOC image sets may carry a second column (+1/-1 per class files).
-            stems = [line.split()[0] for line in handle if line.strip()]
+            stems = [os.fsdecode(line.split()[0]) for line in handle if line.strip()]
         paths = [os.path.join(xml_dir, stem + ".xml") for stem in stems]
     else:
         paths = sorted(

@@ -211,11 +211,18 @@ def export(
         ValueError: unknown format.
         RuntimeError: the format's toolchain is missing (tftrt without
             TensorRT, onnx without tf2onnx), with what to do.
+        NotWritableError (an OSError): the output folder cannot be written
+            (checked before any work).
     """
+    from tf_centernet.guards import check_writable
+
     fmt = get_format(format)
     ready, message = fmt.check()
     if not ready:
         raise RuntimeError(message)
+    # Before the conversion (tens of seconds to minutes): can the result be written?
+    folder = output if fmt.name in ("savedmodel", "tftrt") else os.path.dirname(os.path.abspath(output))
+    check_writable(folder, "export output")
     options = dict(input_size=input_size, flip_test=flip_test, category_ids=category_ids,
                    class_names=class_names, max_megapixels=max_megapixels)
     return fmt.write(model, output, options)
