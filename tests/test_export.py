@@ -262,6 +262,35 @@ def test_saved_model_signatures(saved_model_dir):
         export_lib.export_saved_model(None, saved_model_dir)
 
 
+def test_model_export_writes_what_the_cli_writes(detector, images, saved_model_dir, tmp_path):
+    """One SavedModel contract: ``model.export`` and ``tf-centernet export`` agree on signatures and outputs."""
+    from_python = detector.model.export(str(tmp_path / "python" / "1"))
+    image = tf.constant(images.fixed[0][None])
+    encoded = tf.constant([tf.io.encode_png(images.fixed[1]).numpy()])
+    results = []
+    for path in (from_python, saved_model_dir):
+        loaded = tf.saved_model.load(path)
+        assert set(loaded.signatures) == {"serving_default", "serving_bytes"}
+        default, by_bytes = loaded.signatures["serving_default"], loaded.signatures["serving_bytes"]
+        with open(os.path.join(path, "assets", "label_map.json"), encoding="utf-8") as f:
+            labels = json.load(f)
+        results.append((
+            default.structured_input_signature, default.structured_outputs,
+            by_bytes.structured_input_signature, labels,
+            {k: v.numpy() for k, v in default(images=image).items()},
+            {k: v.numpy() for k, v in by_bytes(image_bytes=encoded).items()},
+        ))
+    python, cli = results
+    for a, b in zip(python[:4], cli[:4]):
+        assert a == b
+    assert python[3] == [{"id": CATEGORY_ID, "name": "dog"}]
+    assert python[4]["num_detections"][0] > 0
+    for got, expected in ((python[4], cli[4]), (python[5], cli[5])):
+        assert got.keys() == expected.keys()
+        for key in got:
+            np.testing.assert_allclose(got[key], expected[key], atol=1e-5, err_msg=key)
+
+
 @pytest.mark.slow
 def test_saved_model_in_a_fresh_process_matches_keras(detector, images, saved_model_dir, tmp_path):
     # Network inputs: full-size images (any size) and the FIXED_SIZE copies.

@@ -10,7 +10,6 @@ own `predict` must agree with it on images of any size, in original-image
 pixels.
 """
 
-import json
 import os
 import subprocess
 import sys
@@ -23,7 +22,6 @@ import pytest
 import tensorflow as tf
 
 import tf_centernet
-from tf_centernet.cli import main
 from tf_centernet.config import DecodeConfig, load_config
 from tf_centernet.decode import Decoder
 from tf_centernet.inference import Predictor
@@ -148,42 +146,6 @@ def test_bad_images_are_clear_errors():
         model.predict([np.zeros((0, 30, 3), np.uint8)])
     with pytest.raises(TypeError, match="Image 0 is a str"):
         model.predict(["image.jpg"])
-
-
-def test_model_export_equals_cli_export(pictures, tmp_path):
-    model, _, overrides = make_detector("centernet")
-    categories = tmp_path / "categories.json"
-    categories.write_text(json.dumps({"images": [], "annotations": [], "categories": [{"id": 18, "name": "dog"}]}))
-    model.category_ids, model.class_names = [18], ["dog"]
-    checkpoint = str(tmp_path / "ckpt-0.weights.h5")
-    model.save_weights(checkpoint)
-
-    from_python = model.export(str(tmp_path / "python" / "1"))
-    from_cli = str(tmp_path / "cli" / "1")
-    code = main(["export", "--config", "demo", "--set", *overrides, f"data.val_annotations={categories}",
-                 f"train.model_dir={tmp_path / 'model'}", "--checkpoint", checkpoint, "--output", from_cli])
-    assert code == 0
-    image = tf.constant(pictures[0][None])
-    encoded = tf.constant([tf.io.encode_png(pictures[0]).numpy()])
-    results = []
-    for path in (from_python, from_cli):
-        loaded = tf.saved_model.load(path)
-        assert set(loaded.signatures) == {"serving_default", "serving_bytes"}
-        signature = loaded.signatures["serving_default"]
-        results.append((
-            signature.structured_input_signature, signature.structured_outputs,
-            {k: v.numpy() for k, v in signature(images=image).items()},
-            {k: v.numpy() for k, v in loaded.signatures["serving_bytes"](image_bytes=encoded).items()},
-            (open(os.path.join(path, "assets", "label_map.json")).read()),
-        ))
-    (spec_a, out_a, default_a, bytes_a, labels_a), (spec_b, out_b, default_b, bytes_b, labels_b) = results
-    assert spec_a == spec_b and out_a.keys() == out_b.keys()
-    assert json.loads(labels_a) == json.loads(labels_b) == [{"id": 18, "name": "dog"}]
-    assert default_a["num_detections"][0] > 0
-    for key in default_a:
-        np.testing.assert_allclose(default_a[key], default_b[key], atol=1e-5)
-        np.testing.assert_allclose(bytes_a[key], bytes_b[key], atol=1e-5)
-    np.testing.assert_array_equal(default_a["detection_classes"][0, : int(default_a["num_detections"][0])], 18)
 
 
 FRESH_PROCESS = textwrap.dedent("""

@@ -30,6 +30,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import hashlib
+import io
 import logging
 import os
 import re
@@ -254,6 +255,30 @@ def nonfinite_variables(variables):
     return bad
 
 
+def write_weights(model, path):
+    """Writes Keras' weights file of `model` (what ``model.save_weights`` writes) to `path`.
+
+    The HDF5 file is built in memory and reaches the disk through plain
+    Python writes: HDF5 does not recover from a write that fails half-way
+    (a full disk can crash the process when it closes the file), while a
+    failed Python write is an ordinary `OSError` and leaves nothing open.
+    Costs the file's size in memory for the moment of the save.
+
+    Raises:
+        OSError: the file system refused the write.
+    """
+    from keras.src.saving import saving_lib  # Keras' own weights-file writer; it has no public in-memory entry
+
+    buffer = io.BytesIO()
+    store = saving_lib.H5IOStore(buffer, mode="w")
+    try:
+        saving_lib._save_state(model, weights_store=store, assets_store=None, inner_path="", visited_saveables=set())
+    finally:
+        store.close()
+    with open(path, "wb") as f:
+        f.write(buffer.getbuffer())
+
+
 def save_checkpoint(model, model_dir, step, keep):
     """Writes model + optimizer state atomically, with a checksum, then prunes.
 
@@ -295,21 +320,16 @@ def save_checkpoint(model, model_dir, step, keep):
     folder = os.path.dirname(path)
     partial = os.path.join(folder, PARTIAL_PREFIX + os.path.basename(path))
     failure = None
-    global _hdf5_left_broken
     with _quiet_hdf5_cleanup() as cleanup:
-        in_hdf5 = False
         try:
             os.makedirs(folder, exist_ok=True)
-            # HDF5 does not recover from a write that fails half-way (a
-            # crash can follow): refuse before it starts when the file
-            # cannot fit.
+            # Refuse before any work when the file cannot fit (a clearer
+            # message, with sizes, than the write's own failure).
             need, free = checkpoint_bytes(model), _free_bytes(folder)
             if free is not None and free < need:
                 raise OSError(errno.ENOSPC, f"{os.strerror(errno.ENOSPC)} ({free / 2**20:.1f} MiB free, the "
                                             f"checkpoint needs up to {need / 2**20:.1f} MiB)", folder)
-            in_hdf5 = True
-            model.save_weights(partial, overwrite=True)
-            in_hdf5 = False
+            write_weights(model, partial)
             _fsync_file(partial)
             digest = _sha256(partial)
             if _expected_digest(path) is not None:  # an older save of this step
@@ -321,8 +341,6 @@ def save_checkpoint(model, model_dir, step, keep):
             if cause is None:
                 raise
             cleanup["failed"] = True
-            if in_hdf5 and cause.errno in (errno.ENOSPC, errno.EDQUOT, errno.EIO):
-                _hdf5_left_broken = True  # the file was open when the write failed
             discard_partial(partial)
             discard_partial(os.path.join(model_dir, PARTIAL_PREFIX + MANIFEST))
             if cause.errno:  # HDF5's own wording is a page long: the system's reason, or ours with sizes

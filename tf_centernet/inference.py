@@ -24,7 +24,7 @@ from tf_centernet.data.labels import class_labels
 from tf_centernet.decode import Decoder
 from tf_centernet.models import KeypointObjectDetector, build_model
 from tf_centernet.models.object_detector import unpad_detections
-from tf_centernet.models.preprocessor import CenterNetImageConverter, preprocess_images
+from tf_centernet.models.preprocessor import CenterNetImageConverter, pad_images, preprocess_images
 
 __all__ = ["Predictor", "load_detector", "load_trained_model", "preprocess_images", "pad_batch"]
 
@@ -152,11 +152,7 @@ def pad_batch(images: Sequence[np.ndarray]) -> Tuple[np.ndarray, np.ndarray]:
             )
         if image.shape[0] < 1 or image.shape[1] < 1:
             raise ValueError(f"Image {i} is empty: shape {image.shape}.")
-    sizes = np.array([image.shape[:2] for image in images], dtype=np.int32)
-    batch = np.zeros((len(images), sizes[:, 0].max(), sizes[:, 1].max(), 3), np.uint8)
-    for i, image in enumerate(images):
-        batch[i, : image.shape[0], : image.shape[1]] = image
-    return batch, sizes
+    return pad_images(images)
 
 
 class Predictor:

@@ -79,17 +79,17 @@ def test_disk_full_during_training_stops_with_the_steps_lost(synthetic_coco, tmp
     with small_filesystem(tmp_path / "disk", 2600) as disk:
         if disk is None:  # not root: the second save fails as a full disk does, after writing some bytes
             model_dir = tmp_path / "model"
-            original, calls = keras.Model.save_weights, []
+            original, calls = ckpt.write_weights, []
 
-            def full_disk(self, path, *args, **kwargs):
+            def full_disk(model, path):
                 calls.append(path)
                 if len(calls) == 2:
                     with open(path, "wb") as f:
                         f.write(b"\0" * 1000)
                     raise OSError(errno.ENOSPC, "No space left on device")
-                return original(self, path, *args, **kwargs)
+                return original(model, path)
 
-            monkeypatch.setattr(keras.Model, "save_weights", full_disk)
+            monkeypatch.setattr(ckpt, "write_weights", full_disk)
             logging.getLogger("tf_centernet").info("disk full: monkeypatched ENOSPC")
         else:
             model_dir = os.path.join(disk, "model")
@@ -150,15 +150,15 @@ def test_disk_filling_during_the_hdf5_write_exits_2_without_a_crash(synthetic_co
 def test_checkpoint_folder_turning_read_only_stops_without_losing_the_last_checkpoint(tmp_path, monkeypatch, fault):
     """Item 3 (monkeypatched, any user): the third save is refused; training stops at that step."""
     model = small_model()
-    original, calls = keras.Model.save_weights, []
+    original, calls = ckpt.write_weights, []
 
-    def refused(self, path, *args, **kwargs):
+    def refused(model, path):
         calls.append(path)
         if len(calls) >= 3:
             raise OSError(fault, os.strerror(fault), path)
-        return original(self, path, *args, **kwargs)
+        return original(model, path)
 
-    monkeypatch.setattr(keras.Model, "save_weights", refused)
+    monkeypatch.setattr(ckpt, "write_weights", refused)
     callback = fit_with_checkpoints(model, tmp_path, steps=6)
     assert len(calls) == 3  # stopped at the failing step: no save tried after it
     assert int(model.optimizer.iterations.numpy()) == 3

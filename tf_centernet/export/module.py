@@ -240,9 +240,9 @@ class DetectionModule(tf.Module):
         # runtime may still feed other shapes, so say which input is wrong.
         spec = "uint8 (batch, height, width, 3) RGB"
         checks = [
-            tf.debugging.assert_rank(images, 4, message=f"serving_default: input 'images' must be {spec}"),
+            tf.debugging.assert_rank(images, 4, message=f"serving_default: input images must be {spec}"),
             tf.debugging.assert_equal(
-                tf.shape(images)[-1], 3, message=f"serving_default: input 'images' must have 3 channels, {spec}"
+                tf.shape(images)[-1], 3, message=f"serving_default: input images must have 3 channels, {spec}"
             ),
         ]
         with tf.control_dependencies(checks):
@@ -257,7 +257,7 @@ class DetectionModule(tf.Module):
 
     def _serve_bytes(self, image_bytes):
         check = tf.debugging.assert_rank(
-            image_bytes, 1, message="serving_bytes: input 'image_bytes' must be a string vector (batch,) of "
+            image_bytes, 1, message="serving_bytes: input image_bytes must be a string vector (batch,) of "
             "encoded JPEG/PNG/GIF/BMP images"
         )
         with tf.control_dependencies([check]):

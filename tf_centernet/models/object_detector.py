@@ -43,7 +43,7 @@ from tf_centernet.models.backbone import HourglassBackbone
 from tf_centernet.models.preprocessor import (
     CenterNetImageConverter,
     CenterNetObjectDetectorPreprocessor,
-    padded_batch,
+    pad_images,
 )
 
 LOSS_TERMS = ("focal_corner", "focal_center", "pull", "push", "offset_corner", "offset_center")
@@ -436,12 +436,7 @@ class KeypointObjectDetector(ObjectDetector):
             self._image_function_key = key
         results = []
         for start in range(0, len(images), batch_size):
-            chunk = images[start : start + batch_size]
-            sizes = np.array([image.shape[:2] for image in chunk], np.int32)
-            dtype = np.uint8 if all(image.dtype == np.uint8 for image in chunk) else np.float32
-            batch = np.zeros((len(chunk), sizes[:, 0].max(), sizes[:, 1].max(), 3), dtype)
-            for i, image in enumerate(chunk):
-                batch[i, : image.shape[0], : image.shape[1]] = image
+            batch, sizes = pad_images(images[start : start + batch_size])
             out = self._image_function(tf.constant(batch), tf.constant(sizes))
             results += unpad_detections({key: value.numpy() for key, value in out.items()})
         return results
@@ -476,6 +471,21 @@ class KeypointObjectDetector(ObjectDetector):
     def evaluate(self, *args, **kwargs):
         """`keras.Model.evaluate` (the losses) on batches like `fit`'s; COCO AP: `tf_centernet.evaluation`."""
         return keras.Model.evaluate(self, *args, **kwargs)
+
+    def train_on_batch(self, *args, **kwargs):
+        """`keras.Model.train_on_batch` on one `build_train_dataset` batch (dict targets)."""
+        return keras.Model.train_on_batch(self, *args, **kwargs)
+
+    def test_on_batch(self, *args, **kwargs):
+        """`keras.Model.test_on_batch` on one `build_train_dataset` batch (dict targets)."""
+        return keras.Model.test_on_batch(self, *args, **kwargs)
+
+    def predict_on_batch(self, x):
+        """`predict` on one batch: the same inputs, the same detections."""
+        if self.preprocessor is None:
+            return keras.Model.predict_on_batch(self, x)
+        n = len(x) if isinstance(x, (list, tuple)) else None
+        return self.predict(x, batch_size=n, verbose=0)
 
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
         """docs/reference.md §5 loss for `fit`; updates one metric per term.

@@ -42,6 +42,7 @@ __all__ = [
     "CenterNetImageConverter",
     "CenterNetObjectDetectorPreprocessor",
     "normalize",
+    "pad_images",
     "preprocess_images",
     "static_preprocess",
 ]
@@ -296,6 +297,26 @@ class CenterNetObjectDetectorPreprocessor(ObjectDetectorPreprocessor):
         if y is not None:
             return keras.utils.pack_x_y_sample_weight(x, y, sample_weight)
         return padded_batch(x)
+
+
+def pad_images(images):
+    """RGB arrays `(h, w, 3)` of different sizes -> one zero-padded batch and their sizes.
+
+    Each image sits in the top-left corner, padded at the bottom and right.
+
+    Args:
+        images: non-empty sequence of arrays `(height, width, 3)`, uint8 or float.
+
+    Returns:
+        (batch, sizes): `(n, max_height, max_width, 3)` (uint8 when every
+        image is, else float32) and int32 `(n, 2)` true ``(height, width)``.
+    """
+    sizes = np.array([image.shape[:2] for image in images], np.int32)
+    dtype = np.uint8 if all(image.dtype == np.uint8 for image in images) else np.float32
+    batch = np.zeros((len(images), sizes[:, 0].max(), sizes[:, 1].max(), 3), dtype)
+    for i, image in enumerate(images):
+        batch[i, : image.shape[0], : image.shape[1]] = image
+    return batch, sizes
 
 
 def padded_batch(x):
