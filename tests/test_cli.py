@@ -18,6 +18,32 @@ def test_bad_override_is_a_clear_error(caplog):
     assert "no_such_key" in caplog.text
 
 
+def test_set_takes_only_overrides_and_can_come_anywhere():
+    from tf_centernet.cli import build_parser, split_set_values
+
+    # The README's line: images right after the overrides.
+    args = build_parser().parse_args(split_set_values(
+        ["detect", "--model-dir", "M", "--set", "decode.flip_test=false", "photo.jpg", "second.jpg"]))
+    assert args.set == ["decode.flip_test=false"] and args.images == ["photo.jpg", "second.jpg"]
+    # Every KEY=VALUE word after --set is an override (even one that looks like a path), repeatable.
+    argv = ["detect", "--set", "decode.flip_test=false", "a=b.jpg", "--model-dir", "M", "--set", "decode.top_k=50",
+            "--set=decode.nms=merge", "photo.jpg"]
+    args = build_parser().parse_args(split_set_values(argv))
+    assert args.set == ["decode.flip_test=false", "a=b.jpg", "decode.top_k=50", "decode.nms=merge"]
+    assert args.images == ["photo.jpg"] and args.model_dir == "M"
+    with pytest.raises(SystemExit) as error:
+        build_parser().parse_args(split_set_values(["train", "--set", "--config", "demo"]))
+    assert error.value.code == 2
+
+
+def test_version_names_the_toolchain(capsys):
+    with pytest.raises(SystemExit) as error:
+        main(["--version"])
+    assert error.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith("tf-centernet 0.1.0 (TensorFlow 2.20") and "keras-hub 0.32" in out
+
+
 def test_unknown_config_name_lists_known_ones(caplog):
     assert main(["train", "--config", "no_such_config"]) == 2
     assert "centernet_hg104" in caplog.text

@@ -2,6 +2,7 @@
 
 import pytest
 
+from tf_centernet import config as config_lib
 from tf_centernet.config import BACKBONES, load_config, to_yaml
 
 
@@ -36,7 +37,7 @@ def test_bad_values_are_clear_errors():
         load_config("demo", ["train.batch_size=many"])
     with pytest.raises(ValueError, match="levels \\+ 1"):
         load_config("demo", ["model.levels=4"])
-    with pytest.raises(ValueError, match="Unknown backbone"):
+    with pytest.raises(ValueError, match="model.backbone must be one of"):
         load_config("demo", ["model.backbone=resnet"])
     with pytest.raises(FileNotFoundError, match="centernet_hg104"):
         load_config("nope")
@@ -44,3 +45,17 @@ def test_bad_values_are_clear_errors():
 
 def test_small_backbone_is_cpu_sized():
     assert BACKBONES["hourglass_small"]["widths"][0] < BACKBONES["hourglass_52"]["widths"][0]
+
+
+@pytest.mark.parametrize("key", sorted(config_lib.CHOICES))
+def test_a_wrong_enumerated_value_fails_when_the_config_loads(key):
+    """Every enumerated setting is checked by `load_config`, naming the key and what it allows."""
+    with pytest.raises(ValueError) as error:
+        load_config("demo", [f"{key}=no_such_value"])
+    message = str(error.value)
+    assert key in message and "no_such_value" in message
+    assert all(repr(allowed) in message for allowed in config_lib.CHOICES[key]), message
+    # and every allowed value loads
+    for allowed in config_lib.CHOICES[key]:
+        if allowed != "":
+            load_config("demo", [f"{key}={allowed}"])

@@ -291,6 +291,55 @@ class DecodeConfig:
     jit_compile: bool = False
 
 
+# Every enumerated setting, "section.key" -> its allowed values: the one
+# place they are listed and checked (`validate`, `check_choice`). Modules
+# that take such a value as an argument check it here too.
+CHOICES = {
+    "model.architecture": ("centernet", "cornernet"),
+    "model.backbone": tuple(BACKBONES) + tuple(BACKBONE_ALIASES),
+    "model.pooling_impl": ("auto", "scan", "custom"),
+    "model.compute_dtype": ("float32", "bfloat16"),
+    "data.format": ("", "coco", "voc", "tfrecord"),
+    "data.difficult": ("drop", "ignore", "keep"),
+    "data.radius_variant": ("release", "paper"),
+    "data.crowd": ("drop", "keep"),
+    "train.mixed_precision": ("none", "float16", "bfloat16"),
+    "train.strategy": ("auto", "one_device", "mirrored", "multi_worker", "tpu"),
+    "train.on_nonfinite": ("stop", "skip"),
+    "decode.nms": ("gaussian", "merge", "tf", "none"),
+    "decode.soft_nms_impl": ("auto", "custom", "loop"),
+}
+
+
+def check_choice(key: str, value):
+    """`value` when it is one of ``CHOICES[key]``.
+
+    Raises:
+        ValueError: another value; the message names the key and the
+            allowed values.
+    """
+    allowed = CHOICES[key]
+    if value not in allowed:
+        raise ValueError(f"{key} must be one of {', '.join(repr(a) for a in allowed)}; got {value!r}.")
+    return value
+
+
+def validate(config: "Config") -> "Config":
+    """Checks every enumerated setting (`CHOICES`) and the hourglass sizes; returns `config`.
+
+    Called by `load_config`, so that a typo fails when the configuration
+    loads, not when a graph is traced mid-run.
+
+    Raises:
+        ValueError: the first bad value, naming its key and the allowed values.
+    """
+    for key in CHOICES:
+        section, field_name = key.split(".")
+        check_choice(key, getattr(getattr(config, section), field_name))
+    config.model.hourglass()
+    return config
+
+
 @dataclass
 class Config:
     """The whole experiment."""
@@ -377,16 +426,8 @@ def load_config(
         if value:
             parts = [os.path.expanduser(p) for p in value.split(",")]
             setattr(config.data, key, ",".join(os.path.abspath(p) for p in parts))
-    config.model.hourglass()  # validate early, with a clear message
-    if config.model.architecture not in ("centernet", "cornernet"):
-        raise ValueError(
-            "model.architecture must be 'centernet' or 'cornernet', got "
-            f"{config.model.architecture!r}."
-        )
     config.train.mixed_precision = precision_name(config.train.mixed_precision)
-    if config.train.on_nonfinite not in ("stop", "skip"):
-        raise ValueError(f"train.on_nonfinite must be 'stop' or 'skip', got {config.train.on_nonfinite!r}.")
-    return config
+    return validate(config)
 
 
 DATA_PATH_KEYS = ("train_images", "train_annotations", "val_images", "val_annotations", "classes")
@@ -418,12 +459,7 @@ def precision_name(value) -> str:
         ValueError: any other value (the message names the field).
     """
     text = str(value).strip().lower()
-    mapped = {"true": "float16", "false": "none", "": "none"}.get(text, text)
-    if mapped not in ("none", "float16", "bfloat16"):
-        raise ValueError(
-            f"train.mixed_precision must be none, float16 or bfloat16 (or true/false), got {value!r}."
-        )
-    return mapped
+    return check_choice("train.mixed_precision", {"true": "float16", "false": "none", "": "none"}.get(text, text))
 
 
 def to_yaml(config: Config) -> str:

@@ -33,9 +33,11 @@ import tempfile
 
 import tensorflow as tf
 
+from tf_centernet.config import CHOICES, check_choice
+
 logger = logging.getLogger("tf_centernet")
 
-STRATEGIES = ("auto", "one_device", "mirrored", "multi_worker", "tpu")
+STRATEGIES = CHOICES["train.strategy"]
 
 
 def tf_config():
@@ -101,8 +103,7 @@ def get_strategy(kind="auto"):
         ValueError: unknown `kind`, or ``multi_worker`` with a malformed
             ``TF_CONFIG``.
     """
-    if kind not in STRATEGIES:
-        raise ValueError(f"train.strategy must be one of {STRATEGIES}, got {kind!r}.")
+    check_choice("train.strategy", kind)
     if kind == "auto" and num_workers() > 1:
         kind = "multi_worker"
     if kind == "multi_worker":

@@ -38,11 +38,12 @@ import numpy as np
 import tensorflow as tf
 
 from tf_centernet.checkpoints import checkpoint_path
+from tf_centernet.config import CHOICES, check_choice
 from tf_centernet.data.paths import display_path, printable  # noqa: F401  (re-exported)
 
 logger = logging.getLogger("tf_centernet")
 
-NONFINITE_POLICIES = ("stop", "skip")
+NONFINITE_POLICIES = CHOICES["train.on_nonfinite"]
 
 
 class NonFiniteLossError(RuntimeError):
@@ -325,8 +326,7 @@ class NonFiniteGuard(keras.callbacks.Callback):
 
     def __init__(self, policy="stop", max_consecutive=10, checkpoints=None):
         super().__init__()
-        if policy not in NONFINITE_POLICIES:
-            raise ValueError(f"train.on_nonfinite must be one of {NONFINITE_POLICIES}, got {policy!r}.")
+        check_choice("train.on_nonfinite", policy)
         self.policy = policy
         self.max_consecutive = max(1, int(max_consecutive))
         self.checkpoints = checkpoints

@@ -25,6 +25,7 @@ from typing import Dict, Sequence, Tuple, Union
 import numpy as np
 import tensorflow as tf
 
+from tf_centernet.config import check_choice
 from tf_centernet.gaussians import (  # noqa: F401 (re-exported)
     _FLOAT64_EPS,
     CENTER_SIGMA_DIVISOR,
@@ -144,8 +145,7 @@ def gaussian_radius(det_size, min_overlap, variant: str = "release"):
     >>> round(float(gaussian_radius((10, 10), 0.7, variant="paper")), 4)
     0.8167
     """
-    if variant not in ("release", "paper"):
-        raise ValueError(f"variant must be 'release' or 'paper', got {variant!r}.")
+    check_choice("data.radius_variant", variant)
     if tf.is_tensor(det_size) or isinstance(det_size, np.ndarray):
         height, width = det_size[..., 0], det_size[..., 1]
     else:

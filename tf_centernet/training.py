@@ -167,8 +167,7 @@ def train(config, strategy=None, verbose=1, extra_callbacks=(), progress=None):
 
     tc = config.train
     model_dir = tc.model_dir
-    if tc.on_nonfinite not in NONFINITE_POLICIES:
-        raise ValueError(f"train.on_nonfinite must be one of {NONFINITE_POLICIES}, got {tc.on_nonfinite!r}.")
+    config_lib.check_choice("train.on_nonfinite", tc.on_nonfinite)
     # MultiWorkerMirroredStrategy must exist before other TensorFlow ops run.
     strategy = strategy or get_strategy(tc.strategy)
     keras.utils.set_random_seed(tc.seed)

@@ -17,7 +17,9 @@ Commands:
 
 Every command takes ``--config`` (a name in ``configs/`` or a YAML path) and
 ``--set key=value ...`` overrides with dotted keys, e.g.
-``--set train.total_steps=100 data.input_size=127``.
+``--set train.total_steps=100 data.input_size=127``, anywhere on the line
+and repeatable (`split_set_values`); ``tf-centernet --version`` prints the
+versions.
 """
 
 from __future__ import annotations
@@ -254,6 +256,53 @@ def cmd_build_ops(args):
     return 0
 
 
+SET_HELP = (
+    "config overrides, anywhere on the line and repeatable: --set train.total_steps=100 data.input_size=255; "
+    "only KEY=VALUE words are taken, so image paths may follow"
+)
+
+
+def _version_line():
+    """``tf-centernet X (TensorFlow Y, Keras Z, keras-hub W)`` from the installed metadata (no import)."""
+    from importlib import metadata
+
+    def version(name):
+        try:
+            return metadata.version(name)
+        except metadata.PackageNotFoundError:
+            return "not installed"
+
+    from tf_centernet import __version__
+
+    return (f"%(prog)s {__version__} (TensorFlow {version('tensorflow')}, Keras {version('keras')}, "
+            f"keras-hub {version('keras-hub')})")
+
+
+def split_set_values(argv):
+    """``--set a=1 b=2 photo.jpg`` -> ``--set a=1 --set b=2 photo.jpg``.
+
+    `--set` takes the ``KEY=VALUE`` words that follow it, and only those, so
+    that positional arguments (the images of `detect`) may come after it;
+    ``--set=KEY=VALUE`` works too. argparse then collects every override
+    (``action="append"``).
+    """
+    out, i = [], 0
+    while i < len(argv):
+        token = argv[i]
+        if token == "--set":
+            i += 1
+            start = len(out)
+            while i < len(argv) and "=" in argv[i] and not argv[i].startswith("-"):
+                out += ["--set", argv[i]]
+                i += 1
+            if len(out) == start:
+                out.append("--set")  # no KEY=VALUE: argparse says what is missing
+            continue
+        out += ["--set", token[len("--set="):]] if token.startswith("--set=") else [token]
+        i += 1
+    return out
+
+
 def build_parser():
     from tf_centernet.cli.data_commands import cmd_check_data, cmd_convert, cmd_convert_data
 
@@ -262,6 +311,7 @@ def build_parser():
         description="CenterNet (keypoint triplets) and CornerNet in TensorFlow 2 / Keras 3.",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("--version", action="version", version=_version_line())
     sub = parser.add_subparsers(dest="command", required=True)
 
     def common(p, config_required=False):
@@ -270,7 +320,7 @@ def build_parser():
             required=config_required,
             help="config name in configs/ (e.g. centernet_small) or a YAML path",
         )
-        p.add_argument("--set", nargs="+", metavar="KEY=VALUE", help="config overrides, e.g. train.total_steps=100")
+        p.add_argument("--set", action="append", metavar="KEY=VALUE", help=SET_HELP)
         p.add_argument("--classes", help="class list file, one name per line (data.classes; VOC / TFRecord)")
 
     p = sub.add_parser("train", help="train, or resume from the latest checkpoint")
@@ -338,7 +388,7 @@ def build_parser():
 
     p = sub.add_parser("demo", help="train, evaluate and detect on a synthetic data set it creates")
     p.add_argument("--config", default="demo", help="config (default: demo)")
-    p.add_argument("--set", nargs="+", metavar="KEY=VALUE", help="config overrides")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help=SET_HELP)
     p.add_argument("--output", default="runs/demo", help="output folder (default: runs/demo)")
     p.add_argument("--steps", type=int, default=300, help="training steps (default: 300)")
     p.set_defaults(func=cmd_demo)
@@ -391,7 +441,7 @@ def main(argv=None):
     `os._exit` once its message is logged: HDF5 would crash closing that
     file at interpreter exit.
     """
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_args(split_set_values(sys.argv[1:] if argv is None else list(argv)))
     _setup_logging(args.verbose)
 
     def run():

@@ -9,7 +9,7 @@ from typing import Dict, List, Optional, Sequence, Union
 
 import tensorflow as tf
 
-from tf_centernet.config import DecodeConfig
+from tf_centernet.config import DecodeConfig, check_choice
 from tf_centernet.decode.central_region import central_region_filter
 from tf_centernet.decode.geometry import (
     ScaleGeometry,
@@ -19,7 +19,7 @@ from tf_centernet.decode.geometry import (
     points_to_image,
 )
 from tf_centernet.decode.pairing import decode_outputs
-from tf_centernet.decode.soft_nms import SOFT_NMS_IMPLS, soft_nms, soft_nms_tf, top_detections
+from tf_centernet.decode.soft_nms import soft_nms, soft_nms_tf, top_detections
 
 
 def _as_float_dict(outputs) -> Dict[str, tf.Tensor]:
@@ -98,14 +98,8 @@ def decode_detections(
         raise ValueError(
             f"Got {len(outputs)} model outputs for {len(geometry)} scales."
         )
-    if config.nms not in ("gaussian", "merge", "tf", "none"):
-        raise ValueError(
-            f"decode.nms must be 'gaussian', 'merge', 'tf' or 'none', got {config.nms!r}."
-        )
-    if config.soft_nms_impl not in SOFT_NMS_IMPLS:
-        raise ValueError(
-            f"decode.soft_nms_impl must be one of {SOFT_NMS_IMPLS}, got {config.soft_nms_impl!r}."
-        )
+    check_choice("decode.nms", config.nms)
+    check_choice("decode.soft_nms_impl", config.soft_nms_impl)
     if static_shapes is None:
         static_shapes = bool(config.jit_compile)
     center_scale = None

@@ -10,12 +10,12 @@ from typing import Dict, Optional
 
 import tensorflow as tf
 
-from tf_centernet.config import DecodeConfig
+from tf_centernet.config import CHOICES, DecodeConfig, check_choice
 from tf_centernet.decode.geometry import INVALID_SCORE
 from tf_centernet.decode.soft_nms_parallel import class_grid, class_parallel_soft_nms, columns
 
 _DEFAULTS = DecodeConfig()
-SOFT_NMS_IMPLS = ("auto", "custom", "loop")
+SOFT_NMS_IMPLS = CHOICES["decode.soft_nms_impl"]
 
 
 @tf.autograph.experimental.do_not_convert  # plain Python, run while tracing
@@ -40,8 +40,7 @@ def resolve_soft_nms_impl(impl: str = "auto", static_shapes: bool = False) -> st
         ValueError: unknown `impl`, or "custom" under XLA.
         CustomOpsUnavailable: "custom" and the library cannot be loaded.
     """
-    if impl not in SOFT_NMS_IMPLS:
-        raise ValueError(f"soft_nms impl must be one of {SOFT_NMS_IMPLS}, got {impl!r}.")
+    check_choice("decode.soft_nms_impl", impl)
     if impl == "loop":
         return "loop"
     from tf_centernet.ops import custom, pooling

@@ -34,7 +34,7 @@ import tensorflow as tf
 from keras_hub.models import ObjectDetector
 
 from tf_centernet import losses
-from tf_centernet.config import BACKBONES, DataConfig, LossConfig
+from tf_centernet.config import BACKBONES, DataConfig, LossConfig, check_choice
 from tf_centernet.decode.decoder import Decoder
 from tf_centernet.layers.convolution import ConvModule
 from tf_centernet.layers.heads import HEATMAP_BIAS, PredictionHead
@@ -704,11 +704,7 @@ def build_model(model_config, loss_config=None, decode_config=None, data_config=
     Raises:
         ValueError: unknown ``compute_dtype`` or backbone.
     """
-    compute_dtype = getattr(model_config, "compute_dtype", "float32")
-    if compute_dtype not in _POLICIES:
-        raise ValueError(
-            f"model.compute_dtype must be one of {sorted(_POLICIES)}, got {compute_dtype!r}."
-        )
+    compute_dtype = check_choice("model.compute_dtype", getattr(model_config, "compute_dtype", "float32"))
     policy = _POLICIES[compute_dtype]
     if policy is None:
         return _build(model_config, loss_config, decode_config, data_config)

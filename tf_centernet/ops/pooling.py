@@ -49,7 +49,9 @@ import threading
 
 import tensorflow as tf
 
-_IMPLS = ("auto", "scan", "custom")
+from tf_centernet.config import CHOICES, check_choice
+
+_IMPLS = CHOICES["model.pooling_impl"]
 # (axis, toward_end): toward_end=True means out[i] = max(f[i:]).
 _DIRECTIONS = {
     "top": (1, True),
@@ -319,8 +321,7 @@ def resolve_impl(impl, dtype=tf.float32):
         CustomOpsUnavailable: impl="custom" and the ops cannot be loaded.
         TypeError: impl="custom" with a dtype the ops lack.
     """
-    if impl not in _IMPLS:
-        raise ValueError(f"impl must be one of {_IMPLS}, got {impl!r}.")
+    check_choice("model.pooling_impl", impl)
     if impl == "scan":
         return "scan"
     from tf_centernet.ops import custom
@@ -382,8 +383,7 @@ def directional_pool(x, direction, impl="scan"):
         raise ValueError(
             f"direction must be one of {sorted(_DIRECTIONS)}, got {direction!r}."
         )
-    if impl not in _IMPLS:
-        raise ValueError(f"impl must be one of {_IMPLS}, got {impl!r}.")
+    check_choice("model.pooling_impl", impl)
     x = tf.convert_to_tensor(x)
     if x.shape.rank is not None and x.shape.rank != 4:
         raise ValueError(
