@@ -306,7 +306,7 @@ def detect_voc_layout(
             raise FileNotFoundError(f"VOC image-set file not found: {display_path(image_set)} (split={split!r}).")
     layout = VocLayout(kind, root, xml_dir, images or image_dir, image_set)
     logger.info(
-        "%s: Pascal VOC layout %r, %s; XML in %s, images in %s%s", display_path(given), kind,
+        "%s: Pascal VOC layout %r (%s): XML files in %s, images in %s%s", display_path(given), kind,
         LAYOUT_NAMES[kind].format(images=images_dir, annotations=annotations_dir), display_path(layout.xml_dir),
         display_path(layout.image_dir), " (given)" if images else "",
     )
