@@ -88,6 +88,7 @@ def layouts(tmp_path_factory):
     _write_image_set(classic)
     _write_samples(plain, plain)
     _write_samples(os.path.join(side, "annotations"), os.path.join(side, "images"))
+    _write_image_set(side)  # image-set files work beside annotations/ too
     custom = str(base / "custom")
     _write_samples(os.path.join(custom, "labels"), os.path.join(custom, "pics"))
     return dict(classic=classic, plain=plain, side=side, custom=custom)
@@ -125,6 +126,8 @@ def _rows(dataset):
     ("plain", ".", {}, "folder"),
     ("side", ".", {}, "side_by_side"),
     ("side", "annotations", {}, "side_by_side"),
+    ("side", "ImageSets/Main/train.txt", {}, "side_by_side"),
+    ("side", ".", dict(split="train"), "side_by_side"),
     ("custom", ".", dict(annotations_dir="labels", images_dir="pics"), "side_by_side"),
     ("custom", "labels", dict(annotations_dir="labels", images_dir="pics"), "side_by_side"),
 ])
