@@ -173,7 +173,8 @@ def detect_format(path: str) -> str:
     """The data format of an annotations path: ``coco``, ``voc`` or ``tfrecord``.
 
     ``*.json`` -> coco; an image-set ``*.txt``, a folder with
-    ``Annotations/`` or holding ``*.xml`` -> voc; ``*.tfrecord*``,
+    ``Annotations/``, holding ``*.xml`` or with ``annotations/*.xml``
+    (images/ + annotations/ side by side) -> voc; ``*.tfrecord*``,
     ``*.record*``, ``*-of-*``, a glob pattern or a folder of those ->
     tfrecord.
 
@@ -189,6 +190,9 @@ def detect_format(path: str) -> str:
         if os.path.isdir(os.path.join(path, "Annotations")):
             return "voc"
         if any(f.lower().endswith(".xml") for f in os.listdir(path)):
+            return "voc"
+        side = os.path.join(path, "annotations")  # LabelImg / Roboflow: images/ + annotations/*.xml
+        if os.path.isdir(side) and any(f.lower().endswith(".xml") for f in os.listdir(side)):
             return "voc"
     if is_tfrecord_path(path):
         return "tfrecord"
