@@ -21,11 +21,12 @@ from typing import Dict, List, Optional
 import numpy as np
 from pycocotools.coco import COCO
 
+from tf_centernet.config import CHOICES, check_choice
 from tf_centernet.data.records import RecordList, log_skipped
 
 logger = logging.getLogger(__name__)
 
-CROWD_MODES = ("drop", "keep")
+CROWD_MODES = CHOICES["data.crowd"]
 
 
 @dataclasses.dataclass
@@ -166,8 +167,7 @@ class CocoDataset(RecordList):
         crowd: str = "drop",
         check_files: bool = True,
     ):
-        if crowd not in CROWD_MODES:
-            raise ValueError(f"crowd must be one of {CROWD_MODES}, got {crowd!r}.")
+        check_choice("data.crowd", crowd)
         if not os.path.isfile(annotation_file):
             raise FileNotFoundError(f"COCO annotation file not found: {annotation_file}")
         if not os.path.isdir(image_dir):

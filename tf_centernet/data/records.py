@@ -22,8 +22,10 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-FORMATS = ("coco", "voc", "tfrecord")
-DIFFICULT_MODES = ("drop", "ignore", "keep")
+from tf_centernet.config import CHOICES, check_choice
+
+FORMATS = tuple(f for f in CHOICES["data.format"] if f)  # "" is "detect it"
+DIFFICULT_MODES = CHOICES["data.difficult"]
 TFRECORD_MARKERS = (".tfrecord", ".record", ".tfrec")
 
 
@@ -228,8 +230,7 @@ def open_dataset(config, split: str = "train", class_names: Optional[Sequence[st
     annotations = getattr(data, f"{split}_annotations")
     images = getattr(data, f"{split}_images")
     fmt = data.format or detect_format(annotations)
-    if fmt not in FORMATS:
-        raise ValueError(f"data.format must be one of {FORMATS} or empty (detect), got {fmt!r}.")
+    check_choice("data.format", fmt)
     classes = data.classes or (list(class_names) if class_names else "")
     # Class names of a trained model (its classes.json) keep a validation
     # split's class indices those of training.

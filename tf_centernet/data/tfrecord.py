@@ -33,6 +33,7 @@ from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 import numpy as np
 import tensorflow as tf
 
+from tf_centernet.config import check_choice
 from tf_centernet.data.coco import CocoRecord
 from tf_centernet.data.records import RecordList, log_skipped, problem_counters, sanitize_box, tfrecord_files
 
@@ -274,8 +275,7 @@ class TfRecordDataset(RecordList):
     def __init__(self, pattern: str, classes="", crowd: str = "drop"):
         from tf_centernet.data.voc import read_class_file
 
-        if crowd not in ("drop", "keep"):
-            raise ValueError(f"data.crowd must be 'drop' or 'keep', got {crowd!r}.")
+        check_choice("data.crowd", crowd)
         self.files = tfrecord_files(pattern)
         self.annotation_file = pattern
         skipped, repaired, self.problems, problem = problem_counters()

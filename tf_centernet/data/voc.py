@@ -37,6 +37,7 @@ from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
 
+from tf_centernet.config import check_choice
 from tf_centernet.data.coco import CocoRecord
 from tf_centernet.data.paths import display_path, printable
 from tf_centernet.data.records import DIFFICULT_MODES, RecordList, problem_counters, image_size, log_skipped, sanitize_box
@@ -412,8 +413,7 @@ class VocDataset(RecordList):
         annotations_dir: str = "annotations",
         images_dir: str = "images",
     ):
-        if difficult not in DIFFICULT_MODES:
-            raise ValueError(f"data.difficult must be one of {DIFFICULT_MODES}, got {difficult!r}.")
+        check_choice("data.difficult", difficult)
         self.layout = detect_voc_layout(annotations, images, split, annotations_dir, images_dir)
         paths, image_dir, image_set = _xml_paths(self.layout), self.layout.image_dir, self.layout.image_set
         self.annotation_file = image_set or annotations
