@@ -200,3 +200,33 @@ def test_preset_and_keras_file_reload_in_a_fresh_process(pictures, tmp_path):
     got = run_fresh("keras", path, pictures, tmp_path)
     assert str(got.pop("kind")) == "CenterNetObjectDetector"
     assert_same_detections(got, expected, box_tol=1e-4)
+
+
+def readme_python_blocks(section):
+    """The ```python blocks of one README section, verbatim."""
+    with open(os.path.join(REPO, "README.md"), encoding="utf-8") as f:
+        text = f.read()
+    body = text.split(f"\n## {section}\n", 1)[1].split("\n## ", 1)[0]
+    return [block.split("\n```", 1)[0] for block in body.split("```python\n")[1:]]
+
+
+@pytest.mark.slow
+def test_readme_python_api_runs_as_written(pictures, tmp_path, monkeypatch):
+    """The README's "Python API" blocks, run verbatim on a tiny detector saved where they look."""
+    import cv2
+
+    model, _, _ = make_detector("centernet")
+    model.category_ids, model.class_names = [1], ["thing"]
+    for folder in ("runs/demo/model", "runs/centernet_hg104"):
+        model.save_to_preset(str(tmp_path / folder))
+    cv2.imwrite(str(tmp_path / "photo.jpg"), np.ascontiguousarray(pictures[0][..., ::-1]))
+    monkeypatch.chdir(tmp_path)
+    blocks = readme_python_blocks("Python API")
+    assert len(blocks) == 3
+    namespace = {}
+    for block in blocks:
+        exec(compile(block, "README.md", "exec"), namespace)
+    assert namespace["out"]["boxes"].shape == (1, 100, 4) and namespace["n"] > 0
+    assert os.path.isfile("photo_detections.jpg") and os.path.isfile("detector.keras")
+    assert os.path.isfile("serving/my_detector/1/saved_model.pb") and os.path.isfile("model.tflite")
+    assert type(namespace["model"]).__name__ == "CenterNetObjectDetector"
