@@ -81,7 +81,12 @@ def test_evaluation_writes_ap_to_tensorboard_and_jsonl(small_model, synthetic_co
     config, model = small_model
     image_dir, annotation_file = synthetic_coco
     model_dir = str(tmp_path)
-    callback = EvaluationCallback(config, model_dir, 5, annotation_file, image_dir, [1, 2, 3], max_images=2)
+    config = load_config(
+        "demo", ["model.pooling_impl=scan", f"data.val_annotations={annotation_file}", f"data.val_images={image_dir}"]
+    )
+    callback = EvaluationCallback(
+        config, model_dir, 5, ["rectangle", "ellipse", "triangle"], [1, 2, 3], max_images=2
+    )
     callback.set_model(model)
     model.optimizer.iterations.assign(5)
     callback.on_train_batch_end(4)
@@ -91,9 +96,9 @@ def test_evaluation_writes_ap_to_tensorboard_and_jsonl(small_model, synthetic_co
         records = [json.loads(line) for line in f]
     assert [r["step"] for r in records] == [5]
     assert 0.0 <= records[0]["AP"] <= 1.0 and 0.0 <= records[0]["FD"] <= 1.0
-    events = _events(os.path.join(model_dir, "logs", "eval"))
-    assert {"eval/AP", "eval/AP50", "eval/FD"} <= set(events)
-    step, value = events["eval/AP"][0]
+    events = _events(os.path.join(model_dir, "logs", "validation"))
+    assert {"AP", "AP50", "FD"} <= set(events)
+    step, value = events["AP"][0]
     assert step == 5
     assert float(tf.make_ndarray(value.tensor)) == pytest.approx(records[0]["AP"])
     # First evaluation is the best so far: its weights are kept, intact.
