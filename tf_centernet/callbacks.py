@@ -189,7 +189,9 @@ class EvaluationCallback(keras.callbacks.Callback):
         )
         if self.writer is None:
             self.writer = _writer(self.model_dir, "validation")
-        with self.writer.as_default(step=step):
+        # record_if(True): Keras' TensorBoard callback records only on its
+        # update_freq steps while a batch runs; an evaluation step may be none.
+        with self.writer.as_default(step=step), tf.summary.record_if(True):
             for name in ("AP", "AP50", "FD"):
                 tf.summary.scalar(name, metrics.get(name, float("nan")))
         self.writer.flush()
