@@ -11,7 +11,9 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from tf_centernet.callbacks import EvaluationCallback, ImageSummaries, ProgressLog, progress_mode
+from tf_centernet.callbacks import (
+    EvaluationCallback, ImageSummaries, ProgressLog, check_validation_data, progress_mode,
+)
 from tf_centernet.checkpoints import validate_checkpoint
 from tf_centernet.config import load_config
 
@@ -81,7 +83,12 @@ def test_evaluation_writes_ap_to_tensorboard_and_jsonl(small_model, synthetic_co
     config, model = small_model
     image_dir, annotation_file = synthetic_coco
     model_dir = str(tmp_path)
-    callback = EvaluationCallback(config, model_dir, 5, annotation_file, image_dir, [1, 2, 3], max_images=2)
+    config = load_config(
+        "demo", ["model.pooling_impl=scan", f"data.val_annotations={annotation_file}", f"data.val_images={image_dir}"]
+    )
+    callback = EvaluationCallback(
+        config, model_dir, 5, ["rectangle", "ellipse", "triangle"], [1, 2, 3], max_images=2
+    )
     callback.set_model(model)
     model.optimizer.iterations.assign(5)
     callback.on_train_batch_end(4)
@@ -91,9 +98,9 @@ def test_evaluation_writes_ap_to_tensorboard_and_jsonl(small_model, synthetic_co
         records = [json.loads(line) for line in f]
     assert [r["step"] for r in records] == [5]
     assert 0.0 <= records[0]["AP"] <= 1.0 and 0.0 <= records[0]["FD"] <= 1.0
-    events = _events(os.path.join(model_dir, "logs", "eval"))
-    assert {"eval/AP", "eval/AP50", "eval/FD"} <= set(events)
-    step, value = events["eval/AP"][0]
+    events = _events(os.path.join(model_dir, "logs", "validation"))
+    assert {"AP", "AP50", "FD"} <= set(events)
+    step, value = events["AP"][0]
     assert step == 5
     assert float(tf.make_ndarray(value.tensor)) == pytest.approx(records[0]["AP"])
     # First evaluation is the best so far: its weights are kept, intact.
@@ -134,3 +141,97 @@ def test_image_summaries_shapes(small_model, tmp_path):
         assert heat.shape == (h, w) == (((height | 127) + 1) // 4, ((width | 127) + 1) // 4)
     lr = events["learning_rate"][0]
     assert lr[0] == 3 and float(tf.make_ndarray(lr[1].tensor)) == pytest.approx(1e-3)
+
+
+def _write_voc_folder(synthetic_coco, folder, count):
+    """The first `count` synthetic images as a VOC folder (XML files, images beside them)."""
+    import shutil
+    from xml.sax.saxutils import escape
+
+    image_dir, annotation_file = synthetic_coco
+    with open(annotation_file) as f:
+        coco = json.load(f)
+    names = {c["id"]: c["name"] for c in coco["categories"]}
+    os.makedirs(folder)
+    for image in sorted(coco["images"], key=lambda i: i["id"])[:count]:
+        shutil.copy(os.path.join(image_dir, image["file_name"]), folder)
+        objects = "".join(
+            f"<object><name>{escape(names[a['category_id']])}</name><difficult>0</difficult><bndbox>"
+            f"<xmin>{a['bbox'][0] + 1:.0f}</xmin><ymin>{a['bbox'][1] + 1:.0f}</ymin>"
+            f"<xmax>{a['bbox'][0] + a['bbox'][2]:.0f}</xmax><ymax>{a['bbox'][1] + a['bbox'][3]:.0f}</ymax>"
+            "</bndbox></object>"
+            for a in coco["annotations"] if a["image_id"] == image["id"]
+        )
+        stem = os.path.splitext(image["file_name"])[0]
+        with open(os.path.join(folder, stem + ".xml"), "w") as f:
+            f.write(
+                f"<annotation><filename>{image['file_name']}</filename><size><width>{image['width']}</width>"
+                f"<height>{image['height']}</height><depth>3</depth></size>{objects}</annotation>"
+            )
+    return folder
+
+
+@pytest.mark.parametrize("val_format", ["voc", "tfrecord"])
+def test_eval_every_during_training_with_voc_and_tfrecord_validation(val_format, synthetic_coco, tmp_path,
+                                                                    monkeypatch):
+    """`train.eval_every` scores non-COCO validation data through `evaluate_dataset`
+    and writes AP / AP50 to the ``logs/validation`` TensorBoard run."""
+    import tf_centernet.evaluation as evaluation
+    from tf_centernet.training import train
+    from tiny import TINY_MODEL
+
+    image_dir, annotation_file = synthetic_coco
+    if val_format == "voc":
+        val_annotations = _write_voc_folder(synthetic_coco, str(tmp_path / "voc"), count=3)
+        expected = ("VocDataset", 3)
+    else:
+        from tf_centernet.data.coco import CocoDataset
+        from tf_centernet.data.tfrecord import write_tfrecords
+
+        write_tfrecords(CocoDataset(annotation_file, image_dir), str(tmp_path / "val" / "shapes"))
+        val_annotations = str(tmp_path / "val")
+        expected = ("TfRecordDataset", 16)
+    seen = []
+    real = evaluation.evaluate_dataset
+
+    def spy(predictor, dataset, *args, **kwargs):
+        seen.append((type(dataset).__name__, len(dataset.records), kwargs.get("max_images")))
+        return real(predictor, dataset, *args, **kwargs)
+
+    monkeypatch.setattr(evaluation, "evaluate_dataset", spy)
+    model_dir = str(tmp_path / "model")
+    config = load_config("demo", [
+        f"data.train_images={image_dir}", f"data.train_annotations={annotation_file}",
+        f"data.val_annotations={val_annotations}", f"train.model_dir={model_dir}",
+        "data.input_size=63", "train.batch_size=2", "train.total_steps=4", "train.checkpoint_every=4",
+        "train.eval_every=2", "train.eval_max_images=2", *TINY_MODEL,
+    ])
+    train(config, verbose=0)
+
+    # The validation data was read once (same dataset object twice) in its own format.
+    assert [s[0:2] for s in seen] == [expected, expected] and seen[0][2] == 2
+    with open(os.path.join(model_dir, "metrics.jsonl")) as f:
+        records = [json.loads(line) for line in f]
+    assert [r["step"] for r in records] == [2, 4]
+    events = _events(os.path.join(model_dir, "logs", "validation"))
+    for tag in ("AP", "AP50", "FD"):
+        assert [step for step, _ in events[tag]] == [2, 4], tag
+    for record, (_, value) in zip(records, events["AP"]):
+        assert float(tf.make_ndarray(value.tensor)) == pytest.approx(record["AP"])
+        assert 0.0 <= record["AP"] <= record["AP50"] <= 1.0
+    assert not os.path.exists(os.path.join(model_dir, "logs", "eval"))
+
+
+def test_check_validation_data_before_training(synthetic_coco, tmp_path):
+    image_dir, annotation_file = synthetic_coco
+    with pytest.raises(ValueError, match="train.eval_every needs data.val_annotations"):
+        check_validation_data(load_config("demo"))  # no validation data by default
+    with pytest.raises(ValueError, match="data.val_images"):
+        check_validation_data(load_config("demo", [f"data.val_annotations={annotation_file}", "data.val_images=''"]))
+    with pytest.raises(ValueError, match="Cannot tell the data format"):
+        check_validation_data(load_config("demo", [f"data.val_annotations={tmp_path / 'nothing.dat'}"]))
+    voc = _write_voc_folder(synthetic_coco, str(tmp_path / "voc"), count=1)
+    assert check_validation_data(load_config("demo", [f"data.val_annotations={voc}", "data.val_images=''"])) == "voc"
+    assert check_validation_data(
+        load_config("demo", [f"data.val_annotations={annotation_file}", f"data.val_images={image_dir}"])
+    ) == "coco"

@@ -2,10 +2,12 @@
 
 - `ProgressLog`: one plain line per logging interval (step, losses, steps/s,
   ETA) for log files, instead of Keras' carriage-return progress bar.
-- `EvaluationCallback`: COCO evaluation on the validation set every
-  ``train.eval_every`` steps; AP, AP50 and FD go to TensorBoard
-  (``MODEL_DIR/logs/eval``) and to ``MODEL_DIR/metrics.jsonl``; the best
-  checkpoint by AP is kept in ``MODEL_DIR/best/``.
+- `EvaluationCallback`: COCO-style evaluation of the validation set (any
+  format: COCO, VOC, TFRecord; the same code as ``tf-centernet evaluate``)
+  every ``train.eval_every`` steps; AP, AP50 and FD go to TensorBoard
+  (``MODEL_DIR/logs/validation``, Keras' run name for validation) and to
+  ``MODEL_DIR/metrics.jsonl``; the best checkpoint by AP is kept in
+  ``MODEL_DIR/best/``.
 - `ImageSummaries`: TensorBoard images every ``train.image_summary_every``
   steps (``MODEL_DIR/logs/images``): an input image with its ground truth,
   the predicted corner and center heatmaps, the decoded detections; and the
@@ -119,37 +121,51 @@ def _learning_rate(optimizer):
 
 
 class EvaluationCallback(keras.callbacks.Callback):
-    """COCO evaluation of the model being trained, every `every` steps.
+    """Evaluation of the model being trained on the validation split, every `every` steps.
 
-    Writes the scalars ``eval/AP``, ``eval/AP50`` and ``eval/FD`` (fractions
-    in [0, 1], SPEC 8; FD is the CenterNet paper's false discovery rate) at
-    the optimizer step to ``MODEL_DIR/logs/eval``, appends
-    ``{"step": ..., <all metrics>}`` as one JSON line to
-    ``MODEL_DIR/metrics.jsonl`` and, when AP beats every earlier evaluation,
-    writes the weights to ``MODEL_DIR/best/checkpoints/ckpt-STEP.weights.h5``
-    (atomic, with a SHA-256 manifest; older best files removed) and
+    The validation data is ``config.data.val_*`` in any format, read by
+    `tf_centernet.data.records.open_dataset` (once, at the first
+    evaluation) and scored by `tf_centernet.evaluation.evaluate_dataset`:
+    the same path as ``tf-centernet evaluate``, without the flip test.
+
+    Writes the scalars ``AP``, ``AP50`` and ``FD`` (fractions in [0, 1],
+    SPEC 8; FD is the CenterNet paper's false discovery rate) at the
+    optimizer step to ``MODEL_DIR/logs/validation`` (the run where Keras'
+    TensorBoard callback writes ``val_*`` metrics, so TensorBoard shows them
+    beside the training run), appends ``{"step": ..., <all metrics>}`` as
+    one JSON line to ``MODEL_DIR/metrics.jsonl`` and, when AP beats every
+    earlier evaluation, writes the weights to
+    ``MODEL_DIR/best/checkpoints/ckpt-STEP.weights.h5`` (atomic, with a
+    SHA-256 manifest; older best files removed) and
     ``MODEL_DIR/best/best.json``.
 
     Args:
-        config: `Config` (decode settings for `tf_centernet.inference.Predictor`).
+        config: `Config`. Uses ``data.val_annotations``, ``data.val_images``
+            and the other ``data.*`` reader settings (see `open_dataset`).
         model_dir: str.
         every: int. Steps between evaluations (a positive number).
-        annotations, image_dir: str. Validation COCO annotation file and
-            image folder.
+        class_names: sequence of str. The model's class name per class
+            index (the training data's); VOC / TFRecord class names are
+            mapped to it, COCO categories are checked against it.
         category_ids: sequence of int. COCO category id of each class index.
         max_images: int or None. Evaluate on the first N images only.
+
+    Raises:
+        FileNotFoundError, ValueError: at the first evaluation, when the
+            validation data cannot be read (from `open_dataset`) or its
+            classes disagree with the model's (from `evaluate_dataset`).
     """
 
-    def __init__(self, config, model_dir, every, annotations, image_dir, category_ids, max_images=None):
+    def __init__(self, config, model_dir, every, class_names, category_ids, max_images=None):
         super().__init__()
         self.config = config
         self.model_dir = model_dir
         self.every = max(1, int(every))
-        self.annotations = annotations
-        self.image_dir = image_dir
+        self.class_names = list(class_names)
         self.category_ids = list(category_ids)
         self.max_images = max_images or None
         self.best_ap = self._previous_best()
+        self.dataset = None
         self.writer = None
 
     def _previous_best(self):
@@ -161,18 +177,23 @@ class EvaluationCallback(keras.callbacks.Callback):
 
     def evaluate(self, step):
         """Evaluates now; returns the metrics dict."""
-        from tf_centernet.evaluation import evaluate_coco
+        from tf_centernet.evaluation import evaluate_dataset
 
-        predictor = _NoFlip(self.model)
-        metrics = evaluate_coco(
-            predictor, self.annotations, self.image_dir, category_ids=self.category_ids,
+        if self.dataset is None:
+            from tf_centernet.data.records import open_dataset
+
+            self.dataset = open_dataset(self.config, "val", class_names=self.class_names)
+        metrics = evaluate_dataset(
+            _NoFlip(self.model), self.dataset, self.category_ids,
             max_images=self.max_images, compute_fd=True, verbose=False,
         )
         if self.writer is None:
-            self.writer = _writer(self.model_dir, "eval")
-        with self.writer.as_default(step=step):
+            self.writer = _writer(self.model_dir, "validation")
+        # record_if(True): Keras' TensorBoard callback records only on its
+        # update_freq steps while a batch runs; an evaluation step may be none.
+        with self.writer.as_default(step=step), tf.summary.record_if(True):
             for name in ("AP", "AP50", "FD"):
-                tf.summary.scalar(f"eval/{name}", metrics.get(name, float("nan")))
+                tf.summary.scalar(name, metrics.get(name, float("nan")))
         self.writer.flush()
         record = {"step": step, **{k: float(v) for k, v in metrics.items()}}
         with open(os.path.join(self.model_dir, METRICS_FILE), "a", encoding="utf-8") as f:
@@ -283,11 +304,12 @@ def watch_callbacks(config, dataset, model_dir, mode):
     `mode` is "log", `ImageSummaries` (learning rate every
     ``train.log_every`` steps; pictures of the first training image every
     ``train.image_summary_every`` steps), `EvaluationCallback` when
-    ``train.eval_every`` > 0 (needs ``data.val_annotations`` and
-    ``data.val_images``).
+    ``train.eval_every`` > 0 (validation data in any format, see
+    `check_validation_data`).
 
     Raises:
-        ValueError: ``train.eval_every`` set without validation data.
+        ValueError: ``train.eval_every`` set without usable validation data
+            (`check_validation_data`).
     """
     from tf_centernet.evaluation import load_image_rgb
 
@@ -305,14 +327,41 @@ def watch_callbacks(config, dataset, model_dir, mode):
         list(dataset.class_names), lr_every=every,
     ))
     if tc.eval_every > 0:
-        data = config.data
-        if not (data.val_annotations and data.val_images):
-            raise ValueError("train.eval_every needs data.val_annotations and data.val_images.")
+        check_validation_data(config)
         found.append(EvaluationCallback(
-            config, model_dir, tc.eval_every, data.val_annotations, data.val_images,
-            dataset.category_ids, tc.eval_max_images,
+            config, model_dir, tc.eval_every, dataset.class_names, dataset.category_ids, tc.eval_max_images,
         ))
     return found
+
+
+def check_validation_data(config):
+    """Checks, before training starts, that ``data.val_*`` names validation data.
+
+    Only what is cheap: ``data.val_annotations`` is set, its format is known
+    (``data.format`` or `tf_centernet.data.records.detect_format`) and, for
+    COCO, ``data.val_images`` is set (a VOC layout finds its own images, a
+    TFRecord holds them). The files themselves are read at the first
+    evaluation.
+
+    Returns:
+        str. The format: ``"coco"``, ``"voc"`` or ``"tfrecord"``.
+
+    Raises:
+        ValueError: one line naming the missing setting or the path whose
+            format is unknown.
+    """
+    from tf_centernet.data.records import detect_format
+
+    data = config.data
+    if not data.val_annotations:
+        raise ValueError(
+            "train.eval_every needs data.val_annotations (a COCO .json, a VOC folder or image-set .txt, "
+            "or TFRecord files)."
+        )
+    fmt = data.format or detect_format(data.val_annotations)
+    if fmt == "coco" and not data.val_images:
+        raise ValueError("train.eval_every with COCO validation data needs data.val_images (the image folder).")
+    return fmt
 
 
 def progress_mode(progress, verbose=1, isatty=None):
@@ -342,7 +391,7 @@ def _stdout_isatty():
 
 __all__ = [
     "watch_callbacks", "EvaluationCallback", "ImageSummaries", "ProgressLog", "WorkerCheckpointCallback",
-    "progress_mode", "PROGRESS_MODES", "METRICS_FILE",
+    "check_validation_data", "progress_mode", "PROGRESS_MODES", "METRICS_FILE",
 ]
 
 
