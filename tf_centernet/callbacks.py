@@ -275,7 +275,7 @@ class ImageSummaries(keras.callbacks.Callback):
             tf.constant(self.image[None]), tf.constant([[height, width]], tf.int32), 1.0
         )
         outputs = self.model(canvas, training=False)
-        with writer.as_default(step=step):
+        with writer.as_default(step=step), tf.summary.record_if(True):  # see EvaluationCallback.evaluate
             tf.summary.image("images/ground_truth", truth[None], step=step)
             tf.summary.image("images/detections", drawn[None], step=step)
             for key in ("tl_heatmap", "br_heatmap", "ct_heatmap"):
@@ -287,7 +287,7 @@ class ImageSummaries(keras.callbacks.Callback):
     def on_train_batch_end(self, batch, logs=None):
         step = _step(self.model)
         if step % self.lr_every == 0:
-            with self._ensure_writer().as_default(step=step):
+            with self._ensure_writer().as_default(step=step), tf.summary.record_if(True):
                 tf.summary.scalar("learning_rate", _learning_rate(self.model.optimizer))
         if self.every > 0 and step % self.every == 0:
             self.write_images(step)
