@@ -59,3 +59,14 @@ def test_a_wrong_enumerated_value_fails_when_the_config_loads(key):
     for allowed in config_lib.CHOICES[key]:
         if allowed != "":
             load_config("demo", [f"{key}={allowed}"])
+
+
+def test_model_configs_carry_no_data_and_data_configs_add_it():
+    """A model configuration never overrides the data (e.g. a VOC set's own image folder)."""
+    for name in ("centernet_small", "cornernet_small", "centernet_hg52", "centernet_hg104", "cornernet_hg104"):
+        data = load_config(name).data
+        assert not (data.train_images or data.train_annotations or data.val_images or data.val_annotations), name
+    merged = load_config(["centernet_small", "coco_tiny"])
+    assert merged.model.backbone == "hourglass_small" and merged.data.input_size == 255
+    assert merged.data.train_annotations.endswith("coco-tiny/annotations/instances_train2017.json")
+    assert merged.data.train_images.startswith("/")  # resolved against configs/, not the working directory

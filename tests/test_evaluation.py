@@ -141,3 +141,23 @@ def test_evaluate_coco_end_to_end(coco_tiny, tmp_path, capsys):
     assert saved["metrics"]["AP"] == pytest.approx(1.0) and saved["num_images"] == 6
     printed = capsys.readouterr().out
     assert "AP50" in printed and "100.0" in printed
+
+
+def test_progress_in_a_log_file_is_plain_lines(monkeypatch, caplog):
+    """Not a terminal: progress comes as log lines, never tqdm's carriage returns."""
+    import io
+    import logging
+    import sys
+
+    from tf_centernet import evaluation
+
+    stream = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", stream)
+    caplog.set_level(logging.INFO, logger="tf_centernet")
+    progress = evaluation._progress(3, verbose=True)
+    for _ in range(3):
+        progress.update(1)
+    progress.close()
+    assert "\r" not in stream.getvalue()
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("evaluating:")]
+    assert lines and lines[-1].startswith("evaluating: 3/3 images")

@@ -14,7 +14,7 @@ import dataclasses
 import os
 import sys
 from dataclasses import dataclass, field
-from typing import List, Optional, Sequence
+from typing import List, Optional, Sequence, Union
 
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
@@ -387,14 +387,23 @@ def resolve_config_path(name_or_path: str) -> str:
     )
 
 
+def is_model_config(name_or_path: str) -> bool:
+    """Whether a named configuration describes a model (sets ``model.backbone``), not only data."""
+    loaded = OmegaConf.load(resolve_config_path(name_or_path))
+    model = loaded.get("model") if hasattr(loaded, "get") else None
+    return bool(model is not None and model.get("backbone"))
+
+
 def load_config(
-    name_or_path: Optional[str] = None, overrides: Sequence[str] = ()
+    name_or_path: Union[None, str, Sequence[str]] = None, overrides: Sequence[str] = ()
 ) -> Config:
     """Loads a configuration.
 
     Args:
-        name_or_path: str or None. A YAML path or a name in `configs/`; None
-            gives the defaults.
+        name_or_path: str, sequence of str, or None. YAML paths or names in
+            `configs/`, merged in order (later ones override earlier ones:
+            e.g. a model configuration then a data configuration,
+            ``["centernet_small", "coco_tiny"]``); None gives the defaults.
         overrides: sequence of ``"section.key=value"`` strings applied last.
 
     Returns:
@@ -407,11 +416,13 @@ def load_config(
     """
     schema = OmegaConf.structured(Config)
     parts = [schema]
-    if name_or_path:
-        path = resolve_config_path(name_or_path)
+    names = [name_or_path] if isinstance(name_or_path, str) else list(name_or_path or [])
+    for name in names:
+        path = resolve_config_path(name)
         loaded = OmegaConf.load(path)
         _resolve_data_paths(loaded, os.path.dirname(os.path.abspath(path)))
         parts.append(loaded)
+    name_or_path = " + ".join(names)
     try:
         if overrides:
             parts.append(OmegaConf.from_dotlist(list(overrides)))
@@ -424,8 +435,7 @@ def load_config(
     for key in DATA_PATH_KEYS:
         value = getattr(config.data, key)
         if value:
-            parts = [os.path.expanduser(p) for p in value.split(",")]
-            setattr(config.data, key, ",".join(os.path.abspath(p) for p in parts))
+            setattr(config.data, key, absolute_paths(value, os.getcwd()))
     config.train.mixed_precision = precision_name(config.train.mixed_precision)
     return validate(config)
 
@@ -444,12 +454,14 @@ def _resolve_data_paths(loaded, folder: str) -> None:
         return
     for key in DATA_PATH_KEYS:
         value = data.get(key)
-        if not isinstance(value, str) or not value:
-            continue
-        parts = [os.path.expanduser(p) for p in value.split(",")]
-        data[key] = ",".join(
-            p if os.path.isabs(p) else os.path.normpath(os.path.join(folder, p)) for p in parts
-        )
+        if isinstance(value, str) and value:
+            data[key] = absolute_paths(value, folder)
+
+
+def absolute_paths(value: str, folder: str) -> str:
+    """A path, or a comma-separated list of paths, made absolute against `folder` (``~`` expanded first)."""
+    parts = [os.path.expanduser(p) for p in value.split(",")]
+    return ",".join(p if os.path.isabs(p) else os.path.normpath(os.path.join(folder, p)) for p in parts)
 
 
 def precision_name(value) -> str:

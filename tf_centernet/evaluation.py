@@ -16,6 +16,8 @@ import io
 import json
 import logging
 import os
+import sys
+import time
 from typing import Dict, Iterable, List, Mapping, Optional, Sequence
 
 import numpy as np
@@ -388,14 +390,42 @@ def evaluate_dataset(
     return _evaluate(predictor, coco_gt, image_ids, load, category_ids, **options)
 
 
+class _PlainProgress:
+    """Progress as log lines (at most one per `interval` seconds, and the last): for logs that are not a terminal."""
+
+    def __init__(self, total, interval=30.0):
+        self.total, self.done, self.interval = total, 0, interval
+        self.start = self.last = time.monotonic()
+
+    def update(self, n):
+        self.done += n
+        now = time.monotonic()
+        if now - self.last >= self.interval or self.done >= self.total:
+            self.last = now
+            rate = self.done / max(now - self.start, 1e-9)
+            logger.info("evaluating: %d/%d images (%.1f img/s)", self.done, self.total, rate)
+
+    def close(self):
+        pass
+
+
+def _progress(total, verbose):
+    """A tqdm bar on a terminal; plain log lines when stderr is a file or pipe (no carriage returns)."""
+    from tqdm import tqdm
+
+    if not verbose:
+        return tqdm(total=total, disable=True)
+    if not getattr(sys.stderr, "isatty", lambda: False)():
+        return _PlainProgress(total)
+    return tqdm(total=total, desc="evaluating", unit="img")
+
+
 def _evaluate(predictor, coco_gt, image_ids, load, category_ids, output_json=None, metrics_json=None,
               batch_size=1, compute_fd=False, verbose=True):
     """Predicts `image_ids` (images from `load(id)`) and scores them."""
-    from tqdm import tqdm
-
     results: List[dict] = []
     unreadable: List[int] = []
-    progress = tqdm(total=len(image_ids), desc="evaluating", unit="img", disable=not verbose)
+    progress = _progress(len(image_ids), verbose)
     for start in range(0, len(image_ids), batch_size):
         batch = image_ids[start : start + batch_size]
         ids, images = [], []

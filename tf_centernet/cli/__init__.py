@@ -25,9 +25,11 @@ versions.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
+import signal
 import sys
 
 logger = logging.getLogger("tf_centernet")
@@ -134,8 +136,9 @@ def cmd_detect(args):
     model = load_trained_model(config, _checkpoint(args, config))
     names, category_ids = _class_names(config, args)
     os.makedirs(args.output, exist_ok=True)
+    images, empty_folders = _image_files(args.images)
     results, failed = [], []
-    for path in args.images:
+    for path in images:
         try:
             image = load_image(path)
         except (FileNotFoundError, ValueError) as error:  # one bad file of many: skip it
@@ -157,11 +160,53 @@ def cmd_detect(args):
     json_path = os.path.join(args.output, "detections.json")
     with open(json_path, "w", encoding="utf-8") as f:
         json.dump(results, f)
-    logger.info("Wrote %s (%d of %d images)", json_path, len(args.images) - len(failed), len(args.images))
+    logger.info("Wrote %s (%d of %d images)", json_path, len(images) - len(failed), len(images))
     if failed:
         logger.warning("%d image(s) could not be read: %s", len(failed), ", ".join(failed))
-        return 1
-    return 0
+    return 1 if failed or empty_folders else 0
+
+
+# Files `detect` takes from a folder (by extension, any case).
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+
+
+def _image_files(paths):
+    """`detect`'s arguments -> (image files, folders without images): folders give their images, sorted."""
+    files, empty = [], []
+    for path in paths:
+        if not os.path.isdir(path):
+            files.append(path)
+            continue
+        found = sorted(os.path.join(path, name) for name in os.listdir(path)
+                       if name.lower().endswith(IMAGE_SUFFIXES) and os.path.isfile(os.path.join(path, name)))
+        if not found:
+            logger.warning("Skipping folder %s: no image files (%s) in it", path, ", ".join(IMAGE_SUFFIXES))
+            empty.append(path)
+        logger.info("%s: %d image(s)", path, len(found))
+        files += found
+    return files, empty
+
+
+@contextlib.contextmanager
+def _sigterm_stops(command):
+    """SIGTERM ends `command` with status 143 through Python's own unwinding, so its clean-ups run.
+
+    (Without it the process dies at once and, for `export`, a half-written
+    folder would stay.)
+    """
+    def stop(signum, frame):
+        logger.error("Interrupted by SIGTERM: %s stopped, nothing was written.", command)
+        raise SystemExit(128 + signum)
+
+    try:
+        previous = signal.signal(signal.SIGTERM, stop)
+    except ValueError:  # not the main thread: leave signals alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _export_formats():
@@ -196,7 +241,8 @@ def cmd_export(args):
     )
     try:
         limit = args.max_megapixels if args.max_megapixels and args.max_megapixels > 0 else None
-        path = model.export(output, format=args.format, input_size=input_size, max_megapixels=limit)
+        with _sigterm_stops("export"):
+            path = model.export(output, format=args.format, input_size=input_size, max_megapixels=limit)
     except (RuntimeError, ImportError, FileExistsError) as error:
         logger.error("%s", error)
         return 2
@@ -317,8 +363,11 @@ def build_parser():
     def common(p, config_required=False):
         p.add_argument(
             "--config",
+            action="append",
             required=config_required,
-            help="config name in configs/ (e.g. centernet_small) or a YAML path",
+            help="config name in configs/ (e.g. centernet_small) or a YAML path; repeatable, later ones "
+            "override earlier ones (a model configuration, then a data one: --config centernet_small "
+            "--config coco_tiny)",
         )
         p.add_argument("--set", action="append", metavar="KEY=VALUE", help=SET_HELP)
         p.add_argument("--classes", help="class list file, one name per line (data.classes; VOC / TFRecord)")
@@ -349,7 +398,7 @@ def build_parser():
 
     p = sub.add_parser("detect", help="draw detections on images")
     common(p)
-    p.add_argument("images", nargs="+", help="image files")
+    p.add_argument("images", nargs="+", help="image files, or folders (their images)")
     p.add_argument("--model-dir", help="a trained model's directory")
     p.add_argument("--checkpoint", help="checkpoint prefix, directory or .weights.h5")
     p.add_argument("--output", default="detections", help="output folder (default: ./detections)")

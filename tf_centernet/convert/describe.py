@@ -116,6 +116,8 @@ def matching_configs(found: Mapping[str, object]) -> List[str]:
                     for f in os.listdir(d) if f.endswith(".yaml")})
     exact, other_classes = [], []
     for name in names:
+        if not config_lib.is_model_config(name):  # data configurations (coco, coco_tiny) describe no model
+            continue
         try:
             expected = describe_config(config_lib.load_config(name).model)
         except Exception:  # noqa: BLE001 - a config that does not load matches nothing

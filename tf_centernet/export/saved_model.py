@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import tempfile
 from typing import Optional, Sequence
 
@@ -63,7 +64,26 @@ def export_saved_model(
     module = DetectionModule(
         model, category_ids=category_ids, flip_test=flip_test, max_megapixels=max_megapixels
     )
-    output = prepare_output(output, is_dir=True)
+    if os.path.isdir(output) and os.listdir(output):
+        raise FileExistsError(f"{output} is not empty; choose a new version folder.")
+    parent = prepare_output(os.path.dirname(output), is_dir=True)
+    # Written beside its place and renamed when complete: an interrupted
+    # export (SIGTERM, a full disk) leaves no version folder TF Serving would load.
+    partial = os.path.join(parent, ".partial-" + os.path.basename(output))
+    shutil.rmtree(partial, ignore_errors=True)
+    try:
+        _write(module, partial, class_names)
+        if os.path.isdir(output):
+            os.rmdir(output)  # empty (checked above)
+        os.replace(partial, output)
+    finally:
+        shutil.rmtree(partial, ignore_errors=True)
+    logger.info("Wrote SavedModel %s (signatures %s, %s)", output, SERVING_DEFAULT, SERVING_BYTES)
+    return output
+
+
+def _write(module, output, class_names):
+    """The SavedModel of `module` (signatures, label map asset) in folder `output`."""
     with tempfile.TemporaryDirectory() as tmp:
         label_path = os.path.join(tmp, LABEL_MAP_FILE)
         entries = [{"id": int(i), "name": str(n)} for i, n in zip(module.category_ids, class_names)]
@@ -77,5 +97,3 @@ def export_saved_model(
         module.heads.get_concrete_function()
         with quiet_absl():
             tf.saved_model.save(module, output, signatures=signatures)
-    logger.info("Wrote SavedModel %s (signatures %s, %s)", output, SERVING_DEFAULT, SERVING_BYTES)
-    return output
