@@ -376,7 +376,7 @@ def test_tflite_float32_matches_keras(detector, images, keras_fixed, tflite_floa
 
 
 def test_tflite_float16_and_int8(detector, images, keras_fixed, tflite_float32, tmp_path):
-    config, model = detector.config, detector.model
+    model = detector.model
     fp16 = export_lib.export(model, str(tmp_path / "fp16.tflite"), format="tflite-fp16", input_size=FIXED_SIZE)
     int8 = export_lib.export(model, str(tmp_path / "int8.tflite"), format="tflite-int8", input_size=FIXED_SIZE)
     # Against the float32 file (the graph itself is the same size in all

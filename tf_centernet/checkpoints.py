@@ -319,42 +319,36 @@ def save_checkpoint(model, model_dir, step, keep):
     path = checkpoint_path(model_dir, step)
     folder = os.path.dirname(path)
     partial = os.path.join(folder, PARTIAL_PREFIX + os.path.basename(path))
-    failure = None
-    with _quiet_hdf5_cleanup() as cleanup:
-        try:
-            os.makedirs(folder, exist_ok=True)
-            # Refuse before any work when the file cannot fit (a clearer
-            # message, with sizes, than the write's own failure).
-            need, free = checkpoint_bytes(model), _free_bytes(folder)
-            if free is not None and free < need:
-                raise OSError(errno.ENOSPC, f"{os.strerror(errno.ENOSPC)} ({free / 2**20:.1f} MiB free, the "
-                                            f"checkpoint needs up to {need / 2**20:.1f} MiB)", folder)
-            write_weights(model, partial)
-            _fsync_file(partial)
-            digest = _sha256(partial)
-            if _expected_digest(path) is not None:  # an older save of this step
-                _update_manifest(model_dir, {_rel(path): None})
-            os.replace(partial, path)
-            fsync_dir(folder)
-        except Exception as error:  # h5py / Keras raise OSError, sometimes wrapped
-            cause = os_error_of(error)
-            if cause is None:
-                raise
-            cleanup["failed"] = True
-            discard_partial(partial)
-            discard_partial(os.path.join(model_dir, PARTIAL_PREFIX + MANIFEST))
-            if cause.errno:  # HDF5's own wording is a page long: the system's reason, or ours with sizes
-                ours = str(cause.strerror or "").startswith(os.strerror(cause.errno))
-                reason = cause.strerror if ours else os.strerror(cause.errno)
-            else:
-                reason = str(cause).splitlines()[0]
-            failure = CheckpointWriteError(
-                f"Cannot write checkpoint of step {int(step)} in {display_path(folder)}: {reason}",
-                step, cause.errno, folder,
-            )
-            del error, cause  # their traceback holds the failed write's HDF5 handles: freed in the context
-    if failure is not None:
-        raise failure
+    try:
+        os.makedirs(folder, exist_ok=True)
+        # Refuse before any work when the file cannot fit (a clearer
+        # message, with sizes, than the write's own failure).
+        need, free = checkpoint_bytes(model), _free_bytes(folder)
+        if free is not None and free < need:
+            raise OSError(errno.ENOSPC, f"{os.strerror(errno.ENOSPC)} ({free / 2**20:.1f} MiB free, the "
+                                        f"checkpoint needs up to {need / 2**20:.1f} MiB)", folder)
+        write_weights(model, partial)
+        _fsync_file(partial)
+        digest = _sha256(partial)
+        if _expected_digest(path) is not None:  # an older save of this step
+            _update_manifest(model_dir, {_rel(path): None})
+        os.replace(partial, path)
+        fsync_dir(folder)
+    except Exception as error:  # OSError, or Keras / h5py wrapping one
+        cause = os_error_of(error)
+        if cause is None:
+            raise
+        discard_partial(partial)
+        discard_partial(os.path.join(model_dir, PARTIAL_PREFIX + MANIFEST))
+        if cause.errno:  # the system's reason, or ours with sizes
+            ours = str(cause.strerror or "").startswith(os.strerror(cause.errno))
+            reason = cause.strerror if ours else os.strerror(cause.errno)
+        else:
+            reason = str(cause).splitlines()[0]
+        raise CheckpointWriteError(
+            f"Cannot write checkpoint of step {int(step)} in {display_path(folder)}: {reason}",
+            step, cause.errno, folder,
+        ) from None
     try:
         _update_manifest(model_dir, {_rel(path): digest})
     except OSError as error:  # the checkpoint is complete; an unlisted file is validated by reading it
@@ -379,74 +373,6 @@ def discard_partial(path):
         os.truncate(path, 0)
     with contextlib.suppress(OSError):
         os.remove(path)
-
-
-# Set when an HDF5 write failed half-way: HDF5 keeps that file open in a
-# state it cannot close, and may crash when the process exits.
-_hdf5_left_broken = False
-
-
-def hdf5_left_broken():
-    """True once a checkpoint write failed inside HDF5 in this process.
-
-    HDF5 then holds a file it can no longer close; closing it when the
-    interpreter exits may crash (SIGSEGV). The command line ends such a
-    process with `os._exit` after its message (`tf_centernet.cli.main`).
-    The free-space check before each save makes this rare: it needs the
-    disk to fill during the write.
-    """
-    return _hdf5_left_broken
-
-
-def _from_h5py(error, trace=None):
-    import traceback
-
-    frames = traceback.extract_tb(trace if trace is not None else getattr(error, "__traceback__", None))
-    return any("h5py" in frame.filename for frame in frames) or "id ref count" in str(error)
-
-
-@contextlib.contextmanager
-def _quiet_hdf5_cleanup():
-    """Counts instead of printing the errors h5py raises while freeing the handles of a failed write.
-
-    When HDF5 cannot write (disk full), Keras' close of the weights file
-    fails half-way and each of its objects reports the same error as it is
-    freed (a traceback and "Exception ignored in ObjectID.__dealloc__",
-    hundreds of them). Inside this context those reports are counted
-    (logged at DEBUG); every other error is reported as usual. Yields a
-    dict: set ``state["failed"]`` to have the handles collected on exit.
-    """
-    import gc
-    import sys
-
-    global _hdf5_left_broken
-    previous_unraisable, previous_excepthook = sys.unraisablehook, sys.excepthook
-    dropped = []
-
-    def unraisable_hook(unraisable):
-        if "h5py" in repr(getattr(unraisable, "object", "")) or _from_h5py(unraisable.exc_value,
-                                                                            unraisable.exc_traceback):
-            dropped.append(unraisable.exc_value)
-            return
-        previous_unraisable(unraisable)
-
-    def excepthook(kind, value, trace):  # Cython prints an unraisable error's traceback through it
-        if _from_h5py(value, trace):
-            dropped.append(value)
-            return
-        previous_excepthook(kind, value, trace)
-
-    state = {"failed": False}
-    sys.unraisablehook, sys.excepthook = unraisable_hook, excepthook
-    try:
-        yield state
-    finally:
-        if state["failed"]:
-            gc.collect()  # free the failed write's handles while the hooks count their errors
-        sys.unraisablehook, sys.excepthook = previous_unraisable, previous_excepthook
-        if dropped:
-            _hdf5_left_broken = True
-            logger.debug("%d HDF5 handle(s) of a failed write freed with errors: %s", len(dropped), dropped[0])
 
 
 def checkpoint_bytes(model):

@@ -48,7 +48,6 @@ import math
 import os
 
 import keras
-import tensorflow as tf
 
 from tf_centernet import config as config_lib
 from tf_centernet import distribute
@@ -69,7 +68,6 @@ from tf_centernet.checkpoints import (  # noqa: F401  (re-exported: public names
 from tf_centernet.callbacks import WorkerCheckpointCallback, progress_mode, watch_callbacks
 from tf_centernet.guards import (
     LOCK_FILE,
-    NONFINITE_POLICIES,
     GuardedAdam,
     InterruptGuard,
     ModelDirLock,

@@ -120,7 +120,7 @@ sys.exit(main())
 
 
 @pytest.mark.slow
-def test_disk_filling_during_the_hdf5_write_exits_2_without_a_crash(synthetic_coco, tmp_path):
+def test_disk_filling_during_the_checkpoint_write_exits_2_without_a_crash(synthetic_coco, tmp_path):
     """Item 2, the write itself failing: no traceback storm, no SIGSEGV at exit, no partial file."""
     import subprocess
 

@@ -209,11 +209,6 @@ def _sigterm_stops(command):
         signal.signal(signal.SIGTERM, previous)
 
 
-def _export_formats():
-    """The export format names (from the one registry, without importing TensorFlow)."""
-    return ["savedmodel", "tflite", "tflite-fp16", "tflite-int8", "tftrt", "onnx"]
-
-
 def cmd_export(args):
     """Exports a trained model: ``model.export`` with the format registry's default path."""
     from tf_centernet import export as export_lib
@@ -351,6 +346,7 @@ def split_set_values(argv):
 
 def build_parser():
     from tf_centernet.cli.data_commands import cmd_check_data, cmd_convert, cmd_convert_data
+    from tf_centernet.export import FORMATS
 
     parser = argparse.ArgumentParser(
         prog="tf-centernet",
@@ -412,7 +408,7 @@ def build_parser():
     p.add_argument(
         "--format",
         default="savedmodel",
-        choices=_export_formats(),
+        choices=list(FORMATS),
         help="artifact to write (default: savedmodel)",
     )
     p.add_argument(
@@ -483,12 +479,6 @@ def main(argv=None):
     traceback). A bad command line (argparse's, or
     `tf_centernet.guards.CommandLineError`) raises `SystemExit` with
     status 2, as argparse does.
-
-    Run as the program (`argv` None), a process in which HDF5 was left
-    holding a checkpoint it could not finish (the disk filled during the
-    write, `tf_centernet.checkpoints.hdf5_left_broken`) ends with
-    `os._exit` once its message is logged: HDF5 would crash closing that
-    file at interpreter exit.
     """
     args = build_parser().parse_args(split_set_values(sys.argv[1:] if argv is None else list(argv)))
     _setup_logging(args.verbose)
@@ -532,14 +522,7 @@ def main(argv=None):
 
         return printable(str(error))
 
-    code = run()
-    checkpoints = sys.modules.get("tf_centernet.checkpoints")
-    if argv is None and checkpoints is not None and checkpoints.hdf5_left_broken():
-        logging.shutdown()
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(code)
-    return code
+    return run()
 
 
 if __name__ == "__main__":

@@ -33,14 +33,14 @@ import collections
 import logging
 import os
 import xml.etree.ElementTree as ElementTree
-from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
+from typing import Dict, List, NamedTuple, Optional, Tuple
 
 import numpy as np
 
 from tf_centernet.config import check_choice
 from tf_centernet.data.coco import CocoRecord
 from tf_centernet.data.paths import display_path, printable
-from tf_centernet.data.records import DIFFICULT_MODES, RecordList, problem_counters, image_size, log_skipped, sanitize_box
+from tf_centernet.data.records import RecordList, problem_counters, image_size, log_skipped, sanitize_box
 
 logger = logging.getLogger(__name__)
 

@@ -128,6 +128,7 @@ class ExportFormat(NamedTuple):
         name: str. The ``--format`` / ``format=`` name.
         default_path: str. Output under ``MODEL_DIR/export`` (TF Serving
             wants a numbered version folder).
+        is_folder: bool. The output is a folder (else one file).
         check: callable ``() -> (ready, message)``: the toolchain is
             installed; run before loading or converting anything.
         write: callable ``(model, output, options) -> path``.
@@ -135,6 +136,7 @@ class ExportFormat(NamedTuple):
 
     name: str
     default_path: str
+    is_folder: bool
     check: Callable[[], Tuple[bool, str]]
     write: Callable
 
@@ -149,20 +151,20 @@ FORMATS = {
     f.name: f
     for f in (
         ExportFormat(
-            "savedmodel", os.path.join("saved_model", "1"), _ready,
+            "savedmodel", os.path.join("saved_model", "1"), True, _ready,
             lambda model, output, o: export_saved_model(
                 model, output, o["category_ids"], o["class_names"], o["flip_test"], o["max_megapixels"]),
         ),
-        ExportFormat("tflite", "model.tflite", _ready, _tflite("float32")),
-        ExportFormat("tflite-fp16", "model_fp16.tflite", _ready, _tflite("float16")),
-        ExportFormat("tflite-int8", "model_int8.tflite", _ready, _tflite("int8")),
+        ExportFormat("tflite", "model.tflite", False, _ready, _tflite("float32")),
+        ExportFormat("tflite-fp16", "model_fp16.tflite", False, _ready, _tflite("float16")),
+        ExportFormat("tflite-int8", "model_int8.tflite", False, _ready, _tflite("int8")),
         ExportFormat(
-            "tftrt", os.path.join("tftrt", "1"), _tensorrt_ready,
+            "tftrt", os.path.join("tftrt", "1"), True, _tensorrt_ready,
             lambda model, output, o: export_tftrt(
                 model, output, input_size=o["input_size"], flip_test=o["flip_test"], category_ids=o["category_ids"]),
         ),
         ExportFormat(
-            "onnx", "model.onnx", _tf2onnx_ready,
+            "onnx", "model.onnx", False, _tf2onnx_ready,
             lambda model, output, o: export_onnx(
                 model, output, o["input_size"], o["flip_test"], o["category_ids"]),
         ),
@@ -221,7 +223,7 @@ def export(
     if not ready:
         raise RuntimeError(message)
     # Before the conversion (tens of seconds to minutes): can the result be written?
-    folder = output if fmt.name in ("savedmodel", "tftrt") else os.path.dirname(os.path.abspath(output))
+    folder = output if fmt.is_folder else os.path.dirname(os.path.abspath(output))
     check_writable(folder, "export output")
     options = dict(input_size=input_size, flip_test=flip_test, category_ids=category_ids,
                    class_names=class_names, max_megapixels=max_megapixels)

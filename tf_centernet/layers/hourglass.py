@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import keras
 
-from tf_centernet.layers.convolution import AttributeConfig, ConvModule, ResidualBlock, batch_norm
+from tf_centernet.layers.convolution import AttributeConfig, ConvModule, ResidualBlock
 
 
 @keras.saving.register_keras_serializable(package="tf_centernet")
