@@ -387,7 +387,7 @@ def section_train_step(args):
     targets = {k: tf.stack([t[k] for t in targets]) for k in targets[0]}
     original = pooling._scan_with_gradient
     fns = {}
-    # "bf16": train.mixed_precision=bfloat16 (bf16 activations, float32
+    # "bf16": model.compute_dtype=bfloat16 (bf16 activations, float32
     # weights and loss; no loss scaling is needed for bfloat16).
     for name, impl, old_gradient, dtype in (("custom", "custom", False, "float32"),
                                             ("scan", "scan", False, "float32"),

@@ -11,7 +11,7 @@ set in fresh processes, CPU only:
 - ``2 workers``: two processes on 127.0.0.1 under MultiWorkerMirroredStrategy
   (TF_CONFIG per process), global batch B (B/2 per worker);
 - ``XLA``: one process with ``train.jit_compile=true`` (pure-TF scans);
-- ``bfloat16`` / ``float16``: one process with ``train.mixed_precision``.
+- ``bfloat16`` / ``float16``: one process with ``model.compute_dtype``.
 
 Steps/s is the inverse of the median time between optimizer steps after
 the first two (tracing, XLA compilation) and images/s is steps/s x B. On a
@@ -105,7 +105,7 @@ def main(argv=None):
     work = tempfile.mkdtemp(prefix="scaling-")
     images, annotations = make_synthetic_coco(os.path.join(work, "data"), num_images=16, seed=0)
     common = [
-        f"data.train_images={images}", f"data.train_annotations={annotations}",
+        f"train_data.images={images}", f"train_data.annotations={annotations}",
         f"data.input_size={args.size}", f"train.batch_size={args.batch}",
         f"train.total_steps={args.steps}", f"train.steps_per_epoch={args.steps}",
         f"train.checkpoint_every={10 * args.steps}",
@@ -114,8 +114,8 @@ def main(argv=None):
         "1 worker": (1, []),
         "2 workers": (2, []),
         "XLA": (1, ["train.jit_compile=true"]),
-        "bfloat16": (1, ["train.mixed_precision=bfloat16"]),
-        "float16": (1, ["train.mixed_precision=float16"]),
+        "bfloat16": (1, ["model.compute_dtype=bfloat16"]),
+        "float16": (1, ["model.compute_dtype=float16"]),
     }
     rows = []
     for name in [v.strip() for v in args.variants.split(",")]:

@@ -47,11 +47,12 @@ def test_progress_mode():
         progress_mode("fancy")
 
 
-def test_mixed_precision_names():
-    assert load_config("demo", ["train.mixed_precision=true"]).train.mixed_precision == "float16"
-    assert load_config("demo", ["train.mixed_precision=false"]).train.mixed_precision == "none"
-    assert load_config("demo", ["train.mixed_precision=bfloat16"]).train.mixed_precision == "bfloat16"
-    with pytest.raises(ValueError, match="train.mixed_precision"):
+def test_legacy_mixed_precision_sets_the_one_precision_field():
+    """``train.mixed_precision`` (earlier releases) maps onto ``model.compute_dtype`` with a warning."""
+    for old, new in (("true", "float16"), ("false", "float32"), ("none", "float32"), ("bfloat16", "bfloat16")):
+        with pytest.warns(FutureWarning, match="train.mixed_precision is deprecated"):
+            assert load_config("demo", [f"train.mixed_precision={old}"]).model.compute_dtype == new
+    with pytest.warns(FutureWarning), pytest.raises(ValueError, match="model.compute_dtype"):
         load_config("demo", ["train.mixed_precision=half"])
 
 
@@ -84,7 +85,7 @@ def test_evaluation_writes_ap_to_tensorboard_and_jsonl(small_model, synthetic_co
     image_dir, annotation_file = synthetic_coco
     model_dir = str(tmp_path)
     config = load_config(
-        "demo", ["model.pooling_impl=scan", f"data.val_annotations={annotation_file}", f"data.val_images={image_dir}"]
+        "demo", ["model.pooling_impl=scan", f"validation_data.annotations={annotation_file}", f"validation_data.images={image_dir}"]
     )
     callback = EvaluationCallback(
         config, model_dir, 5, ["rectangle", "ellipse", "triangle"], [1, 2, 3], max_images=2
@@ -201,8 +202,8 @@ def test_eval_every_during_training_with_voc_and_tfrecord_validation(val_format,
     monkeypatch.setattr(evaluation, "evaluate_dataset", spy)
     model_dir = str(tmp_path / "model")
     config = load_config("demo", [
-        f"data.train_images={image_dir}", f"data.train_annotations={annotation_file}",
-        f"data.val_annotations={val_annotations}", f"train.model_dir={model_dir}",
+        f"train_data.images={image_dir}", f"train_data.annotations={annotation_file}",
+        f"validation_data.annotations={val_annotations}", f"train.model_dir={model_dir}",
         "data.input_size=63", "train.batch_size=2", "train.total_steps=4", "train.checkpoint_every=4",
         "train.eval_every=2", "train.eval_max_images=2", *TINY_MODEL,
     ])
@@ -224,14 +225,14 @@ def test_eval_every_during_training_with_voc_and_tfrecord_validation(val_format,
 
 def test_check_validation_data_before_training(synthetic_coco, tmp_path):
     image_dir, annotation_file = synthetic_coco
-    with pytest.raises(ValueError, match="train.eval_every needs data.val_annotations"):
+    with pytest.raises(ValueError, match="train.eval_every needs validation_data.annotations"):
         check_validation_data(load_config("demo"))  # no validation data by default
-    with pytest.raises(ValueError, match="data.val_images"):
-        check_validation_data(load_config("demo", [f"data.val_annotations={annotation_file}", "data.val_images=''"]))
+    with pytest.raises(ValueError, match="validation_data.images"):
+        check_validation_data(load_config("demo", [f"validation_data.annotations={annotation_file}", "validation_data.images=''"]))
     with pytest.raises(ValueError, match="Cannot tell the data format"):
-        check_validation_data(load_config("demo", [f"data.val_annotations={tmp_path / 'nothing.dat'}"]))
+        check_validation_data(load_config("demo", [f"validation_data.annotations={tmp_path / 'nothing.dat'}"]))
     voc = _write_voc_folder(synthetic_coco, str(tmp_path / "voc"), count=1)
-    assert check_validation_data(load_config("demo", [f"data.val_annotations={voc}", "data.val_images=''"])) == "voc"
+    assert check_validation_data(load_config("demo", [f"validation_data.annotations={voc}", "validation_data.images=''"])) == "voc"
     assert check_validation_data(
-        load_config("demo", [f"data.val_annotations={annotation_file}", f"data.val_images={image_dir}"])
+        load_config("demo", [f"validation_data.annotations={annotation_file}", f"validation_data.images={image_dir}"])
     ) == "coco"

@@ -64,9 +64,46 @@ def test_a_wrong_enumerated_value_fails_when_the_config_loads(key):
 def test_model_configs_carry_no_data_and_data_configs_add_it():
     """A model configuration never overrides the data (e.g. a VOC set's own image folder)."""
     for name in ("centernet_small", "cornernet_small", "centernet_hg52", "centernet_hg104", "cornernet_hg104"):
-        data = load_config(name).data
-        assert not (data.train_images or data.train_annotations or data.val_images or data.val_annotations), name
+        config = load_config(name)
+        assert config.train_data == config.validation_data == config_lib.InputConfig(), name
     merged = load_config(["centernet_small", "coco_tiny"])
     assert merged.model.backbone == "hourglass_small" and merged.data.input_size == 255
-    assert merged.data.train_annotations.endswith("coco-tiny/annotations/instances_train2017.json")
-    assert merged.data.train_images.startswith("/")  # resolved against configs/, not the working directory
+    assert merged.train_data.annotations.endswith("coco-tiny/annotations/instances_train2017.json")
+    assert merged.train_data.images.startswith("/")  # resolved against configs/, not the working directory
+
+
+def test_legacy_data_keys_move_to_the_split_sections(tmp_path, monkeypatch):
+    """Keys of earlier releases (``data.train_annotations`` ...) still load, with one warning each."""
+    folder = tmp_path / "cfg"
+    folder.mkdir()
+    (folder / "old.yaml").write_text(
+        "data:\n  train_annotations: voc/ImageSets/Main/train.txt\n  val_images: imgs\n"
+        "  format: voc\n  classes: names.txt\n  input_size: 127\n"
+    )
+    monkeypatch.chdir(tmp_path)
+    with pytest.warns(FutureWarning) as caught:
+        config = load_config(str(folder / "old.yaml"), ["data.val_annotations=here/val.txt"])
+    messages = sorted(str(w.message).split(" is deprecated")[0] for w in caught)
+    assert messages == ["data.classes", "data.format", "data.train_annotations", "data.val_annotations",
+                        "data.val_images"]
+    assert config.train_data.annotations == str(folder / "voc/ImageSets/Main/train.txt")  # file's folder
+    assert config.validation_data.images == str(folder / "imgs")
+    assert config.validation_data.annotations == str(tmp_path / "here/val.txt")  # working directory
+    assert config.train_data.format == config.validation_data.format == "voc"
+    assert config.train_data.classes == config.validation_data.classes == str(folder / "names.txt")
+    assert config.data.input_size == 127
+    assert config_lib.input_config(config, "val") is config.validation_data
+    assert config_lib.input_config(config, "train") is config.train_data
+    with pytest.raises(ValueError, match="split"):
+        config_lib.input_config(config, "test")
+    # A new key given in the same place wins over the old one.
+    with pytest.warns(FutureWarning):
+        config = load_config(None, ["data.train_images=/old", "train_data.images=/new"])
+    assert config.train_data.images == "/new"
+    # The new keys alone warn about nothing, and the written YAML has no old key.
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        config = load_config(None, ["train_data.annotations=/a.json"])
+    assert "train_annotations" not in to_yaml(config) and "mixed_precision" not in to_yaml(config)

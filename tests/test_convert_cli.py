@@ -120,7 +120,7 @@ def test_init_from_converted_80_class_model_into_3_classes_trains(fixtures_dir, 
     image_dir, annotations = synthetic_coco  # 3 classes
     config = load_config("centernet_small", [
         *ARCH, "model.num_classes=3", "model.pooling_impl=scan",
-        f"data.train_images={image_dir}", f"data.train_annotations={annotations}", "data.input_size=127",
+        f"train_data.images={image_dir}", f"train_data.annotations={annotations}", "data.input_size=127",
         "data.max_objects=16", "data.border=32", f"train.model_dir={tmp_path / 'finetuned'}",
         f"train.init_from={converted}", "train.batch_size=4", "train.learning_rate=5e-4",
         "train.decay_steps=[]", "train.total_steps=12", "train.steps_per_epoch=1", "train.checkpoint_every=12",

@@ -224,8 +224,8 @@ def test_training_losses_match_scan(synthetic_coco, monkeypatch):
     config = load_config(
         "demo",
         [
-            f"data.train_images={image_dir}",
-            f"data.train_annotations={annotation_file}",
+            f"train_data.images={image_dir}",
+            f"train_data.annotations={annotation_file}",
             *TINY_MODEL,
             "data.input_size=63",
             "train.batch_size=2",

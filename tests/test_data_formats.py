@@ -146,11 +146,11 @@ def test_tfrecord_round_trip_through_convert_data(coco_tiny, tmp_path, capsys):
     out = tmp_path / "records"
     assert main([
         "convert-data", "--config", "centernet_small", "--output", str(out), "--shards", "3",
-        "--set", f"data.train_annotations={train_ann}", f"data.train_images={train_dir}",
-        f"data.val_annotations={val_ann}", f"data.val_images={val_dir}",
+        "--set", f"train_data.annotations={train_ann}", f"train_data.images={train_dir}",
+        f"validation_data.annotations={val_ann}", f"validation_data.images={val_dir}",
     ]) == 0
     printed = capsys.readouterr().out
-    assert f"data.train_annotations={out}/train-*-of-*.tfrecord" in printed
+    assert f"train_data.annotations={out}/train-*-of-*.tfrecord" in printed
     assert sorted(os.listdir(out)) == ["classes.txt"] + [f"{s}-{i:05d}-of-00003.tfrecord" for s in ("train", "val") for i in range(3)]
     for split, (ann, images) in coco_tiny.items():
         coco = CocoDataset(ann, images)
@@ -210,7 +210,7 @@ def test_training_goes_on_past_bad_files_and_logs_the_counts(bccd, tmp_path, cap
     model_dir = str(tmp_path / "model")
     code = main([
         "train", "--config", "bccd_small", "--model-dir", model_dir, "--set",
-        f"data.train_annotations={folder}", "data.train_images=''", f"data.classes={tmp_path / 'classes.txt'}",
+        f"train_data.annotations={folder}", "train_data.images=''", f"train_data.classes={tmp_path / 'classes.txt'}",
         "data.input_size=63", *TINY_MODEL,
         "train.batch_size=2", "train.total_steps=1", "train.checkpoint_every=1",
     ])
@@ -228,19 +228,19 @@ def test_detect_format():
     assert detect_format("voc/ImageSets/Main/train.txt") == "voc"
     assert detect_format("out/train-00000-of-00004.tfrecord") == "tfrecord"
     assert detect_format("out/train-*") == "tfrecord"
-    with pytest.raises(ValueError, match="data.format"):
+    with pytest.raises(ValueError, match="validation_data.format"):
         detect_format("no/such/thing")
 
 
 def test_config_data_paths_resolve_against_the_config_file(tmp_path, monkeypatch):
     folder = tmp_path / "cfg"
     folder.mkdir()
-    (folder / "mine.yaml").write_text("data:\n  train_annotations: ../data/train.txt\n  classes: names.txt\n")
+    (folder / "mine.yaml").write_text("train_data:\n  annotations: ../data/train.txt\n  classes: names.txt\n")
     monkeypatch.chdir(tmp_path.parent)
-    config = load_config(str(folder / "mine.yaml"), ["data.val_annotations=rel/val.json"])
-    assert config.data.train_annotations == str(tmp_path / "data" / "train.txt")
-    assert config.data.classes == str(folder / "names.txt")
-    assert config.data.val_annotations == str(tmp_path.parent / "rel" / "val.json")  # override: cwd
+    config = load_config(str(folder / "mine.yaml"), ["validation_data.annotations=rel/val.json"])
+    assert config.train_data.annotations == str(tmp_path / "data" / "train.txt")
+    assert config.train_data.classes == str(folder / "names.txt")
+    assert config.validation_data.annotations == str(tmp_path.parent / "rel" / "val.json")  # override: cwd
 
 
 def test_bccd_small_config_reads_bccd_from_anywhere(bccd, tmp_path, monkeypatch):

@@ -65,7 +65,7 @@ def test_sharded_input_equals_one_pipeline(synthetic_coco):
     per-replica batches one pipeline feeding two replicas gives: replica r of
     step s gets elements [(2s + r) * b, (2s + r + 1) * b). No image repeats."""
     image_dir, annotation_file = synthetic_coco
-    config = load_config("demo", [f"data.train_images={image_dir}", "data.num_parallel_calls=0"])
+    config = load_config("demo", [f"train_data.images={image_dir}", "data.num_parallel_calls=0"])
     dataset = CocoDataset(annotation_file, image_dir)
     per_replica, steps = 2, 3
     one = build_train_dataset(dataset, config, batch_size=per_replica)
@@ -122,7 +122,7 @@ def _wait_all(procs, timeout):
 def _overrides(synthetic_coco, model_dir, steps, every):
     image_dir, annotation_file = synthetic_coco
     return [
-        f"data.train_images={image_dir}", f"data.train_annotations={annotation_file}",
+        f"train_data.images={image_dir}", f"train_data.annotations={annotation_file}",
         f"train.model_dir={model_dir}", "train.batch_size=2", f"train.total_steps={steps}",
         f"train.steps_per_epoch={steps}", f"train.checkpoint_every={every}", "train.log_every=1",
         "data.num_parallel_calls=0", *TINY_MODEL,

@@ -65,7 +65,7 @@ def detector(tmp_path_factory):
     # An absolute model dir: the demo config's relative one would read whatever
     # classes.json a demo run left in the working directory.
     overrides = [
-        "model.num_classes=1", "decode.top_k=70", f"data.val_annotations={annotations}",
+        "model.num_classes=1", "decode.top_k=70", f"validation_data.annotations={annotations}",
         f"train.model_dir={root / 'model'}", *TINY_MODEL,
     ]
     config = load_config("demo", overrides)

@@ -20,8 +20,8 @@ from tiny import TINY_MODEL
 def demo_overrides(synthetic_coco, model_dir, **train):
     image_dir, annotation_file = synthetic_coco
     overrides = [
-        f"data.train_images={image_dir}",
-        f"data.train_annotations={annotation_file}",
+        f"train_data.images={image_dir}",
+        f"train_data.annotations={annotation_file}",
         f"train.model_dir={model_dir}",
         "train.batch_size=4",
         *TINY_MODEL,

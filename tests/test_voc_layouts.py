@@ -165,7 +165,7 @@ def test_resolve_voc_paths_keeps_its_three_values(layouts):
 
 
 def test_an_image_folder_given_wins_over_the_layouts_own(layouts, tmp_path):
-    # data.train_images names the folder: here the classic layout's images
+    # train_data.images names the folder: here the classic layout's images
     # serve the side-by-side annotations (whose own images/ is not used).
     dataset = VocDataset(layouts["side"], images=os.path.join(layouts["classic"], "JPEGImages"))
     assert dataset.layout.kind == "side_by_side"
@@ -174,7 +174,7 @@ def test_an_image_folder_given_wins_over_the_layouts_own(layouts, tmp_path):
     # Without images/, annotations/ alone needs the image folder named.
     (tmp_path / "annotations").mkdir()
     _write_xml(str(tmp_path / "annotations" / "a.xml"), "a", ".jpg", (10, 10), [("cat", [1, 1, 5, 5], False)])
-    with pytest.raises(FileNotFoundError, match=r"found annotations/ but no images/ beside it .*data.train_images"):
+    with pytest.raises(FileNotFoundError, match=r"found annotations/ but no images/ beside it .*train_data.images"):
         VocDataset(str(tmp_path))
     assert VocDataset(str(tmp_path), images=layouts["plain"], check_files=False).layout.kind == "side_by_side"
 
@@ -204,8 +204,8 @@ def test_an_unrecognised_folder_names_the_three_layouts_and_what_it_holds(tmp_pa
 
 def test_check_data_reads_the_labelimg_layout(layouts, capsys):
     code = main([
-        "check-data", "--config", "bccd_small", "--split", "train", "--set", "data.format=voc",
-        f"data.train_annotations={layouts['side']}", "data.train_images=''", "data.val_annotations=''",
+        "check-data", "--config", "bccd_small", "--split", "train", "--set", "train_data.format=voc",
+        f"train_data.annotations={layouts['side']}", "train_data.images=''", "validation_data.annotations=''",
         "model.num_classes=2",
     ])
     printed = capsys.readouterr().out

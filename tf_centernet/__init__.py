@@ -27,6 +27,10 @@ __version__ = "0.1.0"
 # drivers" on CPU machines) say nothing to a user; warnings and errors stay.
 _os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
 
+from tf_centernet import runtime as _runtime  # noqa: E402
+
+_runtime.list_devices_quietly()  # no CUDA error line on machines without a GPU
+
 from tf_centernet.config import DecodeConfig, load_config  # noqa: E402
 from tf_centernet.decode import Decoder  # noqa: E402
 from tf_centernet.inference import load_detector  # noqa: E402

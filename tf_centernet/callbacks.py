@@ -123,7 +123,7 @@ def _learning_rate(optimizer):
 class EvaluationCallback(keras.callbacks.Callback):
     """Evaluation of the model being trained on the validation split, every `every` steps.
 
-    The validation data is ``config.data.val_*`` in any format, read by
+    The validation data is ``config.validation_data`` in any format, read by
     `tf_centernet.data.records.open_dataset` (once, at the first
     evaluation) and scored by `tf_centernet.evaluation.evaluate_dataset`:
     the same path as ``tf-centernet evaluate``, without the flip test.
@@ -140,8 +140,8 @@ class EvaluationCallback(keras.callbacks.Callback):
     ``MODEL_DIR/best/best.json``.
 
     Args:
-        config: `Config`. Uses ``data.val_annotations``, ``data.val_images``
-            and the other ``data.*`` reader settings (see `open_dataset`).
+        config: `Config`. Uses ``validation_data`` and the ``data.*``
+            reader settings (see `open_dataset`).
         model_dir: str.
         every: int. Steps between evaluations (a positive number).
         class_names: sequence of str. The model's class name per class
@@ -335,11 +335,12 @@ def watch_callbacks(config, dataset, model_dir, mode):
 
 
 def check_validation_data(config):
-    """Checks, before training starts, that ``data.val_*`` names validation data.
+    """Checks, before training starts, that ``validation_data`` names validation data.
 
-    Only what is cheap: ``data.val_annotations`` is set, its format is known
-    (``data.format`` or `tf_centernet.data.records.detect_format`) and, for
-    COCO, ``data.val_images`` is set (a VOC layout finds its own images, a
+    Only what is cheap: ``validation_data.annotations`` is set, its format is
+    known (``validation_data.format`` or
+    `tf_centernet.data.records.detect_format`) and, for COCO,
+    ``validation_data.images`` is set (a VOC layout finds its own images, a
     TFRecord holds them). The files themselves are read at the first
     evaluation.
 
@@ -352,15 +353,17 @@ def check_validation_data(config):
     """
     from tf_centernet.data.records import detect_format
 
-    data = config.data
-    if not data.val_annotations:
+    data = config.validation_data
+    if not data.annotations:
         raise ValueError(
-            "train.eval_every needs data.val_annotations (a COCO .json, a VOC folder or image-set .txt, "
-            "or TFRecord files)."
+            "train.eval_every needs validation_data.annotations (a COCO .json, a VOC folder or image-set "
+            ".txt, or TFRecord files)."
         )
-    fmt = data.format or detect_format(data.val_annotations)
-    if fmt == "coco" and not data.val_images:
-        raise ValueError("train.eval_every with COCO validation data needs data.val_images (the image folder).")
+    fmt = data.format or detect_format(data.annotations)
+    if fmt == "coco" and not data.images:
+        raise ValueError(
+            "train.eval_every with COCO validation data needs validation_data.images (the image folder)."
+        )
     return fmt
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import sys
+import warnings
 from dataclasses import dataclass, field
 from typing import List, Optional, Sequence, Union
 
@@ -92,10 +93,12 @@ class ModelConfig:
     # built on first use) where they load, else the pure-TF scans with one
     # warning; exports always use the scans.
     pooling_impl: str = "auto"
-    # "float32" (default) or "bfloat16": the network computes in bfloat16
-    # (Keras "mixed_bfloat16" policy: float32 weights, bf16 activations),
-    # heads cast back to float32 before the loss and decoding. Opt-in, for
-    # accelerators and CPUs with bf16 units; see docs/bfloat16.md.
+    # The one precision setting, for training and inference: "float32"
+    # (default), "bfloat16" or "float16": the network computes in that type
+    # (Keras "mixed_*" policy: float32 weights, so checkpoints are
+    # interchangeable; heads cast back to float32 before the loss and
+    # decoding). float16 trains with loss scaling. Opt-in, for accelerators
+    # and CPUs with bf16 units; see docs/bfloat16.md.
     compute_dtype: str = "float32"
 
     def hourglass(self) -> dict:
@@ -132,29 +135,38 @@ class ModelConfig:
 
 
 @dataclass
-class DataConfig:
-    """Input pipeline and training targets (docs/reference.md §4 and 6).
+class InputConfig:
+    """One split's data: where it is and how to read it (``train_data``, ``validation_data``).
 
-    Image sizes are in pixels. Colour statistics are in RGB order (the
-    releases list them in BGR; docs/reference.md §6).
+    Relative paths written in a config file resolve against that file's
+    folder (`load_config`); command-line overrides against the working
+    directory.
     """
 
-    # Annotations: a COCO .json, a VOC root / XML folder / ImageSets .txt,
-    # or TFRecord files (a file, glob pattern or folder); images: the image
-    # folder (COCO; VOC default ROOT/JPEGImages; unused for TFRecord).
-    # Relative paths written in a config file resolve against that file's
-    # folder (`load_config`); command-line overrides against the working
-    # directory.
-    train_images: str = ""
-    train_annotations: str = ""
-    val_images: str = ""
-    val_annotations: str = ""
-    # "coco" | "voc" | "tfrecord"; empty: detected from the annotations path
+    # A COCO .json, a VOC root / XML folder / ImageSets .txt, or TFRecord
+    # files (a file, glob pattern, comma list or folder).
+    annotations: str = ""
+    # The image folder (COCO; a VOC layout finds its own; unused for TFRecord).
+    images: str = ""
+    # "coco" | "voc" | "tfrecord"; empty: detected from `annotations`
     # (tf_centernet.data.records.detect_format).
     format: str = ""
     # VOC / TFRecord class list file (one name per line); empty: VOC names
     # found in the XML (sorted), TFRecord `image/object/class/text` names.
     classes: str = ""
+
+
+@dataclass
+class DataConfig:
+    """Input pipeline and training targets (docs/reference.md §4 and 6).
+
+    Where the data are is per split: `Config.train_data` and
+    `Config.validation_data` (`InputConfig`).
+
+    Image sizes are in pixels. Colour statistics are in RGB order (the
+    releases list them in BGR; docs/reference.md §6).
+    """
+
     # VOC `difficult` objects: "drop", "ignore" (not trained on, ignore
     # regions in evaluation, as COCO crowd) or "keep".
     difficult: str = "ignore"
@@ -230,16 +242,13 @@ class TrainConfig:
     checkpoint_every: int = 5000
     keep_checkpoints: int = 3
     model_dir: str = "runs/centernet"
-    # "none" | "float16" | "bfloat16" (Keras mixed-precision policy);
-    # true / false are accepted as "float16" / "none" (older configs).
-    mixed_precision: str = "none"
     # "auto" | "one_device" | "mirrored" | "multi_worker" | "tpu"; see
     # tf_centernet.distribute.get_strategy ("auto": multi_worker when
     # TF_CONFIG names several workers, else mirrored over the GPUs).
     strategy: str = "auto"
     # XLA-compile the train step (the pooling then uses the pure-TF scans).
     jit_compile: bool = False
-    # Steps between COCO evaluations on data.val_* (0: none), images used
+    # Steps between COCO evaluations on validation_data (0: none), images used
     # (0: all); steps between TensorBoard pictures (0: none); steps between
     # plain progress lines and learning-rate scalars.
     eval_every: int = 0
@@ -298,12 +307,12 @@ CHOICES = {
     "model.architecture": ("centernet", "cornernet"),
     "model.backbone": tuple(BACKBONES) + tuple(BACKBONE_ALIASES),
     "model.pooling_impl": ("auto", "scan", "custom"),
-    "model.compute_dtype": ("float32", "bfloat16"),
-    "data.format": ("", "coco", "voc", "tfrecord"),
+    "model.compute_dtype": ("float32", "bfloat16", "float16"),
+    "train_data.format": ("", "coco", "voc", "tfrecord"),
+    "validation_data.format": ("", "coco", "voc", "tfrecord"),
     "data.difficult": ("drop", "ignore", "keep"),
     "data.radius_variant": ("release", "paper"),
     "data.crowd": ("drop", "keep"),
-    "train.mixed_precision": ("none", "float16", "bfloat16"),
     "train.strategy": ("auto", "one_device", "mirrored", "multi_worker", "tpu"),
     "train.on_nonfinite": ("stop", "skip"),
     "decode.nms": ("gaussian", "merge", "tf", "none"),
@@ -345,6 +354,8 @@ class Config:
     """The whole experiment."""
 
     model: ModelConfig = field(default_factory=ModelConfig)
+    train_data: InputConfig = field(default_factory=InputConfig)
+    validation_data: InputConfig = field(default_factory=InputConfig)
     data: DataConfig = field(default_factory=DataConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -420,27 +431,91 @@ def load_config(
     for name in names:
         path = resolve_config_path(name)
         loaded = OmegaConf.load(path)
+        _upgrade_legacy_keys(loaded, path)
         _resolve_data_paths(loaded, os.path.dirname(os.path.abspath(path)))
         parts.append(loaded)
     name_or_path = " + ".join(names)
     try:
         if overrides:
-            parts.append(OmegaConf.from_dotlist(list(overrides)))
+            given = OmegaConf.from_dotlist(list(overrides))
+            _upgrade_legacy_keys(given, "the command line")
+            parts.append(given)
         config = OmegaConf.to_object(OmegaConf.merge(*parts))
     except OmegaConfBaseException as error:
         # Unknown key or wrong type: the message names the full key.
         raise ValueError(f"Invalid configuration ({name_or_path or 'defaults'}): {error}") from error
     # Overrides given relative to the working directory become absolute, so
     # the config.yaml written into a model directory reads the same data.
-    for key in DATA_PATH_KEYS:
-        value = getattr(config.data, key)
-        if value:
-            setattr(config.data, key, absolute_paths(value, os.getcwd()))
-    config.train.mixed_precision = precision_name(config.train.mixed_precision)
+    for split in INPUT_SECTIONS:
+        section = getattr(config, split)
+        for key in INPUT_PATH_KEYS:
+            value = getattr(section, key)
+            if value:
+                setattr(section, key, absolute_paths(value, os.getcwd()))
     return validate(config)
 
 
-DATA_PATH_KEYS = ("train_images", "train_annotations", "val_images", "val_annotations", "classes")
+# The per-split input sections and their path fields.
+INPUT_SECTIONS = ("train_data", "validation_data")
+INPUT_PATH_KEYS = ("annotations", "images", "classes")
+
+# Keys of earlier releases, still read for one release (with a warning):
+# old key -> the new keys it sets.
+LEGACY_KEYS = {
+    "data.train_annotations": ("train_data.annotations",),
+    "data.train_images": ("train_data.images",),
+    "data.val_annotations": ("validation_data.annotations",),
+    "data.val_images": ("validation_data.images",),
+    "data.format": ("train_data.format", "validation_data.format"),
+    "data.classes": ("train_data.classes", "validation_data.classes"),
+    "train.mixed_precision": ("model.compute_dtype",),
+}
+# train.mixed_precision values -> model.compute_dtype.
+_LEGACY_PRECISION = {"none": "float32", "false": "float32", "": "float32", "true": "float16"}
+
+
+def input_config(config: "Config", split: str) -> InputConfig:
+    """The input section of a split: ``"train"`` -> `Config.train_data`, ``"val"`` / ``"validation"`` -> `Config.validation_data`.
+
+    Raises:
+        ValueError: another split name.
+    """
+    if split == "train":
+        return config.train_data
+    if split in ("val", "validation"):
+        return config.validation_data
+    raise ValueError(f"split must be 'train', 'val' or 'validation'; got {split!r}.")
+
+
+def _upgrade_legacy_keys(tree, source: str) -> None:
+    """Moves the keys of `LEGACY_KEYS` found in a loaded YAML or override list to their new places.
+
+    A new key given in the same place wins over the old one. Each old key
+    found logs one deprecation warning naming `source` and the new keys.
+    """
+    if not hasattr(tree, "get"):
+        return
+    for old, new_keys in LEGACY_KEYS.items():
+        section, name = old.split(".")
+        parent = tree.get(section)
+        if parent is None or not hasattr(parent, "get") or name not in parent:
+            continue
+        value = parent.pop(name)
+        if old == "train.mixed_precision":
+            text = str(value).strip().lower()
+            value = _LEGACY_PRECISION.get(text, text)
+        warnings.warn(
+            f"{old} is deprecated ({source}); use {' and '.join(new_keys)}. "
+            "The old key is read for one more release.",
+            FutureWarning,
+            stacklevel=3,
+        )
+        for new in new_keys:
+            new_section, new_name = new.split(".")
+            if tree.get(new_section) is None:
+                tree[new_section] = {}
+            if new_name not in tree[new_section]:
+                tree[new_section][new_name] = value
 
 
 def _resolve_data_paths(loaded, folder: str) -> None:
@@ -449,29 +524,22 @@ def _resolve_data_paths(loaded, folder: str) -> None:
     Only non-empty, relative paths are changed; ``~`` is expanded first.
     A comma-separated TFRecord list is resolved item by item.
     """
-    data = loaded.get("data") if hasattr(loaded, "get") else None
-    if data is None:
+    if not hasattr(loaded, "get"):
         return
-    for key in DATA_PATH_KEYS:
-        value = data.get(key)
-        if isinstance(value, str) and value:
-            data[key] = absolute_paths(value, folder)
+    for split in INPUT_SECTIONS:
+        section = loaded.get(split)
+        if section is None:
+            continue
+        for key in INPUT_PATH_KEYS:
+            value = section.get(key)
+            if isinstance(value, str) and value:
+                section[key] = absolute_paths(value, folder)
 
 
 def absolute_paths(value: str, folder: str) -> str:
     """A path, or a comma-separated list of paths, made absolute against `folder` (``~`` expanded first)."""
     parts = [os.path.expanduser(p) for p in value.split(",")]
     return ",".join(p if os.path.isabs(p) else os.path.normpath(os.path.join(folder, p)) for p in parts)
-
-
-def precision_name(value) -> str:
-    """Normalises ``train.mixed_precision`` (bool or name) to none|float16|bfloat16.
-
-    Raises:
-        ValueError: any other value (the message names the field).
-    """
-    text = str(value).strip().lower()
-    return check_choice("train.mixed_precision", {"true": "float16", "false": "none", "": "none"}.get(text, text))
 
 
 def to_yaml(config: Config) -> str:

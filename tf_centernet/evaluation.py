@@ -335,7 +335,7 @@ def check_categories(dataset, category_ids: Sequence[int], class_names: Optional
     raise ValueError(
         f"The model's classes and those of {source} disagree: the model has {len(model_ids)} classes "
         f"({model_text}), the data {len(data_ids)} categories ({_sample(data_names)}); {conflict}. "
-        "Evaluate on data annotated with the model's classes (data.val_annotations), or a model trained on "
+        "Evaluate on data annotated with the model's classes (validation_data.annotations), or a model trained on "
         "these categories (--model-dir)."
     )
 

@@ -169,9 +169,8 @@ def train(config, strategy=None, verbose=1, extra_callbacks=(), progress=None):
     # MultiWorkerMirroredStrategy must exist before other TensorFlow ops run.
     strategy = strategy or get_strategy(tc.strategy)
     keras.utils.set_random_seed(tc.seed)
-    precision = config_lib.precision_name(tc.mixed_precision)
-    if precision != "none":
-        keras.mixed_precision.set_global_policy(f"mixed_{precision}")
+    # model.compute_dtype (the one precision setting) is applied by
+    # build_model; float16 gets Keras' loss scaling when compiled.
 
     chief = distribute.strategy_is_chief(strategy)
     if chief:  # before reading the data: fail in seconds, not after minutes of work

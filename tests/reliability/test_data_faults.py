@@ -63,7 +63,7 @@ def test_check_data_reads_non_utf8_file_names_without_crashing(tmp_path):
     env = dict(os.environ, PYTHONPATH=repo, TF_CPP_MIN_LOG_LEVEL="3")
     done = subprocess.run(
         [sys.executable, "-m", "tf_centernet", "check-data", "--config", "demo", "--split", "train", "--set",
-         f"data.train_annotations={folder}", f"data.train_images={folder}", "model.num_classes=1"],
+         f"train_data.annotations={folder}", f"train_data.images={folder}", "model.num_classes=1"],
         capture_output=True, text=True, env=env, timeout=300,
     )
     assert done.returncode == 0, (done.returncode, done.stdout[-2000:], done.stderr[-2000:])
@@ -204,14 +204,14 @@ def test_boxes_in_pixels_make_check_data_fail_with_a_hint(tmp_path, capsys, capl
                 feature[f"image/object/bbox/{key}"] = tf.train.Feature(float_list=tf.train.FloatList(value=[value]))
             writer.write(tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString())
     code = cli.main(["check-data", "--config", "demo", "--split", "train", "--set",
-                     f"data.train_annotations={path}", "model.num_classes=1"])
+                     f"train_data.annotations={path}", "model.num_classes=1"])
     out = capsys.readouterr().out
     assert code == 1 and "check-data: problems found" in out
     assert "ERROR: no object left in 3 images: all 3 were skipped (3 outside_image)" in out
     assert "must be normalised to [0, 1]" in out
     caplog.clear()
     assert cli.main(["train", "--config", "demo", "--model-dir", str(tmp_path / "model"), "--set",
-                     f"data.train_annotations={path}", "model.num_classes=1"]) == 2
+                     f"train_data.annotations={path}", "model.num_classes=1"]) == 2
     [error] = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
     assert error.startswith("No object to train on: no object left in 3 images") and "normalised" in error
     assert not (tmp_path / "model").exists()
@@ -246,8 +246,8 @@ def test_missing_init_from_fails_before_creating_the_model_dir(synthetic_coco, t
     image_dir, annotation_file = synthetic_coco
     model_dir = tmp_path / "model"
     code = cli.main(["train", "--config", "demo", "--model-dir", str(model_dir), "--init-from",
-                     str(tmp_path / "no_such_snapshot.pkl"), "--set", f"data.train_images={image_dir}",
-                     f"data.train_annotations={annotation_file}"])
+                     str(tmp_path / "no_such_snapshot.pkl"), "--set", f"train_data.images={image_dir}",
+                     f"train_data.annotations={annotation_file}"])
     assert code == 2
     [error] = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
     assert "--init-from" in error and "no_such_snapshot.pkl" in error

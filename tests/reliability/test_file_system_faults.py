@@ -33,7 +33,7 @@ TINY_TRAIN = [
 def train_args(synthetic_coco, model_dir, *extra):
     image_dir, annotation_file = synthetic_coco
     return ["train", "--config", "demo", "--model-dir", str(model_dir), "--progress", "none", "--set",
-            f"data.train_images={image_dir}", f"data.train_annotations={annotation_file}", *TINY_TRAIN, *extra]
+            f"train_data.images={image_dir}", f"train_data.annotations={annotation_file}", *TINY_TRAIN, *extra]
 
 
 def errors_logged(caplog):
@@ -190,8 +190,8 @@ def test_convert_data_into_a_read_only_output_fails_before_reading(synthetic_coc
     image_dir, annotation_file = synthetic_coco
     with read_only_folder(tmp_path / "out", monkeypatch) as out:
         code = cli.main(["convert-data", "--config", "demo", "--output", os.path.join(out, "records"),
-                         "--split", "train", "--set", f"data.train_images={image_dir}",
-                         f"data.train_annotations={annotation_file}"])
+                         "--split", "train", "--set", f"train_data.images={image_dir}",
+                         f"train_data.annotations={annotation_file}"])
         message = assert_one_clean_line(caplog, capfd)
     assert code == 2
     assert message.startswith(f"convert-data --output: cannot write in {out}:")

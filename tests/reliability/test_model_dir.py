@@ -42,8 +42,8 @@ def model_dir(tmp_path_factory):
     model_dir = root / "original"
     (model_dir / "checkpoints").mkdir(parents=True)
     config = load_config("demo", [
-        "data.input_size=63", *TINY_MODEL, f"data.val_annotations={annotation_file}",
-        f"data.val_images={os.path.dirname(corpus['good.jpg'])}", "decode.flip_test=false",
+        "data.input_size=63", *TINY_MODEL, f"validation_data.annotations={annotation_file}",
+        f"validation_data.images={os.path.dirname(corpus['good.jpg'])}", "decode.flip_test=false",
         "train.model_dir=runs/relative/model",  # relative, as the demo's: must not win
     ])
     (model_dir / "config.yaml").write_text(to_yaml(config))

@@ -53,7 +53,7 @@ def test_evaluate_on_a_set_with_other_classes_is_an_error(coco80_model_dir, synt
     image_dir, annotation_file = synthetic_coco
     out = tmp_path / "eval"
     code = cli.main(["evaluate", "--model-dir", coco80_model_dir, "--output", str(out), "--set",
-                     f"data.val_annotations={annotation_file}", f"data.val_images={image_dir}"])
+                     f"validation_data.annotations={annotation_file}", f"validation_data.images={image_dir}"])
     assert code == 2
     assert "Traceback" not in capfd.readouterr().err
     message = one_error(caplog)

@@ -32,7 +32,7 @@ TINY = [
 
 def tiny_overrides(synthetic_coco, model_dir, **train):
     image_dir, annotation_file = synthetic_coco
-    overrides = [f"data.train_images={image_dir}", f"data.train_annotations={annotation_file}",
+    overrides = [f"train_data.images={image_dir}", f"train_data.annotations={annotation_file}",
                  f"train.model_dir={model_dir}", *TINY]
     return overrides + [f"train.{k}={v}" for k, v in train.items()]
 

@@ -65,7 +65,7 @@ def _load_config(args):
     if name is None:
         raise CommandLineError("give --config NAME_OR_PATH, or --model-dir of a trained model.")
     if getattr(args, "classes", None):
-        overrides.append(f"data.classes={args.classes}")
+        overrides += [f"train_data.classes={args.classes}", f"validation_data.classes={args.classes}"]
     if model_dir:
         # The model directory is the unit: a copied model's config.yaml keeps
         # the train.model_dir it was trained in, which must not win.
@@ -253,10 +253,10 @@ def cmd_demo(args):
     train_dir, train_ann = make_synthetic_coco(os.path.join(out, "data", "train"), num_images=64, seed=1)
     val_dir, val_ann = make_synthetic_coco(os.path.join(out, "data", "val"), num_images=16, seed=2)
     base = [
-        f"data.train_images={train_dir}",
-        f"data.train_annotations={train_ann}",
-        f"data.val_images={val_dir}",
-        f"data.val_annotations={val_ann}",
+        f"train_data.images={train_dir}",
+        f"train_data.annotations={train_ann}",
+        f"validation_data.images={val_dir}",
+        f"validation_data.annotations={val_ann}",
         f"train.model_dir={os.path.join(out, 'model')}",
         f"train.total_steps={args.steps}",
         *(args.set or []),
@@ -366,7 +366,7 @@ def build_parser():
             "--config coco_tiny)",
         )
         p.add_argument("--set", action="append", metavar="KEY=VALUE", help=SET_HELP)
-        p.add_argument("--classes", help="class list file, one name per line (data.classes; VOC / TFRecord)")
+        p.add_argument("--classes", help="class list file, one name per line (train_data.classes and validation_data.classes; VOC / TFRecord)")
 
     p = sub.add_parser("train", help="train, or resume from the latest checkpoint")
     common(p)
@@ -384,7 +384,7 @@ def build_parser():
     )
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("evaluate", help="COCO AP on data.val_annotations")
+    p = sub.add_parser("evaluate", help="COCO AP on validation_data")
     common(p)
     p.add_argument("--model-dir", help="a trained model's directory (its config.yaml is the default config)")
     p.add_argument("--checkpoint", help="checkpoint prefix, directory or .weights.h5 (default: the model dir)")

@@ -17,13 +17,14 @@ import logging
 import os
 
 from tf_centernet.cli import _load_config
+from tf_centernet.config import input_config
 
 logger = logging.getLogger("tf_centernet")
 
 
 def _splits(config, which):
     names = ["train", "val"] if which == "both" else [which]
-    return [s for s in names if getattr(config.data, f"{s}_annotations")]
+    return [s for s in names if input_config(config, s).annotations]
 
 
 def cmd_check_data(args):
@@ -67,9 +68,11 @@ def cmd_convert_data(args):
         paths = write_tfrecords(dataset, os.path.join(args.output, split), args.shards)
         logger.info("%s: %d images -> %s", split, len(dataset), ", ".join(paths))
         pattern = os.path.join(args.output, f"{split}-*-of-*.tfrecord")
-        print(f"data.{split}_annotations={pattern}")
+        section = "train_data" if split == "train" else "validation_data"
+        print(f"{section}.annotations={pattern}")
     if names:
-        print("data.classes=" + write_class_file(names, os.path.join(args.output, "classes.txt")))
+        classes = write_class_file(names, os.path.join(args.output, "classes.txt"))
+        print(f"train_data.classes={classes} validation_data.classes={classes}")
     return 0
 
 

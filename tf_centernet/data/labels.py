@@ -48,8 +48,8 @@ def class_labels(config, model_dir=None):
     """Class index -> COCO category id and name, for a (trained) model.
 
     In order: the model directory's ``classes.json`` (written by `train`);
-    else the ``categories`` of ``data.train_annotations`` (then
-    ``data.val_annotations``) sorted by id, the order
+    else the ``categories`` of ``train_data.annotations`` (then
+    ``validation_data.annotations``) sorted by id, the order
     `tf_centernet.data.CocoDataset` gives class indices; else ids
     ``1 .. num_classes`` named by their number.
 
@@ -68,7 +68,7 @@ def class_labels(config, model_dir=None):
     found = read_classes(model_dir or config.train.model_dir)
     source = "classes.json"
     if found is None:
-        for path in (config.data.train_annotations, config.data.val_annotations):
+        for path in (config.train_data.annotations, config.validation_data.annotations):
             if path and path.lower().endswith(".json") and os.path.isfile(path):
                 with open(path, encoding="utf-8") as f:
                     categories = sorted(json.load(f).get("categories", []), key=lambda c: c["id"])

@@ -4,7 +4,7 @@ Every reader (`CocoDataset`, `VocDataset`, `TfRecordDataset`) gives the same
 attributes: ``records`` (list of `CocoRecord`: boxes ``[x1, y1, x2, y2]`` in
 pixels, 0-based class indices), ``class_names``, ``category_ids`` (COCO id
 of each class index), ``num_classes``, ``skipped`` and ``repaired``
-(reason -> count). `open_dataset` picks the reader from ``data.format`` or
+(reason -> count). `open_dataset` picks the reader from the split's ``format`` or
 from the path (`detect_format`); `coco_ground_truth` builds the
 pycocotools ground truth in memory, so every format is scored by the same
 COCO evaluation.
@@ -22,9 +22,9 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from tf_centernet.config import CHOICES, check_choice
+from tf_centernet.config import CHOICES, check_choice, input_config
 
-FORMATS = tuple(f for f in CHOICES["data.format"] if f)  # "" is "detect it"
+FORMATS = tuple(f for f in CHOICES["train_data.format"] if f)  # "" is "detect it"
 DIFFICULT_MODES = CHOICES["data.difficult"]
 TFRECORD_MARKERS = (".tfrecord", ".record", ".tfrec")
 
@@ -199,24 +199,25 @@ def detect_format(path: str) -> str:
     if is_tfrecord_path(path):
         return "tfrecord"
     if not path:
-        raise ValueError("No annotations path given (data.train_annotations / data.val_annotations).")
+        raise ValueError("No annotations path given (train_data.annotations / validation_data.annotations).")
     raise ValueError(
         f"Cannot tell the data format of {path!r}: expected a COCO .json, a VOC root / XML folder / "
-        "ImageSets .txt, or TFRecord files; set data.format=coco|voc|tfrecord."
+        "ImageSets .txt, or TFRecord files; set train_data.format / validation_data.format=coco|voc|tfrecord."
     )
 
 
 def open_dataset(config, split: str = "train", class_names: Optional[Sequence[str]] = None):
-    """The dataset of ``config.data``'s `split` with the configured reader.
+    """The dataset of a split with the configured reader.
 
     Args:
-        config: `Config`. Uses ``data.{split}_annotations``,
-            ``data.{split}_images``, ``data.format``, ``data.classes``,
-            ``data.difficult`` and ``data.crowd``.
-        split: str. ``"train"`` or ``"val"``.
+        config: `Config`. Uses the split's input section
+            (`tf_centernet.config.input_config`: ``train_data`` or
+            ``validation_data``: annotations, images, format, classes) and
+            ``data.difficult``, ``data.crowd``.
+        split: str. ``"train"``, ``"val"`` or ``"validation"``.
         class_names: sequence of str or None. Class list of the trained model
             (VOC / TFRecord class names are then mapped to it), used when
-            ``data.classes`` is empty. Kept as the dataset's
+            the split's ``classes`` is empty. Kept as the dataset's
             ``requested_class_names``, which `tf_centernet.evaluation`
             compares with the categories of a COCO file.
 
@@ -227,11 +228,11 @@ def open_dataset(config, split: str = "train", class_names: Optional[Sequence[st
         FileNotFoundError, ValueError: from the reader, naming the file.
     """
     data = config.data
-    annotations = getattr(data, f"{split}_annotations")
-    images = getattr(data, f"{split}_images")
-    fmt = data.format or detect_format(annotations)
-    check_choice("data.format", fmt)
-    classes = data.classes or (list(class_names) if class_names else "")
+    source = input_config(config, split)
+    annotations, images = source.annotations, source.images
+    fmt = source.format or detect_format(annotations)
+    check_choice("train_data.format", fmt)
+    classes = source.classes or (list(class_names) if class_names else "")
     # Class names of a trained model (its classes.json) keep a validation
     # split's class indices those of training.
     if fmt == "coco":

@@ -13,7 +13,7 @@ Three layouts are read, found by `detect_voc_layout` (which logs its choice):
   names are the ``images_dir`` / ``annotations_dir`` arguments. Image-set
   files in ``ROOT/ImageSets/Main/`` work as in the VOC layout.
 
-In every layout an image folder given (``data.train_images``) replaces the
+In every layout an image folder given (``train_data.images``) replaces the
 layout's own.
 
 The XML is parsed with the standard library's `xml.etree.ElementTree`
@@ -232,7 +232,7 @@ def detect_voc_layout(
     Args:
         annotations: str. An image-set file or a folder (see above).
         images: str. Image folder; when given it is the image folder of any
-            layout (``data.train_images`` / ``data.val_images``). Defaults
+            layout (``train_data.images`` / ``validation_data.images``). Defaults
             to ``""`` (the layout's own).
         split: str. Image-set name (``ROOT/ImageSets/Main/{split}.txt``)
             when `annotations` is a folder; empty: every XML of the XML
@@ -282,8 +282,8 @@ def detect_voc_layout(
         if kind == "side_by_side" and not images and not os.path.isdir(image_dir):
             raise FileNotFoundError(
                 f"{display_path(given)}: found {xml_name}/ but no {image_name}/ beside it in "
-                f"{display_path(root)}; give the image folder (images=..., data.train_images / "
-                "data.val_images) or name it (images_dir=...)."
+                f"{display_path(root)}; give the image folder (images=..., train_data.images / "
+                "validation_data.images) or name it (images_dir=...)."
             )
         found = (kind, root, xml_dir, image_dir)
         break
@@ -297,8 +297,8 @@ def detect_voc_layout(
         )
         raise FileNotFoundError(
             f"{display_path(given)}: no Pascal VOC layout found in {display_path(where)}, which holds "
-            f"{_describe_folder(folder)}. Looked for {layouts}. Point data.*_annotations at one of them "
-            "(or set data.format to the data's format)."
+            f"{_describe_folder(folder)}. Looked for {layouts}. Point train_data.annotations / validation_data.annotations at one of them "
+            "(or set train_data.format / validation_data.format to the data's format)."
         )
     kind, root, xml_dir, image_dir = found
     if split and image_set is None:

@@ -697,9 +697,10 @@ def build_model(model_config, loss_config=None, decode_config=None, data_config=
     Returns:
         A built detector (weights created; they do not depend on the image
         size). With
-        ``model_config.compute_dtype="bfloat16"`` its layers compute in
-        bfloat16 (Keras ``mixed_bfloat16``: float32 weights, so checkpoints
-        are interchangeable) and its outputs are float32.
+        ``model_config.compute_dtype="bfloat16"`` (or ``"float16"``) its
+        layers compute in that type (Keras ``mixed_bfloat16`` /
+        ``mixed_float16``: float32 weights, so checkpoints are
+        interchangeable) and its outputs are float32.
 
     Raises:
         ValueError: unknown ``compute_dtype`` or backbone.
@@ -720,7 +721,7 @@ def build_model(model_config, loss_config=None, decode_config=None, data_config=
 
 # model.compute_dtype -> Keras policy (None: the global one, float32 unless
 # training set mixed precision).
-_POLICIES = {"float32": None, "bfloat16": "mixed_bfloat16"}
+_POLICIES = {"float32": None, "bfloat16": "mixed_bfloat16", "float16": "mixed_float16"}
 
 
 def _build(model_config, loss_config, decode_config, data_config):
