@@ -331,3 +331,53 @@ def test_windowed_heatmaps_equal_dense_windows_bit_for_bit():
         for i, c in enumerate(classes):
             expected[:, :, c] = np.maximum(expected[:, :, c], windows[i])
         np.testing.assert_array_equal(got[f"{name}_heatmap"].numpy(), expected, err_msg=name)
+
+
+@pytest.mark.parametrize("with_centers", [True, False])
+def test_sparse_targets_draw_the_dense_heatmaps_bit_for_bit(with_centers):
+    """``heatmaps="sparse"`` + `draw_heatmaps` on a batch == the dense encoder, image by image.
+
+    Images of 0 to 300 objects (beyond the 128 slots, so heatmaps hold
+    objects that have no slot), every size, many on the border; batched
+    through `tf.data` as the training pipeline does.
+    """
+    from tf_centernet.gaussians import draw_heatmaps
+    from tf_centernet.targets import max_keypoint_objects
+
+    rng = np.random.default_rng(5)
+    size, out, num_classes, slots = 255, 64, 5, 128
+    images = []
+    for n in (0, 1, 3, 40, 200, max_keypoint_objects(slots)):
+        x1, y1 = rng.uniform(0, size - 2, n), rng.uniform(0, size - 2, n)
+        x2 = np.minimum(x1 + rng.uniform(0.5, 250, n), size - 1)
+        y2 = np.minimum(y1 + rng.uniform(0.5, 250, n), size - 1)
+        images.append((np.stack([x1, y1, x2, y2], 1).astype(np.float32), rng.integers(0, num_classes, n)))
+    args = dict(input_size=size, output_size=out, num_classes=num_classes, max_objects=slots,
+                with_centers=with_centers)
+    dense = [encode_targets(b, c, **args) for b, c in images]
+    sparse = tf.data.Dataset.from_generator(
+        lambda: iter(images),
+        output_signature=(tf.TensorSpec([None, 4], tf.float32), tf.TensorSpec([None], tf.int64)),
+    ).map(lambda b, c: encode_targets(b, c, heatmaps="sparse", **args)).batch(3)
+    drawn = [draw_heatmaps(batch, out, num_classes) for batch in sparse]
+    names = ["tl", "br", "ct"] if with_centers else ["tl", "br"]
+    for i, expected in enumerate(dense):
+        got = {k: v[i % 3] for k, v in drawn[i // 3].items()}
+        assert "keypoint_cells" not in got
+        for name in names:
+            np.testing.assert_array_equal(got[f"{name}_heatmap"].numpy(), expected[f"{name}_heatmap"].numpy())
+            np.testing.assert_array_equal(got[f"{name}_index"].numpy(), expected[f"{name}_index"].numpy())
+        assert int(got["num_objects"]) == int(expected["num_objects"])
+    assert float(tf.reduce_max(dense[-1]["tl_heatmap"])) == 1.0  # the test compares drawn maps
+    assert "ct_heatmap" not in drawn[0] or with_centers
+
+
+def test_sparse_targets_are_small_and_padded():
+    out = encode([[10, 20, 100, 120], [0, 0, 126, 126]], [2, 0], heatmaps="sparse")
+    assert "tl_heatmap" not in out
+    assert out["keypoint_cells"].shape == (256, 3, 2) and out["keypoint_classes"].shape == (256,)
+    np.testing.assert_array_equal(out["keypoint_classes"][:3], [2, 0, -1])
+    # top-left of the first box: (10, 20) * 32 / 127 -> cells (2, 5)
+    np.testing.assert_array_equal(out["keypoint_cells"][0, 0], [2, 5])
+    with pytest.raises(ValueError, match="heatmaps"):
+        encode([[1, 1, 5, 5]], [0], heatmaps="both")

@@ -155,3 +155,55 @@ def draw_windows(centers, radii, sigma_divisors, kinds, classes, num_kinds, heig
         tf.zeros([num_kinds * height * width * num_classes], tf.float32), flat[:, tf.newaxis], values
     )
     return tf.reshape(maps, [num_kinds, height, width, num_classes])
+
+
+def draw_heatmaps(targets, output_size, num_classes: int):
+    """Draws the heatmaps of a batch of sparse targets (on the device, inside the training step).
+
+    The counterpart of ``encode_targets(..., heatmaps="sparse")``: the input
+    pipeline moves keypoints (a few KiB per image) instead of three
+    ``H x W x C`` float32 maps (15 MiB per image for COCO at 511), and this
+    draws the maps with the same kernel (`draw_windows`), so the values equal
+    the dense encoder's bit for bit.
+
+    Args:
+        targets: dict with ``keypoint_cells`` int32 ``(B, M, kinds, 2)``
+            ``(x, y)`` cells, ``keypoint_radii`` int32 ``(B, M)`` and
+            ``keypoint_classes`` int32 ``(B, M)`` (-1: padding); other keys
+            are passed through. A dict that already has ``tl_heatmap`` is
+            returned as is.
+        output_size: int or ``(height, width)``. Output grid in cells.
+        num_classes: int. Heatmap channels.
+
+    Returns:
+        dict: the input's other keys plus ``tl_heatmap``, ``br_heatmap``
+        (and ``ct_heatmap`` when kinds is 3), float32 ``(B, H, W, C)``.
+    """
+    if "keypoint_cells" not in targets:
+        return targets
+    height, width = (output_size, output_size) if isinstance(output_size, int) else tuple(output_size)
+    cells = tf.convert_to_tensor(targets["keypoint_cells"], tf.int32)
+    num_kinds = int(cells.shape[2])
+    radii = tf.convert_to_tensor(targets["keypoint_radii"], tf.int32)
+    classes = tf.convert_to_tensor(targets["keypoint_classes"], tf.int32)
+    batch, slots = tf.shape(radii)[0], tf.shape(radii)[1]
+    # One map per (image, kind): map b * kinds + k; keypoints kind-major per image.
+    maps = tf.reshape(tf.range(batch * num_kinds), [batch, 1, num_kinds])
+    maps = tf.broadcast_to(maps, [batch, slots, num_kinds])
+    divisors = tf.constant([CORNER_SIGMA_DIVISOR, CORNER_SIGMA_DIVISOR, CENTER_SIGMA_DIVISOR][:num_kinds])
+    divisors = tf.broadcast_to(divisors, [batch, slots, num_kinds])
+    valid = tf.broadcast_to((classes >= 0)[..., tf.newaxis], [batch, slots, num_kinds])
+    repeat = tf.broadcast_to
+    drawn = draw_windows(
+        tf.boolean_mask(cells, valid),
+        tf.boolean_mask(repeat(radii[..., tf.newaxis], [batch, slots, num_kinds]), valid),
+        tf.boolean_mask(divisors, valid),
+        tf.boolean_mask(maps, valid),
+        tf.boolean_mask(repeat(classes[..., tf.newaxis], [batch, slots, num_kinds]), valid),
+        batch * num_kinds, height, width, num_classes,
+    )
+    drawn = tf.reshape(drawn, [batch, num_kinds, height, width, num_classes])
+    out = {k: v for k, v in targets.items() if not k.startswith("keypoint_")}
+    for k, name in enumerate(("tl", "br", "ct")[:num_kinds]):
+        out[f"{name}_heatmap"] = drawn[:, k]
+    return out

@@ -220,6 +220,7 @@ def encode_targets(
     gaussian_bump: bool = True,
     with_centers: bool = True,
     radius_variant: str = "release",
+    heatmaps: str = "dense",
 ) -> Dict[str, tf.Tensor]:
     """Heatmaps, offsets, flat indices and mask of one image (docs/reference.md §4).
 
@@ -263,6 +264,12 @@ def encode_targets(
             False the ``ct_*`` keys are omitted. Defaults to True.
         radius_variant: str. ``"release"`` or ``"paper"``, see
             `gaussian_radius`. Defaults to ``"release"``.
+        heatmaps: str. ``"dense"`` (default): the ``*_heatmap`` maps.
+            ``"sparse"``: instead of the maps, the keypoints they are drawn
+            from (a few KiB instead of ``3 H W C`` floats), for
+            `tf_centernet.gaussians.draw_heatmaps` to draw on the device
+            (same values, bit for bit, for up to `max_keypoint_objects`
+            objects).
 
     Returns:
         dict of tensors, with ``H, W = output_size`` and ``K = max_objects``:
@@ -276,11 +283,23 @@ def encode_targets(
         - ``mask``: float32 ``(K,)``, 1 for filled slots.
         - ``num_objects``: int32 scalar, objects before truncation to K.
 
+        With ``heatmaps="sparse"`` the ``*_heatmap`` keys are replaced by
+        (``M = max_keypoint_objects(K)``; the first M objects in input
+        order, padding rows with class -1):
+
+        - ``keypoint_cells``: int32 ``(M, kinds, 2)``, ``(x, y)`` cells of
+          the top-left, bottom-right (and center) keypoints.
+        - ``keypoint_radii``: int32 ``(M,)``, Gaussian radii in cells.
+        - ``keypoint_classes``: int32 ``(M,)``, class index or -1.
+
     Raises:
-        ValueError: bad sizes or `boxes` not of shape ``(n, 4)``.
+        ValueError: bad sizes, `boxes` not of shape ``(n, 4)`` or another
+            `heatmaps` value.
         tf.errors.InvalidArgumentError: (at run time) a class outside
             ``[0, num_classes)``.
     """
+    if heatmaps not in ("dense", "sparse"):
+        raise ValueError(f"heatmaps must be 'dense' or 'sparse', got {heatmaps!r}.")
     in_h, in_w = _pair(input_size, "input_size")
     out_h, out_w = _pair(output_size, "output_size")
     if num_classes <= 0 or max_objects <= 0:
@@ -332,6 +351,39 @@ def encode_targets(
     else:
         radii = tf.zeros([num_objects], tf.int32)
 
+    count = tf.minimum(num_objects, max_objects)
+    names = ("tl", "br", "ct")[:num_kinds]
+    targets = {}
+    if heatmaps == "sparse":
+        limit = max_keypoint_objects(max_objects)
+        kept = tf.minimum(num_objects, limit)
+        targets["keypoint_cells"] = _pad_slots(cells, kept, limit)
+        targets["keypoint_radii"] = _pad_slots(radii, kept, limit)
+        targets["keypoint_classes"] = _pad_slots(classes + 1, kept, limit) - 1
+    else:
+        maps = _draw(cells, radii, classes, num_kinds, out_h, out_w, num_classes)
+        for k, name in enumerate(names):  # over the 2 or 3 keypoint kinds
+            targets[f"{name}_heatmap"] = tf.ensure_shape(maps[k], [out_h, out_w, num_classes])
+    for k, name in enumerate(names):
+        targets[f"{name}_offset"] = _pad_slots(offsets[:, k], count, max_objects)
+        targets[f"{name}_index"] = _pad_slots(indices[:, k], count, max_objects)
+    targets["mask"] = _pad_slots(tf.ones([num_objects], tf.float32), count, max_objects)
+    targets["num_objects"] = num_objects
+    return targets
+
+
+def max_keypoint_objects(max_objects: int) -> int:
+    """Objects whose keypoints sparse targets carry: ``max(2 * max_objects, 256)``.
+
+    Dense heatmaps hold every object; sparse ones the first this many
+    (more than any COCO image has after cropping, 93 at most).
+    """
+    return max(2 * int(max_objects), 256)
+
+
+def _draw(cells, radii, classes, num_kinds, out_h, out_w, num_classes):
+    """The ``(kinds, H, W, C)`` heatmaps of one image's keypoints ``cells (n, kinds, 2)``."""
+    num_objects = tf.shape(radii)[0]
     # All kinds at once, kind-major: keypoint k * n + i is kind k, object i.
     kind_cells = tf.reshape(tf.transpose(cells, [1, 0, 2]), [-1, 2])
     kind_radii = tf.tile(radii, [num_kinds])
@@ -344,15 +396,4 @@ def encode_targets(
         kind_cells, kind_radii, kind_divisors, kinds, tf.tile(classes, [num_kinds]),
         num_kinds, out_h, out_w, num_classes,
     )
-
-    count = tf.minimum(num_objects, max_objects)
-    names = ("tl", "br", "ct")[:num_kinds]
-    targets = {}
-    for k, name in enumerate(names):  # over the 2 or 3 keypoint kinds
-        targets[f"{name}_heatmap"] = tf.ensure_shape(maps[k], [out_h, out_w, num_classes])
-    for k, name in enumerate(names):
-        targets[f"{name}_offset"] = _pad_slots(offsets[:, k], count, max_objects)
-        targets[f"{name}_index"] = _pad_slots(indices[:, k], count, max_objects)
-    targets["mask"] = _pad_slots(tf.ones([num_objects], tf.float32), count, max_objects)
-    targets["num_objects"] = num_objects
-    return targets
+    return maps
