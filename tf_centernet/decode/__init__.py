@@ -33,7 +33,7 @@ The pipeline, as `decode_detections` runs it (docs/reference.md §7 steps):
 ``DecodeConfig.jit_compile`` makes the `Decoder` run the decoding XLA-compiled.
 
 The modules, in pipeline order: `keypoints`, `pairing`, `geometry`,
-`central_region`, `soft_nms`, `pipeline` (`decode_detections`) and `decoder`
+`central_region`, `soft_nms` (`soft_nms_tf`: TF's kernel), `pipeline` (`decode_detections`) and `decoder`
 (the `Decoder` Keras layer that `KeypointDetector.predict_step` runs).
 Every default comes from `tf_centernet.config.DecodeConfig`; the behaviour and
 its sources are described in docs/reference.md, "Decoding".
@@ -53,14 +53,8 @@ from tf_centernet.decode.decoder import PAD_CLASS, Decoder
 from tf_centernet.decode.keypoints import decode_keypoints, heatmap_nms, topk_keypoints
 from tf_centernet.decode.pairing import decode_outputs, pair_corners
 from tf_centernet.decode.pipeline import decode_detections
-from tf_centernet.decode.soft_nms import (
-    box_iou,
-    resolve_soft_nms_impl,
-    soft_nms,
-    soft_nms_tf,
-    soft_nms_with_tf_op,
-    top_detections,
-)
+from tf_centernet.decode.soft_nms import box_iou, resolve_soft_nms_impl, soft_nms, top_detections
+from tf_centernet.decode.soft_nms_tf import soft_nms_tf, soft_nms_with_tf_op
 from tf_centernet.ops.gather import gather_cells
 
 __all__ = [

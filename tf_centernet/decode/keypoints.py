@@ -58,7 +58,7 @@ def topk_keypoints(heatmap: tf.Tensor, k: int) -> Dict[str, tf.Tensor]:
           (output-grid cells).
     """
     shape = tf.shape(heatmap)
-    height, width, channels = shape[1], shape[2], shape[3]
+    height, width = shape[1], shape[2]
     static = heatmap.shape
     if None not in static[1:]:
         k = min(k, int(static[1] * static[2] * static[3]))

@@ -19,7 +19,8 @@ from tf_centernet.decode.geometry import (
     points_to_image,
 )
 from tf_centernet.decode.pairing import decode_outputs
-from tf_centernet.decode.soft_nms import soft_nms, soft_nms_tf, top_detections
+from tf_centernet.decode.soft_nms import soft_nms, top_detections
+from tf_centernet.decode.soft_nms_tf import soft_nms_tf
 
 
 def _as_float_dict(outputs) -> Dict[str, tf.Tensor]:
