@@ -1,24 +1,14 @@
-"""Typed configuration of models, data, losses, training and decoding.
+"""The configuration's dataclasses, the allowed values of every enumerated field, and `validate`.
 
-Configurations are dataclasses validated by OmegaConf. A YAML file in
-`configs/` (or any path) fills them; command-line overrides use dotted keys,
-e.g. ``train.learning_rate=1e-4`` or ``data.batch_size=2``.
-
-Every default below is the release default described in docs/reference.md, section
-named next to each field.
+Every default below is the release default described in docs/reference.md,
+section named next to each field.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import os
-import sys
-import warnings
 from dataclasses import dataclass, field
-from typing import List, Optional, Sequence, Union
-
-from omegaconf import OmegaConf
-from omegaconf.errors import OmegaConfBaseException
+from typing import List, Optional, Sequence
 
 # Named hourglass backbones (docs/reference.md §1). `levels` is the recursion depth n,
 # `widths` has n + 1 entries and `blocks` the residual blocks per level.
@@ -273,9 +263,13 @@ class TrainConfig:
 class DecodeConfig:
     """Inference decoding (docs/reference.md §7)."""
 
+    # Keypoints kept per heatmap (top-K over class, y, x).
     top_k: int = 70
+    # Largest embedding distance of a corner pair (CornerNet's associative embedding).
     ae_threshold: float = 0.5
+    # Best corner pairs kept per image before soft-NMS.
     num_dets: int = 1000
+    # Window of the heatmaps' max-pool NMS, in output-grid cells.
     nms_kernel: int = 3
     # Central region (CenterNet eq. 1): n for small and large boxes.
     small_region_n: int = 3
@@ -288,12 +282,19 @@ class DecodeConfig:
     # compiled op (custom_ops/, CPU) where it loads, else the TensorFlow loop
     # (the portable one, always used in exports and under XLA). Same detections.
     soft_nms_impl: str = "auto"
+    # Gaussian soft-NMS: a box's score is multiplied by exp(-IoU^2 / sigma).
     soft_nms_sigma: float = 0.5
+    # Boxes scoring below this leave soft-NMS.
     score_threshold: float = 0.001
+    # "merge": exponent of the weights that average overlapping boxes.
     merge_weight_exp: float = 8.0
+    # Detections per image, best first.
     max_detections: int = 100
+    # Also decode the horizontally flipped image and merge (docs/reference.md §7.5).
     flip_test: bool = True
+    # Image scales of multi-scale testing (1.0: the image's own size).
     test_scales: List[float] = field(default_factory=lambda: [1.0])
+    # Boxes reaching this many pixels past the image into the padding are rejected.
     border_tolerance: float = 5.0
     # XLA-compile the decoding after the network (`Decoder`); not with nms "tf".
     # For accelerators: on CPU XLA's heatmap top-K is a full sort (slower).
@@ -362,120 +363,16 @@ class Config:
     decode: DecodeConfig = field(default_factory=DecodeConfig)
 
 
-def config_dirs() -> List[str]:
-    """Folders searched for named configurations, in order."""
-    here = os.path.dirname(os.path.abspath(__file__))
-    return [
-        os.path.join(os.path.dirname(here), "configs"),
-        os.path.join(sys.prefix, "share", "tf-centernet", "configs"),
-    ]
-
-
-def resolve_config_path(name_or_path: str) -> str:
-    """Maps a config name (``centernet_hg52``) or a path to a YAML file.
-
-    Raises:
-        FileNotFoundError: neither a file nor a known name.
-    """
-    if os.path.isfile(name_or_path):
-        return name_or_path
-    name = name_or_path if name_or_path.endswith(".yaml") else name_or_path + ".yaml"
-    for folder in config_dirs():
-        candidate = os.path.join(folder, name)
-        if os.path.isfile(candidate):
-            return candidate
-    known = sorted(
-        {
-            os.path.splitext(f)[0]
-            for d in config_dirs()
-            if os.path.isdir(d)
-            for f in os.listdir(d)
-            if f.endswith(".yaml")
-        }
-    )
-    raise FileNotFoundError(
-        f"No config file or named config {name_or_path!r}; named configs: {known}."
-    )
-
-
-def is_model_config(name_or_path: str) -> bool:
-    """Whether a named configuration describes a model (sets ``model.backbone``), not only data."""
-    loaded = OmegaConf.load(resolve_config_path(name_or_path))
-    model = loaded.get("model") if hasattr(loaded, "get") else None
-    return bool(model is not None and model.get("backbone"))
-
-
-def load_config(
-    name_or_path: Union[None, str, Sequence[str]] = None, overrides: Sequence[str] = ()
-) -> Config:
-    """Loads a configuration.
-
-    Args:
-        name_or_path: str, sequence of str, or None. YAML paths or names in
-            `configs/`, merged in order (later ones override earlier ones:
-            e.g. a model configuration then a data configuration,
-            ``["centernet_small", "coco_tiny"]``); None gives the defaults.
-        overrides: sequence of ``"section.key=value"`` strings applied last.
-
-    Returns:
-        A `Config` (a plain dataclass instance).
-
-    Raises:
-        FileNotFoundError: the config does not exist.
-        ValueError: an unknown key or a value of the wrong type (the message
-            names the key), or an inconsistent model.
-    """
-    schema = OmegaConf.structured(Config)
-    parts = [schema]
-    names = [name_or_path] if isinstance(name_or_path, str) else list(name_or_path or [])
-    for name in names:
-        path = resolve_config_path(name)
-        loaded = OmegaConf.load(path)
-        _upgrade_legacy_keys(loaded, path)
-        _resolve_data_paths(loaded, os.path.dirname(os.path.abspath(path)))
-        parts.append(loaded)
-    name_or_path = " + ".join(names)
-    try:
-        if overrides:
-            given = OmegaConf.from_dotlist(list(overrides))
-            _upgrade_legacy_keys(given, "the command line")
-            parts.append(given)
-        config = OmegaConf.to_object(OmegaConf.merge(*parts))
-    except OmegaConfBaseException as error:
-        # Unknown key or wrong type: the message names the full key.
-        raise ValueError(f"Invalid configuration ({name_or_path or 'defaults'}): {error}") from error
-    # Overrides given relative to the working directory become absolute, so
-    # the config.yaml written into a model directory reads the same data.
-    for split in INPUT_SECTIONS:
-        section = getattr(config, split)
-        for key in INPUT_PATH_KEYS:
-            value = getattr(section, key)
-            if value:
-                setattr(section, key, absolute_paths(value, os.getcwd()))
-    return validate(config)
-
-
-# The per-split input sections and their path fields.
-INPUT_SECTIONS = ("train_data", "validation_data")
-INPUT_PATH_KEYS = ("annotations", "images", "classes")
-
-# Keys of earlier releases, still read for one release (with a warning):
-# old key -> the new keys it sets.
-LEGACY_KEYS = {
-    "data.train_annotations": ("train_data.annotations",),
-    "data.train_images": ("train_data.images",),
-    "data.val_annotations": ("validation_data.annotations",),
-    "data.val_images": ("validation_data.images",),
-    "data.format": ("train_data.format", "validation_data.format"),
-    "data.classes": ("train_data.classes", "validation_data.classes"),
-    "train.mixed_precision": ("model.compute_dtype",),
-}
-# train.mixed_precision values -> model.compute_dtype.
-_LEGACY_PRECISION = {"none": "float32", "false": "float32", "": "float32", "true": "float16"}
+def replace(config, **changes):
+    """`dataclasses.replace`, re-exported for callers building configs."""
+    return dataclasses.replace(config, **changes)
 
 
 def input_config(config: "Config", split: str) -> InputConfig:
-    """The input section of a split: ``"train"`` -> `Config.train_data`, ``"val"`` / ``"validation"`` -> `Config.validation_data`.
+    """The input section of a split.
+
+    ``"train"`` -> `Config.train_data`; ``"val"`` or ``"validation"`` ->
+    `Config.validation_data`.
 
     Raises:
         ValueError: another split name.
@@ -485,68 +382,3 @@ def input_config(config: "Config", split: str) -> InputConfig:
     if split in ("val", "validation"):
         return config.validation_data
     raise ValueError(f"split must be 'train', 'val' or 'validation'; got {split!r}.")
-
-
-def _upgrade_legacy_keys(tree, source: str) -> None:
-    """Moves the keys of `LEGACY_KEYS` found in a loaded YAML or override list to their new places.
-
-    A new key given in the same place wins over the old one. Each old key
-    found logs one deprecation warning naming `source` and the new keys.
-    """
-    if not hasattr(tree, "get"):
-        return
-    for old, new_keys in LEGACY_KEYS.items():
-        section, name = old.split(".")
-        parent = tree.get(section)
-        if parent is None or not hasattr(parent, "get") or name not in parent:
-            continue
-        value = parent.pop(name)
-        if old == "train.mixed_precision":
-            text = str(value).strip().lower()
-            value = _LEGACY_PRECISION.get(text, text)
-        warnings.warn(
-            f"{old} is deprecated ({source}); use {' and '.join(new_keys)}. "
-            "The old key is read for one more release.",
-            FutureWarning,
-            stacklevel=3,
-        )
-        for new in new_keys:
-            new_section, new_name = new.split(".")
-            if tree.get(new_section) is None:
-                tree[new_section] = {}
-            if new_name not in tree[new_section]:
-                tree[new_section][new_name] = value
-
-
-def _resolve_data_paths(loaded, folder: str) -> None:
-    """Makes the relative data paths of a loaded YAML absolute against `folder`.
-
-    Only non-empty, relative paths are changed; ``~`` is expanded first.
-    A comma-separated TFRecord list is resolved item by item.
-    """
-    if not hasattr(loaded, "get"):
-        return
-    for split in INPUT_SECTIONS:
-        section = loaded.get(split)
-        if section is None:
-            continue
-        for key in INPUT_PATH_KEYS:
-            value = section.get(key)
-            if isinstance(value, str) and value:
-                section[key] = absolute_paths(value, folder)
-
-
-def absolute_paths(value: str, folder: str) -> str:
-    """A path, or a comma-separated list of paths, made absolute against `folder` (``~`` expanded first)."""
-    parts = [os.path.expanduser(p) for p in value.split(",")]
-    return ",".join(p if os.path.isabs(p) else os.path.normpath(os.path.join(folder, p)) for p in parts)
-
-
-def to_yaml(config: Config) -> str:
-    """The YAML text of a configuration (written next to checkpoints)."""
-    return OmegaConf.to_yaml(OmegaConf.structured(config))
-
-
-def replace(config, **changes):
-    """`dataclasses.replace`, re-exported for callers building configs."""
-    return dataclasses.replace(config, **changes)
