@@ -160,6 +160,12 @@ class DataConfig:
     # VOC `difficult` objects: "drop", "ignore" (not trained on, ignore
     # regions in evaluation, as COCO crowd) or "keep".
     difficult: str = "ignore"
+    # Share of the training images held out as validation data when
+    # validation_data names none (a data set that comes as one folder): the
+    # same images in every run, chosen from the file names and split_seed
+    # (tf_centernet.data.holdout). 0: no split.
+    validation_split: float = 0.0
+    split_seed: int = 0
     input_size: int = 511
     max_objects: int = 128
     # Random crop (docs/reference.md §6).
@@ -335,7 +341,7 @@ def check_choice(key: str, value):
 
 
 def validate(config: "Config") -> "Config":
-    """Checks every enumerated setting (`CHOICES`) and the hourglass sizes; returns `config`.
+    """Checks every enumerated setting (`CHOICES`), the hourglass sizes and the validation split; returns `config`.
 
     Called by `load_config`, so that a typo fails when the configuration
     loads, not when a graph is traced mid-run.
@@ -347,6 +353,14 @@ def validate(config: "Config") -> "Config":
         section, field_name = key.split(".")
         check_choice(key, getattr(getattr(config, section), field_name))
     config.model.hourglass()
+    split = config.data.validation_split
+    if not 0.0 <= split < 1.0:
+        raise ValueError(f"data.validation_split must be in [0, 1) (a share of the images), got {split}.")
+    if split > 0 and config.validation_data.annotations:
+        raise ValueError(
+            "data.validation_split holds out training images as validation data, but validation_data.annotations "
+            "names validation data too: set one of them."
+        )
     return config
 
 
