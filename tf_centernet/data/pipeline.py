@@ -16,7 +16,7 @@ import numpy as np
 import tensorflow as tf
 
 from tf_centernet.data.augment import augment_for_training
-from tf_centernet.data.coco import CocoDataset
+from tf_centernet.data.base import Reader
 from tf_centernet.data.images import usable_records
 from tf_centernet.targets import encode_targets
 
@@ -61,7 +61,7 @@ def decode_encoded_image(data: tf.Tensor) -> tf.Tensor:
 
 
 def build_train_dataset(
-    dataset: CocoDataset,
+    dataset: Reader,
     config,
     batch_size: Optional[int] = None,
     shuffle: bool = True,
