@@ -84,7 +84,7 @@ CocoRecord = Record  # the name of earlier releases, kept for importers
 def sanitize_box(box: Sequence[float], width: Optional[int], height: Optional[int]) -> Tuple[list, Optional[str]]:
     """Checks and repairs one ``[x1, y1, x2, y2]`` pixel box.
 
-    `tf_centernet.data.tfrecord_stream.check_boxes` is the in-graph twin
+    `tf_centernet.data.tfrecord_stream.check_objects` is the in-graph twin
     (same reasons, same order of checks).
 
     Args:
