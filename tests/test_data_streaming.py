@@ -128,14 +128,16 @@ def faulty(tmp_path):
                  **_objects([[0.2, 0.2, 0.6, 0.6]], [1])),
         _example(image__source_id=b"7", image__encoded=jpeg, image__height=[64, 64], image__width=64),  # 2 heights
         _example(image__source_id=b"8", **good, **_objects([[0.2, 0.2, 0.6, 0.6]], [3])),
+        _example(image__source_id=b"9", image__encoded=jpeg[: len(jpeg) // 2], image__height=64, image__width=64,
+                 **_objects([[0.2, 0.2, 0.6, 0.6]], [1])),  # a JPEG cut short: no end-of-image marker
     ]
     path = str(tmp_path / "faulty.tfrecord")
     with tf.io.TFRecordWriter(path) as writer:
         for serialized in records:
             writer.write(serialized)
     counts = dict.fromkeys(COUNTERS, 0) | dict(
-        records=8, clipped_box=1, degenerate_box=1, unknown_class=1, outside_image=1, nan_box=1, crowd=1,
-        size_from_image=1, unreadable_image=1, bad_record=1)
+        records=9, clipped_box=1, degenerate_box=1, unknown_class=1, outside_image=1, nan_box=1, crowd=1,
+        size_from_image=1, unreadable_image=2, bad_record=1)
     return path, counts
 
 
@@ -144,7 +146,7 @@ def test_stream_counts_equal_the_readers_and_the_expected(faulty, caplog):
     dataset = TfRecordDataset(path, classes=["a", "b", "c"])
     config = load_config("bccd_small", CONFIG + ["data.num_parallel_calls=2"])
     batches = list(build_train_dataset(dataset, config, batch_size=1, shuffle=False, repeat=False, augment=False))
-    # 8 records: the bad record and the non-image are skipped whole.
+    # 9 records: the bad record, the non-image and the cut JPEG are skipped whole.
     assert len(batches) == 6
     assert [int(t["num_objects"][0]) for _, t in batches] == [2, 0, 0, 1, 1, 1]
     [counts] = dataset.stream_report.passes
@@ -153,7 +155,7 @@ def test_stream_counts_equal_the_readers_and_the_expected(faulty, caplog):
     for key in COUNTERS:
         if key not in ("records", "unreadable_image"):  # the reader does not decode images
             assert counts[key] == reader.get(key, 0), key
-    assert "pass 1 over the TFRecord stream read 8 records" in caplog.text
+    assert "pass 1 over the TFRecord stream read 9 records" in caplog.text
 
 
 def test_records_after_a_corrupt_stretch_are_streamed(shards, tmp_path):

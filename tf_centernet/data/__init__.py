@@ -3,7 +3,7 @@
 Imports point one way (tests/test_data_layering.py checks there is no circle):
 ``paths, images, classes <- base <- coco, voc (voc_layout), tfrecord
 (tfrecord_format, tfrecord_write) <- records (the reader registry) <-
-pipeline (tfrecord_stream), check``.
+pipeline (transforms; tfrecord_stream for TFRecord data), check``.
 """
 
 from tf_centernet.data.augment import (

@@ -305,7 +305,18 @@ def pass_reader(dataset, input_context=None, shuffle: bool = True, seed: int = 0
 
 
 def stream_records(dataset, input_context=None, shuffle: bool = True, seed: int = 0, passes: int = 1) -> tf.data.Dataset:
-    """``(file index, record number, serialized)`` of this pipeline's records, `passes` passes (`pass_reader`)."""
+    """``(file index, record number, serialized)`` of this pipeline's records, pass after pass.
+
+    Args:
+        dataset: `tf_centernet.data.tfrecord.TfRecordDataset`.
+        input_context: `tf.distribute.InputContext` or None (`shard_files`).
+        shuffle: bool. Shuffle the file order of each pass. seed: int.
+        passes: int. Number of passes. Defaults to 1.
+
+    Returns:
+        `tf.data.Dataset` of (int64 file index into ``dataset.files``,
+        int64 record number in that file, string serialized record).
+    """
     return tf.data.Dataset.range(passes).flat_map(pass_reader(dataset, input_context, shuffle, seed))
 
 
