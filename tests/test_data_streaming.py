@@ -1,9 +1,11 @@
 """TFRecord training input streamed from the files (tf_centernet.data.tfrecord_stream)."""
 
-
 import numpy as np
 import pytest
 import tensorflow as tf
+
+# The tf.train.Example builder of the format tests.
+from test_data_formats import _example
 
 from tf_centernet.config import load_config
 from tf_centernet.data.coco import CocoDataset
@@ -13,19 +15,6 @@ from tf_centernet.data.tfrecord import TfRecordDataset, TfRecordRecord, write_tf
 from tf_centernet.data.tfrecord_stream import COUNTERS, shard_files, stream_records
 
 CONFIG = ["model.num_classes=3", "data.input_size=63", "train.seed=7"]
-
-
-def _feature(value):
-    if isinstance(value, float) or (isinstance(value, list) and value and isinstance(value[0], float)):
-        return tf.train.Feature(float_list=tf.train.FloatList(value=np.atleast_1d(value)))
-    if isinstance(value, bytes) or (isinstance(value, list) and value and isinstance(value[0], bytes)):
-        return tf.train.Feature(bytes_list=tf.train.BytesList(value=value if isinstance(value, list) else [value]))
-    return tf.train.Feature(int64_list=tf.train.Int64List(value=np.atleast_1d(value)))
-
-
-def _example(**features):
-    return tf.train.Example(features=tf.train.Features(
-        feature={k.replace("__", "/"): _feature(v) for k, v in features.items()})).SerializeToString()
 
 
 def _jpeg(height=64, width=64):
