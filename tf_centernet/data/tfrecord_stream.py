@@ -38,6 +38,7 @@ in the same order and keeps every n-th record (``DATA`` sharding, logged).
 from __future__ import annotations
 
 import logging
+import os
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -247,7 +248,7 @@ def make_checker(dataset, drop_crowd: bool):
 def _file_records(dataset, file_ids: Sequence[int]):
     """``file index -> Dataset of (file index, number, serialized)`` for intact files,
     and the list of such datasets for the files with corrupt stretches."""
-    files = tf.constant(dataset.files)
+    files = tf.constant([os.fsencode(f) for f in dataset.files])  # bytes: any file-system name
 
     def read(file_index):
         records = tf.data.TFRecordDataset(tf.gather(files, file_index)).enumerate()
