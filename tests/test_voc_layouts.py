@@ -133,7 +133,7 @@ def _rows(dataset):
 ])
 def test_every_layout_reads_the_same_records(layouts, layout, path, kwargs, kind, caplog):
     annotations = os.path.normpath(os.path.join(layouts[layout], path))
-    with caplog.at_level(logging.INFO, logger="tf_centernet.data.voc"):
+    with caplog.at_level(logging.INFO, logger="tf_centernet.data.voc_layout"):
         dataset = VocDataset(annotations, **kwargs)
     assert dataset.layout.kind == kind
     assert dataset.class_names == CLASSES

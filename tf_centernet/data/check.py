@@ -177,7 +177,7 @@ def check_dataset(dataset, config, decode_images: bool = True) -> DataReport:
                 counts["unreadable_image"] += 1
                 examples.append(f"unreadable_image: {message}")
     ids = collections.Counter(r.image_id for r in dataset.records)
-    files = collections.Counter(r.file_name for r in dataset.records if r.encoded is None)
+    files = collections.Counter(r.file_name for r in dataset.records if r.source is None)  # image files only
     duplicates = sum(c - 1 for c in ids.values() if c > 1) + sum(c - 1 for c in files.values() if c > 1)
     if duplicates:
         counts["duplicate_id"] = duplicates

@@ -1,7 +1,7 @@
 """COCO-format detection datasets (read with pycocotools).
 
 `CocoDataset` turns an annotation file and an image folder into a list of
-`CocoRecord`s with boxes ``[x1, y1, x2, y2]`` in pixels and 0-based,
+`tf_centernet.data.base.Record`s with boxes ``[x1, y1, x2, y2]`` in pixels and 0-based,
 contiguous class indices (COCO category ids sorted ascending, as the
 releases' `coco.py` maps them). `load_image` reads one image as RGB uint8.
 """
@@ -10,65 +10,22 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import dataclasses
 import io
 import json
 import logging
 import math
 import os
-from typing import Dict, List, Optional
+from typing import Dict, Optional
 
 import numpy as np
 from pycocotools.coco import COCO
 
 from tf_centernet.config import CHOICES, check_choice
-from tf_centernet.data.records import RecordList, log_skipped
+from tf_centernet.data.base import CocoRecord, Reader, Record, log_skipped, make_record  # noqa: F401 (CocoRecord re-exported)
 
 logger = logging.getLogger(__name__)
 
 CROWD_MODES = CHOICES["data.crowd"]
-
-
-@dataclasses.dataclass
-class CocoRecord:
-    """One image and its objects.
-
-    Attributes:
-        image_id: int. COCO image id.
-        file_name: str. Full path of the image file.
-        height: int. Image height in pixels (from the annotation file).
-        width: int. Image width in pixels (from the annotation file).
-        boxes: float32 ``(num_objects, 4)``. ``[x1, y1, x2, y2]`` pixels,
-            ``x2 = x + w`` as in the releases.
-        classes: int32 ``(num_objects,)``. 0-based class indices.
-        encoded: bytes or None. The encoded image (TFRecord inputs), read
-            instead of `file_name` when set.
-        source: str or None. Where an in-memory record came from, e.g.
-            ``"data/train-00000-of-00002.tfrecord record 17"``; messages
-            name it with `file_name`.
-    """
-
-    image_id: int
-    file_name: str
-    height: int
-    width: int
-    boxes: np.ndarray
-    classes: np.ndarray
-    encoded: Optional[bytes] = None
-    source: Optional[str] = None
-
-    @property
-    def num_objects(self) -> int:
-        return int(self.boxes.shape[0])
-
-    @property
-    def display_name(self) -> str:
-        """The record for messages: ``SOURCE (file_name)`` for TFRecord
-        records, else the file name, printable even when it is not UTF-8."""
-        from tf_centernet.data.paths import display_path
-
-        name = display_path(self.file_name)
-        return f"{self.source} ({name})" if self.source else name
 
 
 def load_image(path: str) -> np.ndarray:
@@ -113,7 +70,7 @@ def _file_size(path):
         return None  # an unusable file: training's check counts and names it
 
 
-class CocoDataset(RecordList):
+class CocoDataset(Reader):
     """A COCO-format detection dataset: annotations plus an image folder.
 
     The JSON is checked field by field first (`tf_centernet.data.coco_schema`:
@@ -137,7 +94,7 @@ class CocoDataset(RecordList):
     releases do.
 
     Attributes:
-        records: list of `CocoRecord`, sorted by image id.
+        records: list of `Record`, sorted by image id.
         category_ids: list of int. Class index -> COCO category id (sorted).
         class_names: list of str. Class index -> category name.
         num_classes: int.
@@ -167,6 +124,7 @@ class CocoDataset(RecordList):
         crowd: str = "drop",
         check_files: bool = True,
     ):
+        super().__init__()
         check_choice("data.crowd", crowd)
         if not os.path.isfile(annotation_file):
             raise FileNotFoundError(f"COCO annotation file not found: {annotation_file}")
@@ -175,7 +133,46 @@ class CocoDataset(RecordList):
         self.annotation_file = annotation_file
         self.image_dir = image_dir
         self.crowd = crowd
+        self.check_files = check_files
+        self.read()
 
+    @staticmethod
+    def detect(path: str) -> bool:
+        """True for a ``*.json`` path."""
+        return path.lower().endswith(".json")
+
+    @classmethod
+    def from_config(cls, source, data, class_names=None) -> "CocoDataset":
+        """The reader of a split (`Reader.from_config`); the file's categories are the classes."""
+        return cls(source.annotations, source.images, crowd=data.crowd)
+
+    def read(self) -> None:
+        """Reads and checks the JSON, then one record per image (see the class docstring)."""
+        content = self._load_json()
+        from tf_centernet.data.coco_schema import clean_coco
+
+        content, schema_skips, self.problems = clean_coco(self.annotation_file, content)
+        self.coco = COCO()
+        self.coco.dataset = content
+        with contextlib.redirect_stdout(io.StringIO()):  # "creating index..."
+            self.coco.createIndex()
+        ids = sorted(self.coco.getCatIds())
+        self._set_classes([self.coco.cats[cid]["name"] for cid in ids], ids)
+        self._class_of = {cid: index for index, cid in enumerate(ids)}
+        self._skipped: Dict[str, int] = collections.Counter(schema_skips)
+        self._repaired: Dict[str, int] = collections.Counter()
+        for image_id in sorted(self.coco.getImgIds()):
+            record = self._image_record(image_id)
+            if record is not None:
+                self.records.append(record)
+        self.skipped, self.repaired = dict(self._skipped), dict(self._repaired)
+        problems = self.problems
+        listed = problems[:20] + ([f"... {len(problems) - 20} more"] if len(problems) > 20 else [])
+        log_skipped(logger, f"{self.annotation_file} (images in {self.image_dir})", self.skipped, self.repaired, listed)
+
+    def _load_json(self) -> dict:
+        """The annotation file's top-level object, with its three lists checked."""
+        annotation_file = self.annotation_file
         try:
             with open(annotation_file, "r", encoding="utf-8") as handle:
                 content = json.load(handle)
@@ -191,79 +188,67 @@ class CocoDataset(RecordList):
                     f"{annotation_file}: missing or malformed {key!r} list; not a "
                     "COCO instances file."
                 )
-        from tf_centernet.data.coco_schema import clean_coco
+        return content
 
-        content, schema_skips, problems = clean_coco(annotation_file, content)
-        self.coco = COCO()
-        self.coco.dataset = content
-        with contextlib.redirect_stdout(io.StringIO()):  # "creating index..."
-            self.coco.createIndex()
-
-        self.category_ids: List[int] = sorted(self.coco.getCatIds())
-        self.class_names: List[str] = [
-            self.coco.cats[cid]["name"] for cid in self.category_ids
-        ]
-        self.num_classes = len(self.category_ids)
-        class_of = {cid: index for index, cid in enumerate(self.category_ids)}
-
-        skipped: Dict[str, int] = collections.Counter(schema_skips)
-        repaired: Dict[str, int] = collections.Counter()
-        self.records: List[CocoRecord] = []
-        for image_id in sorted(self.coco.getImgIds()):
-            info = self.coco.imgs[image_id]
-            path = os.path.join(image_dir, info["file_name"])
-            where = f"{annotation_file}: image id {image_id} ({info['file_name']})"
-            if leaves_folder(info["file_name"]):
-                skipped["unsafe_file_name"] += 1
-                problems.append(f"{where}: file_name leads outside the image folder {image_dir} "
-                                "(unsafe_file_name); image skipped with its annotations")
-                continue
-            height, width = _json_size(info)
-            if check_files:
-                if not os.path.isfile(path):
-                    skipped["missing_image"] += 1
-                    problems.append(f"{where}: image file not found in {image_dir} (missing_image)")
-                    continue
-                file_size = _file_size(path)
-                if file_size is not None and (height, width) != file_size:
-                    repaired["size_from_image"] += 1
-                    problems.append(
-                        f"{where}: JSON width x height {width}x{height} differs from the file's "
-                        f"{file_size[1]}x{file_size[0]}; using the file's (size_from_image)"
-                    )
-                    height, width = file_size
-            boxes, classes = [], []
-            for ann in self.coco.imgToAnns.get(image_id, []):
-                x, y, w, h = (float(v) for v in ann["bbox"])
-                reason = None
-                if w <= 0 or h <= 0:
-                    reason = "degenerate_box"
-                elif ann["category_id"] not in class_of:
-                    reason = "unknown_category"
-                elif width and height and (x >= width or y >= height or x + w <= 0 or y + h <= 0):
-                    reason = "outside_image"
-                elif ann.get("iscrowd", 0) and crowd == "drop":
-                    skipped["crowd"] += 1
-                    continue
-                if reason:
-                    skipped[reason] += 1
-                    problems.append(f"{where}: annotation id {ann.get('id')} bbox {ann['bbox']} "
-                                    f"category {ann['category_id']} ({reason})")
-                    continue
-                boxes.append([x, y, x + w, y + h])
-                classes.append(class_of[ann["category_id"]])
-            self.records.append(
-                CocoRecord(
-                    image_id=int(image_id),
-                    file_name=path,
-                    height=height,
-                    width=width,
-                    boxes=np.asarray(boxes, np.float32).reshape(-1, 4),
-                    classes=np.asarray(classes, np.int32).reshape(-1),
-                )
+    def _image_size(self, info: dict, path: str, where: str):
+        """(height, width) of an image: the JSON's, or the file header's when
+        they differ (a counted repair); None when the file is missing (a counted skip)."""
+        height, width = _json_size(info)
+        if not self.check_files:
+            return height, width
+        if not os.path.isfile(path):
+            self._skipped["missing_image"] += 1
+            self.problems.append(f"{where}: image file not found in {self.image_dir} (missing_image)")
+            return None
+        file_size = _file_size(path)
+        if file_size is not None and (height, width) != file_size:
+            self._repaired["size_from_image"] += 1
+            self.problems.append(
+                f"{where}: JSON width x height {width}x{height} differs from the file's "
+                f"{file_size[1]}x{file_size[0]}; using the file's (size_from_image)"
             )
-        self.skipped = dict(skipped)
-        self.repaired = dict(repaired)
-        self.problems = problems
-        listed = problems[:20] + ([f"... {len(problems) - 20} more"] if len(problems) > 20 else [])
-        log_skipped(logger, f"{annotation_file} (images in {image_dir})", self.skipped, self.repaired, listed)
+            return file_size
+        return height, width
+
+    def _image_record(self, image_id: int) -> Optional[Record]:
+        """The record of one image id, or None when the image is skipped (counted)."""
+        info = self.coco.imgs[image_id]
+        path = os.path.join(self.image_dir, info["file_name"])
+        where = f"{self.annotation_file}: image id {image_id} ({info['file_name']})"
+        if leaves_folder(info["file_name"]):
+            self._skipped["unsafe_file_name"] += 1
+            self.problems.append(f"{where}: file_name leads outside the image folder {self.image_dir} "
+                                 "(unsafe_file_name); image skipped with its annotations")
+            return None
+        size = self._image_size(info, path, where)
+        if size is None:
+            return None
+        height, width = size
+        boxes, classes = [], []
+        for ann in self.coco.imgToAnns.get(image_id, []):
+            reason = self._object_problem(ann, width, height)
+            if reason == "crowd":
+                self._skipped["crowd"] += 1
+                continue
+            if reason:
+                self._skipped[reason] += 1
+                self.problems.append(f"{where}: annotation id {ann.get('id')} bbox {ann['bbox']} "
+                                     f"category {ann['category_id']} ({reason})")
+                continue
+            x, y, w, h = (float(v) for v in ann["bbox"])
+            boxes.append([x, y, x + w, y + h])
+            classes.append(self._class_of[ann["category_id"]])
+        return make_record(image_id, path, height, width, boxes, classes)
+
+    def _object_problem(self, ann: dict, width: int, height: int) -> Optional[str]:
+        """Why an annotation is not trained on (a skip reason, or ``"crowd"``), else None."""
+        x, y, w, h = (float(v) for v in ann["bbox"])
+        if w <= 0 or h <= 0:
+            return "degenerate_box"
+        if ann["category_id"] not in self._class_of:
+            return "unknown_category"
+        if width and height and (x >= width or y >= height or x + w <= 0 or y + h <= 0):
+            return "outside_image"
+        if ann.get("iscrowd", 0) and self.crowd == "drop":
+            return "crowd"
+        return None

@@ -1,9 +1,15 @@
 """The `tf.data` training input pipeline (docs/reference.md §4 and §6).
 
-``indices -> shuffle -> repeat -> (read, decode, augment, encode) in
-parallel -> batch -> prefetch``. The per-image annotations live in constant
-tensors (a flat box table plus row splits), so shuffling moves integers,
-not images, and the whole chain runs in the `tf.data` graph.
+Image files (COCO, VOC): ``indices -> shuffle -> repeat -> (read, decode,
+augment, encode) in parallel -> batch -> prefetch``. The per-image
+annotations live in constant tensors (a flat box table plus row splits),
+so shuffling moves integers, not images, and the whole chain runs in the
+`tf.data` graph.
+
+TFRecord data (`tf_centernet.data.tfrecord.TfRecordDataset`) are streamed
+from the files instead (`tf_centernet.data.tfrecord_stream`): memory does
+not grow with the data set. Both paths decode with the same function and
+augment and encode with `tf_centernet.data.transforms.train_transform`.
 """
 
 from __future__ import annotations
@@ -15,53 +21,20 @@ from typing import Optional
 import numpy as np
 import tensorflow as tf
 
-from tf_centernet.data.augment import augment_for_training
-from tf_centernet.data.coco import CocoDataset
+from tf_centernet.data.base import Reader
 from tf_centernet.data.images import usable_records
-from tf_centernet.targets import encode_targets
+from tf_centernet.data.transforms import (  # noqa: F401 (decode_* re-exported)
+    decode_encoded_image,
+    decode_image,
+    parallelism,
+    train_transform,
+)
 
 logger = logging.getLogger(__name__)
 
 
-def decode_image(path: tf.Tensor) -> tf.Tensor:
-    """Reads and decodes an image file inside the graph.
-
-    JPEGs are decoded with ``dct_method="INTEGER_ACCURATE"``, the same IDCT
-    as OpenCV/libjpeg's default (TF's default is the faster, slightly
-    different one); other formats with `tf.io.decode_image`. Grayscale and
-    RGBA inputs come back as RGB.
-
-    Args:
-        path: scalar string tensor.
-
-    Returns:
-        uint8 ``(height, width, 3)`` RGB.
-    """
-    return decode_encoded_image(tf.io.read_file(path))
-
-
-def decode_encoded_image(data: tf.Tensor) -> tf.Tensor:
-    """Decodes an encoded image (JPEG, PNG, ...) in the graph, as `decode_image` does.
-
-    The `tf.data` counterpart of `tf_centernet.data.images.decode_image_bytes`
-    (NumPy/OpenCV, with its checks), for records held in memory.
-
-    Args:
-        data: scalar string tensor, the file's bytes.
-
-    Returns:
-        uint8 ``(height, width, 3)`` RGB.
-    """
-    image = tf.cond(
-        tf.io.is_jpeg(data),
-        lambda: tf.io.decode_jpeg(data, channels=3, dct_method="INTEGER_ACCURATE"),
-        lambda: tf.io.decode_image(data, channels=3, expand_animations=False),
-    )
-    return tf.ensure_shape(image, [None, None, 3])
-
-
 def build_train_dataset(
-    dataset: CocoDataset,
+    dataset: Reader,
     config,
     batch_size: Optional[int] = None,
     shuffle: bool = True,
@@ -88,7 +61,10 @@ def build_train_dataset(
     Args:
         dataset: a dataset of `tf_centernet.data.records` (`CocoDataset`,
             `VocDataset`, `TfRecordDataset`). Must hold at least one record.
-            Records with ``encoded`` bytes are decoded from memory.
+            A `TfRecordDataset` is streamed from its files
+            (`tf_centernet.data.tfrecord_stream.stream_train_dataset`: file
+            shards per worker, a bounded shuffle buffer, checks counted per
+            pass); other records with ``encoded`` bytes are decoded from memory.
         config: `tf_centernet.config.Config`. Uses ``config.data`` (sizes,
             augmentation, targets), ``config.model.num_classes`` and
             ``config.model.uses_centers``, ``config.train.batch_size`` and
@@ -103,6 +79,10 @@ def build_train_dataset(
             seeds: a resumed run passes the number of images already seen so
             that it does not replay the first run's augmentations (the shuffle
             seed also moves with it). Defaults to 0.
+        input_context: `tf.distribute.InputContext` or None. Per-replica
+            batch size and this input pipeline's share: TFRecord files per
+            pipeline (records when there are fewer files than pipelines),
+            else every element chunk of one global batch. Defaults to None.
 
     Returns:
         `tf.data.Dataset` of ``(images, targets)``: images float32
@@ -127,8 +107,10 @@ def build_train_dataset(
             f"The dataset has {dataset.num_classes} classes but "
             f"model.num_classes is {num_classes}."
         )
-    input_size = int(data.input_size)
-    output_size = int(data.output_size)
+    if getattr(dataset, "format", "") == "tfrecord" and hasattr(dataset, "files"):
+        from tf_centernet.data.tfrecord_stream import stream_train_dataset
+
+        return stream_train_dataset(dataset, config, batch_size, shuffle, repeat, augment, start_element, input_context)
     seed = int(config.train.seed)
     start_element = int(start_element)
 
@@ -155,36 +137,13 @@ def build_train_dataset(
         source = tf.gather(sources, index)
         return decode_encoded_image(source) if in_memory else decode_image(source)
 
+    transform = train_transform(config, augment)
+
     def augment_and_encode(element_number, index, image):
         start, end = splits[index], splits[index + 1]
-        image, boxes, classes = augment_for_training(
-            image,
-            all_boxes[start:end],
-            all_classes[start:end],
-            data,
-            training=augment,
-            seed=tf.stack([tf.constant(seed, tf.int64), element_number]),
-        )
-        targets = encode_targets(
-            boxes,
-            classes,
-            input_size=input_size,
-            output_size=output_size,
-            num_classes=num_classes,
-            max_objects=int(data.max_objects),
-            gaussian_iou=float(data.gaussian_iou),
-            gaussian_bump=bool(data.gaussian_bump),
-            with_centers=bool(config.model.uses_centers),
-            radius_variant=data.radius_variant,
-        )
-        return image, targets
+        return transform(element_number, image, all_boxes[start:end], all_classes[start:end])
 
-    parallel = data.num_parallel_calls
-    if parallel is None or parallel < 0:
-        parallel = tf.data.AUTOTUNE
-    else:
-        parallel = int(parallel) or None  # 0: sequential
-    deterministic = bool(getattr(data, "deterministic", True))
+    parallel, order = parallelism(data)
     indices = tf.data.Dataset.range(len(records))
     if getattr(data, "cache_images", False):
         # (index, decoded image), decoded once; the shuffle below permutes
@@ -220,7 +179,6 @@ def build_train_dataset(
             chunk = batch_size * (input_context.num_replicas_in_sync // pipelines)
             own = input_context.input_pipeline_id
             result = result.filter(lambda n, i: ((n - start_element) // chunk) % pipelines == own)
-    order = {} if parallel is None else {"deterministic": deterministic}
     result = result.map(load, num_parallel_calls=parallel, **order)
     # Backstop for a file that changes after the check: drop it, logged.
     result = result.ignore_errors(log_warning=True)

@@ -1,6 +1,7 @@
 """Pascal VOC detection datasets (LabelImg, CVAT and Roboflow exports).
 
-Three layouts are read, found by `detect_voc_layout` (which logs its choice):
+Three layouts are read, found by `tf_centernet.data.voc_layout.detect_voc_layout`
+(which logs its choice):
 
 * the VOC layout: ``ROOT/Annotations/*.xml``, ``ROOT/JPEGImages/`` and
   ``ROOT/ImageSets/Main/{train,val,test,...}.txt``; a split is named by its
@@ -29,18 +30,29 @@ COCO category id of class index i is ``i + 1``.
 
 from __future__ import annotations
 
-import collections
 import logging
 import os
 import xml.etree.ElementTree as ElementTree
-from typing import Dict, List, NamedTuple, Optional, Tuple
-
-import numpy as np
+from typing import List, Optional, Tuple
 
 from tf_centernet.config import check_choice
-from tf_centernet.data.coco import CocoRecord
-from tf_centernet.data.paths import display_path, printable
-from tf_centernet.data.records import RecordList, problem_counters, image_size, log_skipped, sanitize_box
+from tf_centernet.data.base import (
+    Reader,
+    given_classes,
+    log_skipped,
+    make_record,
+    problem_counters,
+    sanitize_box,
+)
+from tf_centernet.data.classes import class_list, read_class_file  # noqa: F401 (read_class_file re-exported)
+from tf_centernet.data.voc_layout import (  # noqa: F401 (re-exported)
+    LAYOUT_NAMES,
+    VocLayout,
+    detect_voc_layout,
+    looks_like_voc,
+    resolve_voc_paths,
+    xml_paths,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -49,26 +61,6 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".JPG", ".JPEG", ".PNG")
 
 class VocError(ValueError):
     """A malformed VOC file; the message names the file and the field."""
-
-
-def read_class_file(path: str) -> List[str]:
-    """Class names, one per line (blank lines and ``#`` comments ignored).
-
-    Raises:
-        FileNotFoundError: no such file.
-        ValueError: no names, or a name listed twice.
-    """
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"Class list file not found: {path}")
-    with open(path, encoding="utf-8") as handle:
-        names = [line.strip() for line in handle]
-    names = [n for n in names if n and not n.startswith("#")]
-    if not names:
-        raise ValueError(f"{path}: the class list is empty.")
-    duplicates = sorted({n for n in names if names.count(n) > 1})
-    if duplicates:
-        raise ValueError(f"{path}: class names listed twice: {duplicates}.")
-    return names
 
 
 def _text(element, field: str, path: str, required: bool = True) -> Optional[str]:
@@ -152,212 +144,7 @@ def _find_image(image_dir: str, stem: str, filename: Optional[str]) -> str:
     return os.path.join(image_dir, os.path.basename(filename) if filename else stem + ".jpg")
 
 
-class VocLayout(NamedTuple):
-    """Where the files of a VOC split are (see `detect_voc_layout`).
-
-    Attributes:
-        kind: str. ``"voc"`` (``Annotations/`` + ``JPEGImages/``),
-            ``"folder"`` (XML with the images beside them) or
-            ``"side_by_side"`` (``annotations/`` + ``images/``).
-        root: str. The folder holding the layout.
-        xml_dir: str. The folder of the XML files.
-        image_dir: str. The image folder (`images` when given).
-        image_set: str or None. The image-set file, None: every XML of
-            `xml_dir`.
-    """
-
-    kind: str
-    root: str
-    xml_dir: str
-    image_dir: str
-    image_set: Optional[str]
-
-
-LAYOUT_NAMES = {
-    "voc": "VOC layout (ROOT/Annotations/ + ROOT/JPEGImages/)",
-    "folder": "plain folder of XML files with the images beside them",
-    "side_by_side": "ROOT/{images}/ + ROOT/{annotations}/ side by side, XML in {annotations}/",
-}
-
-
-def _has_xml(folder: str) -> bool:
-    """True when `folder` holds at least one ``*.xml`` file (any case)."""
-    return any(name.lower().endswith(".xml") for name in os.listdir(folder))
-
-
-def _describe_folder(folder: str, limit: int = 8) -> str:
-    """What a folder holds, for an error message: its subfolders and its
-    files counted by extension (``no entries`` when empty)."""
-    try:
-        names = sorted(os.listdir(folder))
-    except OSError as error:
-        return f"cannot be listed ({error.strerror})"
-    dirs = [n for n in names if os.path.isdir(os.path.join(folder, n))]
-    counts = collections.Counter(
-        os.path.splitext(n)[1].lower() or "(no extension)" for n in names if n not in dirs
-    )
-    parts = []
-    if dirs:
-        shown = ", ".join(printable(d) + "/" for d in dirs[:limit])
-        parts.append(f"folders {shown}" + (f" and {len(dirs) - limit} more" if len(dirs) > limit else ""))
-    if counts:
-        parts.append("files " + ", ".join(f"{n} {ext}" for ext, n in sorted(counts.items())))
-    return "; ".join(parts) or "no entries"
-
-
-def detect_voc_layout(
-    annotations: str,
-    images: str = "",
-    split: str = "",
-    annotations_dir: str = "annotations",
-    images_dir: str = "images",
-) -> VocLayout:
-    """Finds which of the three VOC layouts `annotations` points at.
-
-    Tried in this order (the first that matches wins, and one INFO line
-    names it):
-
-    1. ``voc``: `annotations` is an image-set file
-       ``ROOT/ImageSets/Main/NAME.txt`` (ROOT is three folders up), or a
-       ROOT folder, holding ``Annotations/`` (images in ``JPEGImages/``, or
-       in ``Annotations/`` itself when there is no ``JPEGImages/``, as
-       before), or is the ``Annotations/`` folder itself beside
-       ``../JPEGImages/``.
-    2. ``side_by_side`` (LabelImg, Roboflow exports): ROOT holds
-       ``{annotations_dir}/`` and ``{images_dir}/``, where ROOT is the
-       folder given, the parent of a folder named `annotations_dir`, or the
-       root of an image-set file.
-    3. ``folder``: a folder holding ``*.xml`` files, images beside them.
-
-    Args:
-        annotations: str. An image-set file or a folder (see above).
-        images: str. Image folder; when given it is the image folder of any
-            layout (``train_data.images`` / ``validation_data.images``). Defaults
-            to ``""`` (the layout's own).
-        split: str. Image-set name (``ROOT/ImageSets/Main/{split}.txt``)
-            when `annotations` is a folder; empty: every XML of the XML
-            folder. Defaults to ``""``.
-        annotations_dir: str. Name of the XML folder of the side-by-side
-            layout. Defaults to ``"annotations"``.
-        images_dir: str. Name of its image folder. Defaults to ``"images"``.
-
-    Returns:
-        `VocLayout`.
-
-    Raises:
-        FileNotFoundError: `annotations` does not exist; a `split` image-set
-            file is missing; or no layout matches: the message lists the
-            three layouts looked for and what the folder holds.
-    """
-    given = annotations
-    if os.path.isfile(annotations):
-        image_set = annotations
-        folder = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(annotations))))
-    elif os.path.isdir(annotations):
-        image_set, folder = None, annotations
-    else:
-        raise FileNotFoundError(f"VOC annotations not found: {display_path(annotations)} (give an image-set "
-                                "file, a VOC root or a folder of XML files).")
-
-    pairs = (("voc", "Annotations", "JPEGImages"), ("side_by_side", annotations_dir, images_dir))
-    found = None
-    for kind, xml_name, image_name in pairs:
-        # A COCO root also has an annotations/ folder: side by side needs XML in it.
-        needs_xml = kind == "side_by_side" and image_set is None
-        if os.path.isdir(os.path.join(folder, xml_name)) and not (
-            needs_xml and not _has_xml(os.path.join(folder, xml_name))
-        ):
-            root = folder
-        elif image_set is None and os.path.basename(os.path.abspath(folder)) == xml_name:
-            # The XML folder itself was given: its layout needs the sibling image folder.
-            root = os.path.dirname(os.path.abspath(folder))
-            if not (images or os.path.isdir(os.path.join(root, image_name))):
-                continue
-        else:
-            continue
-        xml_dir = os.path.join(root, xml_name)
-        image_dir = os.path.join(root, image_name)
-        if kind == "voc" and not os.path.isdir(image_dir):
-            image_dir = xml_dir  # VOC root without JPEGImages/: images beside the XML, as before
-        if kind == "side_by_side" and not images and not os.path.isdir(image_dir):
-            raise FileNotFoundError(
-                f"{display_path(given)}: found {xml_name}/ but no {image_name}/ beside it in "
-                f"{display_path(root)}; give the image folder (images=..., train_data.images / "
-                "validation_data.images) or name it (images_dir=...)."
-            )
-        found = (kind, root, xml_dir, image_dir)
-        break
-    if found is None and image_set is None and _has_xml(folder):
-        found = ("folder", folder, folder, folder)
-    if found is None:
-        where = folder if image_set is None else f"{folder} (the root of image-set file {image_set})"
-        layouts = "; ".join(
-            f"({n}) " + text.format(images=images_dir, annotations=annotations_dir)
-            for n, text in enumerate(LAYOUT_NAMES.values(), 1)
-        )
-        raise FileNotFoundError(
-            f"{display_path(given)}: no Pascal VOC layout found in {display_path(where)}, which holds "
-            f"{_describe_folder(folder)}. Looked for {layouts}. Point train_data.annotations / validation_data.annotations at one of them "
-            "(or set train_data.format / validation_data.format to the data's format)."
-        )
-    kind, root, xml_dir, image_dir = found
-    if split and image_set is None:
-        image_set = os.path.join(root, "ImageSets", "Main", split + ".txt")
-        if not os.path.isfile(image_set):
-            raise FileNotFoundError(f"VOC image-set file not found: {display_path(image_set)} (split={split!r}).")
-    layout = VocLayout(kind, root, xml_dir, images or image_dir, image_set)
-    logger.info(
-        "%s: Pascal VOC layout %r (%s): XML files in %s, images in %s%s", display_path(given), kind,
-        LAYOUT_NAMES[kind].format(images=images_dir, annotations=annotations_dir), display_path(layout.xml_dir),
-        display_path(layout.image_dir), " (given)" if images else "",
-    )
-    return layout
-
-
-def resolve_voc_paths(
-    annotations: str,
-    images: str = "",
-    split: str = "",
-    annotations_dir: str = "annotations",
-    images_dir: str = "images",
-) -> Tuple[List[str], str, Optional[str]]:
-    """The XML files, image folder and image-set file of a VOC split.
-
-    Args:
-        annotations, images, split, annotations_dir, images_dir: see
-            `detect_voc_layout`, which picks the layout.
-
-    Returns:
-        (xml paths, image folder, image-set file or None). Without an
-        image-set file the XML files are those of the XML folder, sorted by
-        name. Ids of the image-set file are file names, decoded as the file
-        system decodes them (`os.fsdecode`: bytes that are not UTF-8
-        round-trip).
-
-    Raises:
-        FileNotFoundError: a missing path or image-set file, or no layout
-            found (see `detect_voc_layout`).
-    """
-    layout = detect_voc_layout(annotations, images, split, annotations_dir, images_dir)
-    return _xml_paths(layout), layout.image_dir, layout.image_set
-
-
-def _xml_paths(layout: VocLayout) -> List[str]:
-    """The XML files of a layout: those its image-set file lists, else
-    every ``*.xml`` of its XML folder sorted by name."""
-    if layout.image_set:
-        # Ids are file names: read as bytes and decoded as the file system
-        # does (os.fsdecode), so an id that is not UTF-8 names its file.
-        with open(layout.image_set, "rb") as handle:
-            # VOC image sets may carry a second column (+1/-1 per class files).
-            stems = [os.fsdecode(line.split()[0]) for line in handle if line.strip()]
-        return [os.path.join(layout.xml_dir, stem + ".xml") for stem in stems]
-    return sorted(
-        os.path.join(layout.xml_dir, name) for name in os.listdir(layout.xml_dir) if name.lower().endswith(".xml")
-    )
-
-
-class VocDataset(RecordList):
+class VocDataset(Reader):
     """A Pascal VOC detection split, with the attributes of `CocoDataset`.
 
     Counted in `skipped` and reported in one warning (never silent):
@@ -374,7 +161,7 @@ class VocDataset(RecordList):
     COCO treats ``iscrowd``), ``"keep"`` trains on them as ordinary objects.
 
     Attributes:
-        records: list of `CocoRecord` (image ids 1, 2, ... in split order).
+        records: list of `Record` (image ids 1, 2, ... in split order).
         layout: `VocLayout`, the layout found (its kind is logged).
         class_names: list of str. category_ids: list of int (``1..n``).
         num_classes: int. skipped, repaired: dict reason -> count.
@@ -413,71 +200,100 @@ class VocDataset(RecordList):
         annotations_dir: str = "annotations",
         images_dir: str = "images",
     ):
+        super().__init__()
         check_choice("data.difficult", difficult)
         self.layout = detect_voc_layout(annotations, images, split, annotations_dir, images_dir)
-        paths, image_dir, image_set = _xml_paths(self.layout), self.layout.image_dir, self.layout.image_set
-        self.annotation_file = image_set or annotations
-        self.image_dir = image_dir
-        skipped, repaired, self.problems, problem = problem_counters()
+        self.annotation_file = self.layout.image_set or annotations
+        self.image_dir = self.layout.image_dir
+        self.classes, self.difficult, self.check_files = classes, difficult, check_files
+        self.read()
 
-        parsed = []
-        for path in paths:
-            if not os.path.isfile(path):
-                problem("missing_xml", f"{path} is listed in {image_set} but does not exist")
-                continue
-            try:
-                parsed.append((path, parse_voc_xml(path)))
-            except VocError as error:
-                problem("bad_xml", str(error))
+    detect = staticmethod(looks_like_voc)  # Reader.detect: True when the path looks like this format
 
-        if isinstance(classes, str) and classes:
-            names = read_class_file(classes)
-        elif classes and not isinstance(classes, str):
-            names = list(classes)
-        else:
+    @classmethod
+    def from_config(cls, source, data, class_names=None) -> "VocDataset":
+        """The reader of a split (`Reader.from_config`): ``source.classes``, else `class_names`."""
+        return cls(source.annotations, source.images, classes=given_classes(source, class_names),
+                   difficult=data.difficult)
+
+    def read(self) -> None:
+        """Parses the XML files, sets the classes, then one record per image (see the class docstring)."""
+        self._skipped, self._repaired, self.problems, self._problem = problem_counters()
+        parsed = self._parse_all()
+        names = class_list(self.classes)
+        if not names:
             names = sorted({o["name"] for _, info in parsed for o in info["objects"]})
             logger.info("%s: classes from the XML names (sorted): %s", self.annotation_file, names)
         if not names:
             raise ValueError(f"{self.annotation_file}: no object class found (no <object><name>).")
-        self.class_names = names
-        self.category_ids = list(range(1, len(names) + 1))
-        self.num_classes = len(names)
-        class_of = {name: index for index, name in enumerate(names)}
-
-        self.records: List[CocoRecord] = []
-        self.ignored: Dict[int, np.ndarray] = {}
+        self._set_classes(names, range(1, len(names) + 1))
+        self._class_of = {name: index for index, name in enumerate(names)}
         for path, info in parsed:
-            stem = os.path.splitext(os.path.basename(path))[0]
-            image_path = _find_image(image_dir, stem, info["filename"])
-            if check_files and not os.path.isfile(image_path):
-                problem("missing_image", f"{path}: <filename> {image_path} does not exist")
-                continue
-            width, height = info["width"], info["height"]
-            if check_files and (width is None or height is None):
-                height, width = image_size(image_path)
-                repaired["size_from_image"] += 1
-            boxes, labels, ignore = [], [], []
-            for number, obj in enumerate(info["objects"]):
-                where = f"{path} (object {number}, <name>{obj['name']}</name>)"
-                if obj["name"] not in class_of:
-                    problem("unknown_class", f"{where}: class not in the class list {names}")
-                    continue
-                box, reason = sanitize_box(obj["box"], width, height)
-                if reason == "clipped_box":
-                    repaired[reason] += 1
-                elif reason:
-                    problem(reason, f"{where}: <bndbox> {obj['box']} ({reason})")
-                    continue
-                if obj["difficult"] and difficult != "keep":
-                    skipped["difficult"] += 1
-                    if difficult == "ignore":
-                        ignore.append((box, class_of[obj["name"]]))
-                    continue
-                boxes.append(box)
-                labels.append(class_of[obj["name"]])
-            image_id = len(self.records) + 1
-            self._append(image_id, image_path, int(height or 0), int(width or 0), boxes, labels, ignore)
-        self.skipped = dict(skipped)
-        self.repaired = dict(repaired)
+            self._add_image(path, info)
+        self.skipped, self.repaired = dict(self._skipped), dict(self._repaired)
         log_skipped(logger, self.annotation_file, self.skipped, self.repaired, self.problems)
 
+    def _parse_all(self) -> List[tuple]:
+        """(path, `parse_voc_xml` result) of every readable XML file of the split."""
+        parsed = []
+        for path in xml_paths(self.layout):
+            if not os.path.isfile(path):
+                self._problem("missing_xml", f"{path} is listed in {self.layout.image_set} but does not exist")
+                continue
+            try:
+                parsed.append((path, parse_voc_xml(path)))
+            except VocError as error:
+                self._problem("bad_xml", str(error))
+        return parsed
+
+    def _add_image(self, path: str, info: dict) -> None:
+        """Adds the record of one parsed XML file (skipped, counted, when its image is missing)."""
+        stem = os.path.splitext(os.path.basename(path))[0]
+        image_path = _find_image(self.image_dir, stem, info["filename"])
+        if self.check_files and not os.path.isfile(image_path):
+            self._problem("missing_image", f"{path}: <filename> {image_path} does not exist")
+            return
+        width, height = info["width"], info["height"]
+        if self.check_files and (width is None or height is None):
+            height, width = _image_size(image_path)
+            self._repaired["size_from_image"] += 1
+        boxes, labels, ignore = [], [], []
+        for number, obj in enumerate(info["objects"]):
+            kept = self._check_object(f"{path} (object {number}, <name>{obj['name']}</name>)", obj, width, height)
+            if kept is None:
+                continue
+            box, cls = kept
+            if obj["difficult"] and self.difficult != "keep":
+                self._skipped["difficult"] += 1
+                if self.difficult == "ignore":
+                    ignore.append((box, cls))
+                continue
+            boxes.append(box)
+            labels.append(cls)
+        record = make_record(len(self.records) + 1, image_path, height, width, boxes, labels)
+        self._append(record, ignore)
+
+    def _check_object(self, where: str, obj: dict, width, height) -> Optional[Tuple[list, int]]:
+        """(box, class index) of an object, its box clipped (counted); None for a counted skip."""
+        if obj["name"] not in self._class_of:
+            self._problem("unknown_class", f"{where}: class not in the class list {self.class_names}")
+            return None
+        box, reason = sanitize_box(obj["box"], width, height)
+        if reason == "clipped_box":
+            self._repaired[reason] += 1
+        elif reason:
+            self._problem(reason, f"{where}: <bndbox> {obj['box']} ({reason})")
+            return None
+        return box, self._class_of[obj["name"]]
+
+
+def _image_size(path: str) -> Tuple[int, int]:
+    """(height, width) of an image file in pixels (decoded).
+
+    Raises:
+        ValueError: the file cannot be decoded.
+    """
+    from tf_centernet.data.images import load_image
+
+    image = load_image(path)
+    return int(image.shape[0]), int(image.shape[1])
