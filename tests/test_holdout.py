@@ -47,3 +47,24 @@ def test_validation_split_is_checked_at_load_time():
     with pytest.raises(ValueError, match="set one of them"):
         load_config("demo", ["data.validation_split=0.1", "validation_data.annotations=/v.json"])
     assert load_config("demo", ["data.validation_split=0.1"]).data.validation_split == 0.1
+
+
+def test_open_dataset_splits_one_folder_into_disjoint_train_and_validation(bccd):
+    import os
+
+    from tf_centernet.data.records import open_dataset
+
+    overrides = [f"train_data.annotations={os.path.join(bccd, 'ImageSets', 'Main', 'test.txt')}",
+                 "data.validation_split=0.25", "data.split_seed=7"]
+    config = load_config("bccd_small", overrides + ["validation_data.annotations=''"])
+    train, val = open_dataset(config, "train"), open_dataset(config, "val")
+    names = lambda dataset: [r.file_name for r in dataset.records]  # noqa: E731
+    whole = open_dataset(load_config("bccd_small", overrides[:1]), "train")
+    assert len(whole) == 72 and len(val) == 18 and len(train) == 54  # ceil(0.25 * 72)
+    assert set(names(train)).isdisjoint(names(val))
+    assert sorted(names(train) + names(val)) == sorted(names(whole))
+    assert train.class_names == val.class_names == whole.class_names
+    # TFRecord training data streams from its files: no holdout there, one clear error.
+    config.train_data.format = "tfrecord"
+    with pytest.raises(ValueError, match="convert-data"):
+        open_dataset(config, "val")

@@ -16,12 +16,14 @@ from __future__ import annotations
 
 import contextlib
 import io
+import logging
 import os
 from typing import Dict, Optional, Sequence, Type
 
 from tf_centernet.config import CHOICES, check_choice, input_config
 from tf_centernet.data.base import Reader, log_skipped, problem_counters, sanitize_box  # noqa: F401 (re-exported)
 from tf_centernet.data.coco import CocoDataset
+from tf_centernet.data.holdout import holdout_split
 from tf_centernet.data.tfrecord import (  # noqa: F401
     TFRECORD_MARKERS,
     TfRecordDataset,
@@ -33,6 +35,8 @@ from tf_centernet.data.voc import VocDataset
 FORMATS = tuple(f for f in CHOICES["train_data.format"] if f)  # "" is "detect it"
 DIFFICULT_MODES = CHOICES["data.difficult"]
 RecordList = Reader  # the name of earlier releases
+
+logger = logging.getLogger(__name__)
 
 # Format name -> reader class, in the order `detect_format` asks them.
 READERS: Dict[str, Type[Reader]] = {reader.format: reader for reader in (CocoDataset, VocDataset, TfRecordDataset)}
@@ -79,6 +83,10 @@ def open_dataset(config, split: str = "train", class_names: Optional[Sequence[st
             ``requested_class_names``, which `tf_centernet.evaluation`
             compares with the categories of a COCO file.
 
+    With ``data.validation_split`` > 0 (and no ``validation_data``) both
+    splits read ``train_data`` and keep their share of its images
+    (`tf_centernet.data.holdout.holdout_split`).
+
     Returns:
         `CocoDataset`, `VocDataset` or `TfRecordDataset` (the `READERS` entry).
 
@@ -86,11 +94,28 @@ def open_dataset(config, split: str = "train", class_names: Optional[Sequence[st
         FileNotFoundError, ValueError: from the reader, naming the file.
     """
     source = input_config(config, split)
+    fraction = float(config.data.validation_split)
+    validation = split in ("val", "validation")
+    if fraction > 0 and validation and not source.annotations:
+        source = config.train_data  # the held-out share of the training data
     fmt = source.format or detect_format(source.annotations)
     check_choice("train_data.format", fmt)
+    if fraction > 0 and fmt == "tfrecord":
+        raise ValueError(
+            "data.validation_split needs COCO or VOC training data (TFRecord training data streams from its "
+            "files); write the splits as separate TFRecord files (tf-centernet convert-data) instead."
+        )
     # Class names of a trained model (its classes.json) keep a validation
     # split's class indices those of training.
     dataset = READERS[fmt].from_config(source, config.data, class_names)
+    if fraction > 0:
+        total = len(dataset.records)
+        train, held = holdout_split(dataset.records, fraction, config.data.split_seed)
+        dataset.records = held if validation else train
+        logger.info(
+            "data.validation_split=%g (seed %d): %d of %d images for %s.", fraction, config.data.split_seed,
+            len(dataset.records), total, "validation" if validation else "training",
+        )
     # COCO files carry their own categories: evaluation compares them with these.
     dataset.requested_class_names = list(class_names) if class_names else None
     return dataset
