@@ -147,3 +147,34 @@ def test_cornernet_has_no_center_terms():
         {k: v for k, v in outputs.items() if not k.startswith("ct")}, targets, LossConfig(), uses_centers=False
     )
     assert float(out["focal_center"]) == 0.0 and float(out["offset_center"]) == 0.0
+
+
+def test_loss_of_sparse_targets_equals_the_loss_of_dense_ones():
+    """The training pipeline's sparse targets give the dense targets' loss (heatmaps drawn in the loss)."""
+    import numpy as np
+    import tensorflow as tf
+
+    from tf_centernet.config import LossConfig
+    from tf_centernet.losses import detection_losses
+    from tf_centernet.targets import encode_targets
+
+    rng = np.random.default_rng(0)
+    boxes = [np.array([[10, 12, 60, 70], [30, 5, 120, 90]], np.float32), np.zeros((0, 4), np.float32)]
+    classes = [np.array([1, 2]), np.zeros((0,), np.int64)]
+    args = dict(input_size=127, output_size=32, num_classes=3, max_objects=8)
+
+    def batch(heatmaps):
+        items = [encode_targets(b, c, heatmaps=heatmaps, **args) for b, c in zip(boxes, classes)]
+        return {k: tf.stack([t[k] for t in items]) for k in items[0]}
+
+    outputs = {
+        key: [tf.constant(rng.normal(size=(2, 32, 32, channels)), tf.float32) for _ in range(2)]
+        for key, channels in (("tl_heatmap", 3), ("br_heatmap", 3), ("ct_heatmap", 3), ("tl_embedding", 1),
+                              ("br_embedding", 1), ("tl_offset", 2), ("br_offset", 2), ("ct_offset", 2))
+    }
+    dense = detection_losses(outputs, batch("dense"), LossConfig(), uses_centers=True)
+    sparse = detection_losses(outputs, batch("sparse"), LossConfig(), uses_centers=True)
+    assert "keypoint_cells" in batch("sparse") and "tl_heatmap" not in batch("sparse")
+    for key in dense:
+        np.testing.assert_allclose(sparse[key].numpy(), dense[key].numpy(), rtol=1e-6, err_msg=key)
+    assert float(dense["focal_corner"]) > 0

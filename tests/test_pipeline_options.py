@@ -38,3 +38,22 @@ def test_cache_and_parallelism_give_the_same_batches(synthetic_coco):
         for img in x:
             assert any(np.array_equal(img, ref) for ref in reference_images)
     assert tf.data.AUTOTUNE == -1  # the config's -1 means AUTOTUNE
+
+
+def test_sparse_targets_carry_the_dense_heatmaps(synthetic_coco):
+    """``heatmaps="sparse"`` batches, drawn (as the loss does), equal the dense batches."""
+    from tf_centernet.gaussians import draw_heatmaps
+
+    image_dir, annotation_file = synthetic_coco
+    dataset = CocoDataset(annotation_file, image_dir)
+    config = Config()
+    config.model.num_classes = 3
+    config.data.input_size = 63
+    dense = build_train_dataset(dataset, config, batch_size=2).take(3)
+    sparse = build_train_dataset(dataset, config, batch_size=2, heatmaps="sparse").take(3)
+    for (x_dense, y_dense), (x_sparse, y_sparse) in zip(dense, sparse):
+        np.testing.assert_array_equal(x_sparse.numpy(), x_dense.numpy())
+        drawn = draw_heatmaps(y_sparse, config.data.output_size, 3)
+        assert sorted(drawn) == sorted(y_dense)
+        for key in y_dense:
+            np.testing.assert_array_equal(drawn[key].numpy(), y_dense[key].numpy(), err_msg=key)

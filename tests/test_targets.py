@@ -373,6 +373,11 @@ def test_sparse_targets_draw_the_dense_heatmaps_bit_for_bit(with_centers):
 
 
 def test_sparse_targets_are_small_and_padded():
+    # COCO at 511: three 128 x 128 x 80 float32 maps (15 MiB) against a few KiB.
+    coco = dict(input_size=511, output_size=128, num_classes=80, max_objects=128)
+    size = {h: sum(v.numpy().nbytes for v in encode_targets([[1.0, 2, 300, 400]], [5], heatmaps=h, **coco).values())
+            for h in ("dense", "sparse")}
+    assert size["dense"] > 15 * 2**20 and size["sparse"] < 16 * 2**10
     out = encode([[10, 20, 100, 120], [0, 0, 126, 126]], [2, 0], heatmaps="sparse")
     assert "tl_heatmap" not in out
     assert out["keypoint_cells"].shape == (256, 3, 2) and out["keypoint_classes"].shape == (256,)

@@ -172,7 +172,8 @@ def draw_heatmaps(targets, output_size, num_classes: int):
             ``keypoint_classes`` int32 ``(B, M)`` (-1: padding); other keys
             are passed through. A dict that already has ``tl_heatmap`` is
             returned as is.
-        output_size: int or ``(height, width)``. Output grid in cells.
+        output_size: int or ``(height, width)`` (ints or scalar tensors).
+            Output grid in cells.
         num_classes: int. Heatmap channels.
 
     Returns:

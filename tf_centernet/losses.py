@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import tensorflow as tf
 
+from tf_centernet.gaussians import draw_heatmaps
 from tf_centernet.ops.gather import gather_cells as gather_at
 
 HEATMAP_CLAMP = 1e-4  # sigmoid outputs clamped to [1e-4, 1 - 1e-4] (docs/reference.md §5)
@@ -144,7 +145,9 @@ def detection_losses(outputs, targets, config, uses_centers):
         targets: dict from the data pipeline (see module docstring):
             ``tl_heatmap``, ``br_heatmap``, ``ct_heatmap``, ``tl_offset``,
             ``br_offset``, ``ct_offset``, ``tl_index``, ``br_index``,
-            ``ct_index``, ``mask``.
+            ``ct_index``, ``mask``; or, instead of the heatmaps, the sparse
+            ``keypoint_*`` entries (`encode_targets(heatmaps="sparse")`),
+            drawn here (`tf_centernet.gaussians.draw_heatmaps`).
         config: `tf_centernet.config.LossConfig`.
         uses_centers: bool.
 
@@ -158,6 +161,12 @@ def detection_losses(outputs, targets, config, uses_centers):
         value = outputs[key]
         return list(value) if isinstance(value, (list, tuple)) else [value]
 
+    # Sparse targets (the training pipeline's): the heatmaps are drawn here,
+    # on the device, from the keypoints (same values as the dense encoder).
+    if "keypoint_cells" in targets:
+        first = stacks("tl_heatmap")[0]
+        size = [first.shape[i] if first.shape[i] is not None else tf.shape(first)[i] for i in (1, 2)]
+        targets = draw_heatmaps(targets, size, int(first.shape[-1]))
     mask = targets["mask"]
     terms = {k: [] for k in ("focal_corner", "focal_center", "pull", "push", "offset_corner", "offset_center")}
     num_stacks = len(stacks("tl_heatmap"))

@@ -42,6 +42,7 @@ def build_train_dataset(
     augment: bool = True,
     start_element: int = 0,
     input_context: Optional[tf.distribute.InputContext] = None,
+    heatmaps: str = "dense",
 ) -> tf.data.Dataset:
     """Batches of (images, targets) for training.
 
@@ -83,6 +84,11 @@ def build_train_dataset(
             batch size and this input pipeline's share: TFRecord files per
             pipeline (records when there are fewer files than pipelines),
             else every element chunk of one global batch. Defaults to None.
+        heatmaps: str. ``"dense"`` (default): targets with the three
+            ``H x W x C`` heatmaps. ``"sparse"``: the keypoints instead (a
+            few KiB per image; `tf_centernet.targets.encode_targets`), which
+            the loss draws on the device (`tf_centernet.gaussians.draw_heatmaps`,
+            same values); what training uses.
 
     Returns:
         `tf.data.Dataset` of ``(images, targets)``: images float32
@@ -110,7 +116,9 @@ def build_train_dataset(
     if getattr(dataset, "format", "") == "tfrecord" and hasattr(dataset, "files"):
         from tf_centernet.data.tfrecord_stream import stream_train_dataset
 
-        return stream_train_dataset(dataset, config, batch_size, shuffle, repeat, augment, start_element, input_context)
+        return stream_train_dataset(
+            dataset, config, batch_size, shuffle, repeat, augment, start_element, input_context, heatmaps
+        )
     seed = int(config.train.seed)
     start_element = int(start_element)
 
@@ -137,7 +145,7 @@ def build_train_dataset(
         source = tf.gather(sources, index)
         return decode_encoded_image(source) if in_memory else decode_image(source)
 
-    transform = train_transform(config, augment)
+    transform = train_transform(config, augment, heatmaps)
 
     def augment_and_encode(element_number, index, image):
         start, end = splits[index], splits[index + 1]

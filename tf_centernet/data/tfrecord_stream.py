@@ -322,7 +322,8 @@ def stream_records(dataset, input_context=None, shuffle: bool = True, seed: int 
 
 
 def stream_train_dataset(dataset, config, batch_size: int, shuffle: bool = True, repeat: bool = True,
-                         augment: bool = True, start_element: int = 0, input_context=None) -> tf.data.Dataset:
+                         augment: bool = True, start_element: int = 0, input_context=None,
+                         heatmaps: str = "dense") -> tf.data.Dataset:
     """Batches of (images, targets) streamed from a `TfRecordDataset`'s files.
 
     The arguments and the result are those of
@@ -362,7 +363,7 @@ def stream_train_dataset(dataset, config, batch_size: int, shuffle: bool = True,
     items = passes.flat_map(checked_pass).filter(_is_ok).map(_element)
     if shuffle:
         items = items.shuffle(SHUFFLE_BUFFER, seed=seed + start_element)
-    transform = train_transform(config, augment)
+    transform = train_transform(config, augment, heatmaps)
 
     def load(element_number, element):
         image = decode_encoded_image(element["encoded"])

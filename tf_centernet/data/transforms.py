@@ -58,7 +58,7 @@ def decode_encoded_image(data: tf.Tensor) -> tf.Tensor:
     return tf.ensure_shape(image, [None, None, 3])
 
 
-def train_transform(config, augment: bool = True) -> Callable:
+def train_transform(config, augment: bool = True, heatmaps: str = "dense") -> Callable:
     """The function ``(element_number, image, boxes, classes) -> (image, targets)``.
 
     Augmentation (`augment_for_training`, stateless, seeded with
@@ -68,6 +68,7 @@ def train_transform(config, augment: bool = True) -> Callable:
         config: `Config`. Uses ``data`` (sizes, augmentation, targets),
             ``model.num_classes``, ``model.uses_centers``, ``train.seed``.
         augment: bool. Random augmentation (else the centred square pad).
+        heatmaps: str. ``"dense"`` or ``"sparse"`` targets (`encode_targets`).
 
     Returns:
         callable of (int64 scalar element number, uint8 ``(H, W, 3)`` image,
@@ -93,6 +94,7 @@ def train_transform(config, augment: bool = True) -> Callable:
             gaussian_bump=bool(data.gaussian_bump),
             with_centers=bool(config.model.uses_centers),
             radius_variant=data.radius_variant,
+            heatmaps=heatmaps,
         )
         return image, targets
 
