@@ -9,7 +9,9 @@ Sections (each prints a table as it finishes; a summary at the end):
    whole `build_train_dataset` (parallel, default options): images/s and
    images per CPU-second. "before" is the code of the base revision
    (``--base``, unpacked with ``git archive`` into a temporary folder),
-   "after" this checkout; each runs in its own subprocess.
+   "after" this checkout; each runs in its own subprocess. Also the peak
+   RSS, and "after" with the sparse targets training uses (keypoints
+   instead of heatmaps, drawn in the loss).
 2. Directional pooling (4, 128, 128, 128) float32, top and left: plain copy,
    compiled op, scan, scan under XLA; forward and forward+backward (pieces
    of benchmarks/pooling.py). "scan fwd+bwd before" differentiates the
@@ -109,9 +111,12 @@ def pipeline_worker(mode, num_images, input_size, batches):
     config = Config()
     config.data.input_size = input_size
     data = config.data
-    if mode == "pipeline":
+    if mode in ("pipeline", "pipeline-sparse"):
         config.train.batch_size = 8
-        pipeline = iter(build_train_dataset(dataset, config))
+        # "pipeline-sparse": the keypoints instead of the heatmaps (what
+        # training uses since the sparse targets; not in older revisions).
+        options = {"heatmaps": "sparse"} if mode == "pipeline-sparse" else {}
+        pipeline = iter(build_train_dataset(dataset, config, **options))
         for _ in range(2):
             next(pipeline)
         cpu, wall = cpu_seconds(), time.perf_counter()
@@ -119,7 +124,9 @@ def pipeline_worker(mode, num_images, input_size, batches):
             next(pipeline)
         cpu, wall = cpu_seconds() - cpu, time.perf_counter() - wall
         images = batches * config.train.batch_size
-        return {"images_per_s": images / wall, "images_per_cpu_s": images / cpu, "cores": cpu / wall}
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # MiB (Linux: KiB)
+        return {"images_per_s": images / wall, "images_per_cpu_s": images / cpu, "cores": cpu / wall,
+                "peak_rss_mib": peak}
 
     records = dataset.records[:num_images]
     decode = tf.function(decode_image)
@@ -191,14 +198,20 @@ def section_pipeline(args):
         for label, root in (("before", base), ("after", REPO)):
             figures[label] = run_worker(root, "stages", args)
             figures[label].update(run_worker(root, "pipeline", args))
+        sparse = run_worker(REPO, "pipeline-sparse", args)
     rows = []
     for stage in ("decode", "augment", "encode"):
         for kind, unit in (("ms", "ms/image, 1 thread"), ("cpu_ms", "CPU ms/image, 1 thread")):
             key = f"{stage}_{kind}"
             rows.append((f"{stage} ({unit})", figures["before"][key], figures["after"][key]))
     for key, label in (("images_per_s", "pipeline images/s"), ("images_per_cpu_s", "pipeline images/CPU-s"),
-                       ("cores", "pipeline cores busy")):
-        rows.append((label, figures["before"][key], figures["after"][key]))
+                       ("cores", "pipeline cores busy"), ("peak_rss_mib", "pipeline peak RSS (MiB)")):
+        rows.append((label, figures["before"].get(key, float("nan")), figures["after"][key]))
+    # After, with the sparse targets training uses: against the dense "before".
+    for key, label in (("images_per_s", "pipeline, sparse targets, images/s"),
+                       ("images_per_cpu_s", "pipeline, sparse targets, images/CPU-s"),
+                       ("peak_rss_mib", "pipeline, sparse targets, peak RSS (MiB)")):
+        rows.append((label, figures["before"].get(key, float("nan")), sparse[key]))
     print_table(
         f"1. Input pipeline, coco-tiny train at {args.input_size} (before = {args.base})",
         ("figure", "before", "after", "after/before"),
@@ -447,7 +460,7 @@ def main(argv=None):
         "--sections", nargs="+", default=["pipeline", "pooling", "decode", "forward", "train"],
         choices=["pipeline", "pooling", "decode", "forward", "train"],
     )
-    parser.add_argument("--worker", choices=["stages", "pipeline"], help=argparse.SUPPRESS)
+    parser.add_argument("--worker", choices=["stages", "pipeline", "pipeline-sparse"], help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
         print(json.dumps(pipeline_worker(args.worker, args.images, args.input_size, args.batches)))
