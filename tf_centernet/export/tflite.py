@@ -163,7 +163,9 @@ def _calibration_data(images, height, width, steps):
     return generate
 
 
-def quantize_network_only(converter, representative_dataset, network_scope: str) -> bytes:
+def quantize_network_only(
+    converter, representative_dataset, network_scope: str, float_scope: Optional[str] = None
+) -> bytes:
     """Full-integer post-training quantisation of the network's ops only; the rest stays float32.
 
     The converter first calibrates (runs `representative_dataset` through the
@@ -189,6 +191,8 @@ def quantize_network_only(converter, representative_dataset, network_scope: str)
         representative_dataset: callable returning an iterable of input lists.
         network_scope: str. Regular expression matching the start of the
             network's tensor names (e.g. ``"centernet(_[0-9]+)?/"``).
+        float_scope: str or None. Regular expression (searched) of network
+            tensors that stay float32 all the same.
 
     Returns:
         bytes. The quantised flatbuffer.
@@ -196,22 +200,31 @@ def quantize_network_only(converter, representative_dataset, network_scope: str)
     Raises:
         ValueError: no tensor lies in `network_scope` (nothing would be quantised).
     """
-    from tensorflow.lite.python import convert
-    from tensorflow.lite.tools import flatbuffer_utils
-
     converter.optimizations = [tf.lite.Optimize.DEFAULT]
     converter.representative_dataset = representative_dataset
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8, tf.lite.OpsSet.TFLITE_BUILTINS]
     converter._experimental_calibrate_only = True  # noqa: SLF001 - the debugger's route
     with quiet_absl():
         calibrated = converter.convert()
+    return quantize_calibrated(calibrated, network_scope, float_scope)
+
+
+def quantize_calibrated(calibrated: bytes, network_scope: str, float_scope: Optional[str] = None) -> bytes:
+    """The int8 flatbuffer of a calibrated one: tensors matching `network_scope` (and not `float_scope`) int8.
+
+    See `quantize_network_only`.
+    """
+    from tensorflow.lite.python import convert
+    from tensorflow.lite.tools import flatbuffer_utils
+
     graph = flatbuffer_utils.convert_bytearray_to_object(bytearray(calibrated))
-    pattern = re.compile(network_scope)
+    quantized = re.compile(network_scope)
+    kept = re.compile(float_scope) if float_scope else None
     float_names, network = [], 0
     for subgraph in graph.subgraphs:
         for tensor in subgraph.tensors:
             name = tensor.name.decode() if isinstance(tensor.name, bytes) else str(tensor.name)
-            if pattern.match(name):
+            if quantized.match(name) and not (kept and kept.search(name)):
                 network += 1
                 continue
             float_names.append(name)
