@@ -13,7 +13,8 @@ Keras model on the same images:
 - ``tflite-int8``: TFLite dynamic-range int8 (int8 weights, float activations).
 - ``tflite-int8-full``: TFLite full-integer int8, calibrated on
   ``--calibration-images`` images of the TRAINING split
-  (`tf_centernet.export.tflite.full_integer_converter`).
+  (`tf_centernet.export.tflite.quantize_network_only`: int8 network, float
+  head outputs, preprocessing and decoding).
 - ``onnxruntime``: the ``onnx`` export in onnxruntime (CPU provider,
   ``intra_op_num_threads = --threads``).
 - ``openvino-onnx`` / ``openvino-savedmodel``: OpenVINO's CPU plugin on the
