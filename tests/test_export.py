@@ -439,6 +439,30 @@ def test_tflite_int8_full_quantizes_the_network_only(detector, images, keras_fix
     assert matched and np.mean(matched) >= 0.5, np.mean(matched)
 
 
+def test_cli_export_tflite_int8_full_calibrates_on_train_data(detector, coco_tiny, tmp_path):
+    """`tf-centernet export --format tflite-int8-full` draws its calibration images from train_data."""
+    pytest.importorskip(
+        "ai_edge_litert", reason='tflite-int8-full runs in LiteRT: pip install "tf-centernet-triplets[tflite]"')
+    source, image_dir = coco_tiny["train"]
+    with open(source, encoding="utf-8") as f:
+        coco = json.load(f)
+    # Training data with the detector's one class (the CLI checks them against the model).
+    annotations = str(tmp_path / "train.json")
+    with open(annotations, "w", encoding="utf-8") as f:
+        json.dump({"images": coco["images"][:2], "annotations": [],
+                   "categories": [{"id": CATEGORY_ID, "name": "dog"}]}, f)
+    output = str(tmp_path / "cli_full.tflite")
+    code = main([
+        "export", "--config", "demo", "--set", *detector.overrides,
+        f"train_data.annotations={annotations}", f"train_data.images={image_dir}",
+        "--checkpoint", detector.checkpoint, "--format", "tflite-int8-full",
+        "--input-size", *(str(v) for v in FIXED_SIZE), "--calibration-images", "2", "--output", output,
+    ])
+    assert code == 0
+    details = export_lib.tflite_interpreter(output).get_tensor_details()
+    assert any(t["dtype"] == np.int8 for t in details)
+
+
 def test_tflite_int8_full_needs_representative_images(detector, tmp_path):
     with pytest.raises(ValueError, match="representative_images"):
         export_lib.export(detector.model, str(tmp_path / "full.tflite"), format="tflite-int8-full",
