@@ -234,11 +234,20 @@ def cmd_export(args):
     output = args.output or os.path.join(
         getattr(args, "model_dir", None) or config.train.model_dir, "export", fmt.default_path
     )
+    calibration = {}
+    if fmt.name == "tflite-int8-full":
+        # Activation ranges from the training data (train_data of the config).
+        count = getattr(args, "calibration_images", 100)
+        calibration = dict(
+            representative_images=export_lib.representative_training_images(config, count, model.class_names),
+            calibration_images=count,
+        )
     try:
         limit = args.max_megapixels if args.max_megapixels and args.max_megapixels > 0 else None
         with _sigterm_stops("export"):
-            path = model.export(output, format=args.format, input_size=input_size, max_megapixels=limit)
-    except (RuntimeError, ImportError, FileExistsError) as error:
+            path = model.export(output, format=args.format, input_size=input_size, max_megapixels=limit,
+                                **calibration)
+    except (RuntimeError, ImportError, FileExistsError, FileNotFoundError) as error:
         logger.error("%s", error)
         return 2
     logger.info("Exported %s -> %s", args.format, path)
@@ -428,6 +437,10 @@ def build_parser():
     p.add_argument(
         "--max-megapixels", type=float, default=8.0,
         help="savedmodel: serving_bytes rejects larger images before decoding them (default: 8; 0: no limit)",
+    )
+    p.add_argument(
+        "--calibration-images", type=int, default=100, metavar="N",
+        help="tflite-int8-full: training images (train_data) that calibrate the int8 ranges (default: 100)",
     )
     p.set_defaults(func=cmd_export)
 

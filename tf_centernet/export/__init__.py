@@ -31,9 +31,13 @@ The formats:
   (uint8 images ``(batch, height, width, 3)``, any size) and
   ``serving_bytes`` (``image_bytes``: a batch of encoded JPEG/PNG/GIF/BMP
   strings, decoded in the graph). Dynamic shapes; for TF Serving.
-- ``tflite``, ``tflite-fp16``, ``tflite-int8`` (`export_tflite`): one
-  fixed input size ``(1, H, W, 3)`` uint8 (``input_size``), builtin ops only,
-  float32 / float16 weights / dynamic-range int8 weights. Images of another
+- ``tflite``, ``tflite-fp16``, ``tflite-int8``, ``tflite-int8-full``
+  (`export_tflite`): one fixed input size ``(1, H, W, 3)`` uint8
+  (``input_size``), builtin ops only, float32 / float16 weights /
+  dynamic-range int8 weights / full-integer int8 network (weights and
+  activations, calibrated on training images, ``representative_images``;
+  preprocessing and decoding float32: the fastest CPU format, see
+  docs/serving.md, "CPU serving: which engine"). Images of another
   size are resized to ``H x W`` by the caller; the normalised boxes then
   apply to the original image unchanged.
 - ``tftrt`` (`export_tftrt`): the SavedModel's ``serving_default`` through
@@ -81,7 +85,9 @@ from tf_centernet.export.saved_model import (
     export_saved_model,
 )
 from tf_centernet.export.signatures import DETECTION_KEYS, to_detection_api
-from tf_centernet.export.tflite import export_tflite, tflite_interpreter
+from tf_centernet.export.tflite import (
+    export_tflite, representative_training_images, resize_for_export, tflite_interpreter,
+)
 from tf_centernet.export.tftrt import TENSORRT_HELP, export_tftrt, tensorrt_status
 from tf_centernet.models.preprocessor import static_preprocess
 
@@ -101,6 +107,8 @@ __all__ = [
     "export_onnx",
     "tensorrt_status",
     "tflite_interpreter",
+    "representative_training_images",
+    "resize_for_export",
 ]
 
 
@@ -143,7 +151,11 @@ class ExportFormat(NamedTuple):
 
 def _tflite(quantization):
     def write(model, output, o):
-        return export_tflite(model, output, quantization, o["input_size"], o["flip_test"], o["category_ids"])
+        return export_tflite(
+            model, output, quantization, o["input_size"], o["flip_test"], o["category_ids"],
+            representative_images=o.get("representative_images"),
+            calibration_steps=o.get("calibration_images") or 100,
+        )
     return write
 
 
@@ -158,6 +170,7 @@ FORMATS = {
         ExportFormat("tflite", "model.tflite", False, _ready, _tflite("float32")),
         ExportFormat("tflite-fp16", "model_fp16.tflite", False, _ready, _tflite("float16")),
         ExportFormat("tflite-int8", "model_int8.tflite", False, _ready, _tflite("int8")),
+        ExportFormat("tflite-int8-full", "model_int8_full.tflite", False, _ready, _tflite("int8-full")),
         ExportFormat(
             "tftrt", os.path.join("tftrt", "1"), True, _tensorrt_ready,
             lambda model, output, o: export_tftrt(
@@ -190,6 +203,8 @@ def export(
     input_size=None, flip_test: Optional[bool] = None, category_ids: Optional[Sequence[int]] = None,
     class_names: Optional[Sequence[str]] = None,
     max_megapixels: Optional[float] = DEFAULT_MAX_MEGAPIXELS,
+    representative_images=None,
+    calibration_images: int = 100,
 ) -> str:
     """Exports `model` in one of `FORMATS` (see the module docstring); ``model.export`` calls this.
 
@@ -205,6 +220,13 @@ def export(
             ``category_ids`` / ``class_names`` (``1..C`` and their strings).
         max_megapixels: float or None. Image size limit of the SavedModel's
             ``serving_bytes``; see `export_saved_model`.
+        representative_images: ``tflite-int8-full`` only (required there):
+            uint8 RGB training images (or a callable returning an iterable of
+            them) that calibrate the int8 activation ranges;
+            `representative_training_images` draws them from a config's
+            training data.
+        calibration_images: int. At most this many representative images
+            are used. Defaults to `100`.
 
     Returns:
         str. The path written.
@@ -226,5 +248,6 @@ def export(
     folder = output if fmt.is_folder else os.path.dirname(os.path.abspath(output))
     check_writable(folder, "export output")
     options = dict(input_size=input_size, flip_test=flip_test, category_ids=category_ids,
-                   class_names=class_names, max_megapixels=max_megapixels)
+                   class_names=class_names, max_megapixels=max_megapixels,
+                   representative_images=representative_images, calibration_images=calibration_images)
     return fmt.write(model, output, options)
