@@ -13,7 +13,10 @@ import pytest
 import tensorflow as tf
 
 from tf_centernet.config import load_config
-from tf_centernet.training import get_strategy, learning_rate_schedule, load_trained_model, train
+from tf_centernet.inference import load_trained_model
+from tf_centernet.training import train
+from tf_centernet.training.distribute import get_strategy
+from tf_centernet.training.optimizer import learning_rate_schedule
 from tiny import TINY_MODEL
 
 
@@ -66,7 +69,7 @@ def test_fit_two_replicas_loss_falls_and_checkpoints(synthetic_coco, tmp_path):
     for event_file in events:
         for event in tf.compat.v1.train.summary_iterator(event_file):
             tags.update(v.tag for v in event.summary.value)
-    assert {"epoch_focal_corner", "epoch_pull", "epoch_loss"} <= tags
+    assert {"epoch_focal_corner", "epoch_pull", "epoch_loss", "epoch_learning_rate"} <= tags
     # Already complete: a second call makes no step.
     model2, history2 = train(config, strategy=get_strategy("one_device"), verbose=0)
     assert int(model2.optimizer.iterations.numpy()) == 24 and not history2.history

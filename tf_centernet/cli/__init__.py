@@ -48,15 +48,15 @@ def _load_config(args):
     from tf_centernet.config import load_config
 
     from tf_centernet.data.paths import display_path
-    from tf_centernet.guards import CommandLineError, check_model_dir
+    from tf_centernet.model_dir import CommandLineError, ModelDirectory, check_model_dir
 
     overrides = list(args.set or [])
     name = args.config
     model_dir = getattr(args, "model_dir", None)
     if model_dir:  # exists (evaluate, detect, export) or can be created and written (train, convert)
         check_model_dir(model_dir, must_exist=args.command not in ("train", "convert"))
-    if name is None and model_dir and os.path.isfile(os.path.join(model_dir, "config.yaml")):
-        name = os.path.join(model_dir, "config.yaml")
+    if name is None and model_dir and os.path.isfile(ModelDirectory(model_dir).config_yaml):
+        name = ModelDirectory(model_dir).config_yaml
     if name is None and model_dir:
         raise CommandLineError(
             f"--model-dir {display_path(model_dir)} has no config.yaml (written by `train`): "
@@ -80,6 +80,7 @@ def _checkpoint(args, config):
 
 
 def cmd_train(args):
+    from tf_centernet.model_dir import ModelDirectory
     from tf_centernet.training import train
 
     config = _load_config(args)
@@ -87,21 +88,22 @@ def cmd_train(args):
     losses = history.history.get("loss", []) if history is not None else []
     if losses:
         logger.info("Loss by epoch: %s", ", ".join(f"{v:.3f}" for v in losses))
-    logger.info("Checkpoints in %s", os.path.join(config.train.model_dir, "checkpoints"))
+    logger.info("Checkpoints in %s", ModelDirectory(config.train.model_dir).checkpoints)
     return 0
 
 
 def cmd_evaluate(args):
     from tf_centernet.data.records import open_dataset
+    from tf_centernet.model_dir import ModelDirectory
     from tf_centernet.evaluation import evaluate_dataset
-    from tf_centernet.training import load_trained_model
+    from tf_centernet.inference import load_trained_model
 
     config = _load_config(args)
     model = load_trained_model(config, _checkpoint(args, config))
     names, category_ids = _class_names(config, args)
     dataset = open_dataset(config, "val", class_names=names)
     predictor = model
-    output = args.output or os.path.join(config.train.model_dir, "eval")
+    output = args.output or ModelDirectory(config.train.model_dir).eval
     os.makedirs(output, exist_ok=True)
     evaluate_dataset(
         predictor,
@@ -129,7 +131,7 @@ def cmd_detect(args):
 
     from tf_centernet.data.coco import load_image
     from tf_centernet.evaluation import detections_to_coco
-    from tf_centernet.training import load_trained_model
+    from tf_centernet.inference import load_trained_model
     from tf_centernet.visualize import draw_detections
 
     config = _load_config(args)
@@ -225,14 +227,15 @@ def cmd_export(args):
             logger.error("--input-size takes SIZE or HEIGHT WIDTH (positive), got %s.", args.input_size)
             return 2
         input_size = tuple(args.input_size) if len(args.input_size) == 2 else args.input_size[0]
-    from tf_centernet.training import load_trained_model
+    from tf_centernet.inference import load_trained_model
+    from tf_centernet.model_dir import ModelDirectory
 
     config = _load_config(args)
     if args.no_flip:
         config.decode.flip_test = False
     model = load_trained_model(config, _checkpoint(args, config))
     output = args.output or os.path.join(
-        getattr(args, "model_dir", None) or config.train.model_dir, "export", fmt.default_path
+        ModelDirectory(getattr(args, "model_dir", None) or config.train.model_dir).export, fmt.default_path
     )
     try:
         limit = args.max_megapixels if args.max_megapixels and args.max_megapixels > 0 else None
@@ -477,7 +480,7 @@ def main(argv=None):
     143: interrupted by SIGINT (Ctrl-C) / SIGTERM (`train` saves a
     checkpoint first). Every failure is one logged line (``-v`` shows the
     traceback). A bad command line (argparse's, or
-    `tf_centernet.guards.CommandLineError`) raises `SystemExit` with
+    `tf_centernet.model_dir.CommandLineError`) raises `SystemExit` with
     status 2, as argparse does.
     """
     args = build_parser().parse_args(split_set_values(sys.argv[1:] if argv is None else list(argv)))
@@ -502,14 +505,14 @@ def main(argv=None):
             logger.error("%s (run with -v for the traceback)", _printable(error))
             return 2
         except Exception as error:
-            # Project errors carry their exit status (tf_centernet.guards).
+            # Project errors carry their exit status (tf_centernet.filesystem, tf_centernet.model_dir, tf_centernet.training.callbacks).
             code = getattr(error, "exit_code", None)
             if code is not None and not args.verbose:
                 logger.error("%s", _printable(error))
                 return code
             # The file system refused (read-only, full, no permission, name
             # too long, ...): the user's to fix, so one line and status 2.
-            from tf_centernet.guards import os_error_line, os_error_of
+            from tf_centernet.filesystem import os_error_line, os_error_of
 
             cause = os_error_of(error)
             if cause is None or args.verbose:

@@ -38,8 +38,9 @@ def model_dir_state(model_dir: str):
     """
     from tf_centernet.convert.model_dir import build_for_conversion
     from tf_centernet.checkpoints import latest_checkpoint
+    from tf_centernet.model_dir import ModelDirectory
 
-    config_path = os.path.join(model_dir, "config.yaml")
+    config_path = ModelDirectory(model_dir).config_yaml
     if not os.path.isfile(config_path):
         raise FileNotFoundError(f"{model_dir} has no config.yaml: not a model directory.")
     checkpoint = latest_checkpoint(model_dir)

@@ -509,6 +509,37 @@ class KeypointObjectDetector(ObjectDetector):
             loss = loss / float(replicas)
         return loss
 
+    def train_step(self, data):
+        """`keras.Model.train_step`; under a multi-worker strategy the scalar logs get shape (1,).
+
+        Keras 3 reduces each value ``train_step`` returns with
+        ``strategy.reduce("MEAN", value, axis=0)`` when
+        `tf.distribute.MultiWorkerMirroredStrategy` spans several workers,
+        which fails on scalars ("Invalid reduction dimension 0"). A (1,)
+        value's mean over axis 0 and the replicas is the scalar Keras
+        reports anyway. Elsewhere the logs are Keras' own.
+        """
+        logs = keras.Model.train_step(self, data)
+        if not _multi_worker(tf.distribute.get_strategy()):
+            return logs
+        return {
+            key: tf.reshape(value, [1]) if getattr(getattr(value, "shape", None), "rank", None) == 0 else value
+            for key, value in logs.items()
+        }
+
+    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+        # Keras' hook before fit/evaluate builds the model on a symbolic copy
+        # of a real batch; with several replicas it all-reduces a whole input
+        # batch, which fails under MultiWorkerMirroredStrategy (PerReplica
+        # conversion error). The detector is built at construction; with a
+        # built optimizer (tf_centernet.training builds it) nothing is left
+        # to build.
+        strategy = self.distribute_strategy
+        replicas = strategy.num_replicas_in_sync if strategy is not None else 1
+        if replicas > 1 and self.built and self.optimizer is not None and self.optimizer.built:
+            return
+        super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
+
     # --------------------------------------------------------------- export
 
     def export(self, filepath, format="savedmodel", verbose=None, **kwargs):
@@ -629,6 +660,13 @@ CenterNet = CenterNetObjectDetector
 for _old, _new in (("KeypointDetector", KeypointObjectDetector), ("CornerNet", CornerNetObjectDetector),
                    ("CenterNet", CenterNetObjectDetector)):
     keras.saving.get_custom_objects().setdefault(f"tf_centernet>{_old}", _new)
+
+
+def _multi_worker(strategy):
+    """Whether `strategy` is a MultiWorkerMirroredStrategy over several workers (Keras' own test)."""
+    return isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy) and bool(
+        strategy.extended._in_multi_worker_mode()
+    )
 
 
 def unpad_detections(detections):
