@@ -69,7 +69,7 @@ def small_model():
     """The demo model (small hourglass, 3 classes), built at 127 px, with an optimizer."""
     import keras
 
-    from tf_centernet.models.object_detector import build_model
+    from tf_centernet.models.presets import build_model
 
     config = load_config("demo", ["model.pooling_impl=scan"])
     model = build_model(config.model, config.loss)

@@ -18,7 +18,7 @@ from tf_centernet.training import distribute
 from tf_centernet.checkpoints import validate_checkpoint
 from tf_centernet.config import load_config
 from tf_centernet.data import CocoDataset, build_train_dataset
-from tf_centernet.models.object_detector import build_model
+from tf_centernet.models.presets import build_model
 from tiny import TINY_MODEL
 
 HERE = os.path.dirname(os.path.abspath(__file__))

@@ -8,7 +8,7 @@ import tensorflow as tf
 from tf_centernet import losses
 from tf_centernet.checkpoints import load_checkpoint, save_checkpoint
 from tf_centernet.config import load_config
-from tf_centernet.models.object_detector import build_model
+from tf_centernet.models.presets import build_model
 from tf_centernet.training import train
 from tf_centernet.training.distribute import get_strategy
 from tf_centernet.training.optimizer import NonFiniteGuardOptimizer, build_optimizer

@@ -51,7 +51,6 @@ from tf_centernet.model_dir import ModelDirectory
 
 logger = logging.getLogger("tf_centernet")
 
-_NAME = re.compile(r"ckpt-(\d+)\.weights\.h5")
 
 
 class CheckpointError(ValueError):
@@ -82,18 +81,6 @@ def checkpoint_path(model_dir, step):
     return ModelDirectory(model_dir).checkpoint(step)
 
 
-def checkpoint_step(path):
-    """The optimizer step in a checkpoint's file name (``.../ckpt-40.weights.h5`` -> 40).
-
-    Raises:
-        ValueError: not a checkpoint file name.
-    """
-    match = _NAME.fullmatch(os.path.basename(path))
-    if match is None:
-        raise ValueError(f"{display_path(path)} is not named ckpt-STEP.weights.h5.")
-    return int(match.group(1))
-
-
 def list_checkpoints(model_dir):
     """(step, path) of every checkpoint file in `model_dir`, oldest first.
 
@@ -104,9 +91,9 @@ def list_checkpoints(model_dir):
     found = []
     if os.path.isdir(folder):
         for name in os.listdir(folder):
-            match = _NAME.fullmatch(name)
-            if match:
-                found.append((int(match.group(1)), os.path.join(folder, name)))
+            step = ModelDirectory.checkpoint_step(name)
+            if step is not None:
+                found.append((step, os.path.join(folder, name)))
     return sorted(found)
 
 

@@ -24,7 +24,7 @@ from tf_centernet.config import Config, load_config
 from tf_centernet.data.labels import class_labels
 from tf_centernet.decode import Decoder
 from tf_centernet.models import KeypointObjectDetector, build_model
-from tf_centernet.models.object_detector import unpad_detections
+from tf_centernet.models.detection import unpad_detections
 from tf_centernet.models.preprocessor import CenterNetImageConverter, pad_images, preprocess_images
 
 __all__ = ["Predictor", "load_detector", "load_trained_model", "preprocess_images", "pad_batch"]

@@ -30,6 +30,7 @@ import datetime
 import errno
 import logging
 import os
+import re
 import socket
 
 from tf_centernet.data.paths import display_path
@@ -91,6 +92,12 @@ class ModelDirectory:
     def checkpoint(self, step):
         """The checkpoint file of optimizer step `step` (int): ``checkpoints/ckpt-STEP.weights.h5``."""
         return self._join(self.CHECKPOINTS, f"ckpt-{int(step)}.weights.h5")
+
+    @staticmethod
+    def checkpoint_step(path):
+        """The optimizer step (int) a checkpoint file is named for (``.../ckpt-40.weights.h5`` -> 40), or None."""
+        match = re.fullmatch(r"ckpt-(\d+)\.weights\.h5", os.path.basename(path))
+        return int(match.group(1)) if match else None
 
     @property
     def manifest(self):

@@ -59,7 +59,7 @@ from tf_centernet.data.labels import write_classes
 from tf_centernet.data.paths import display_path
 from tf_centernet.filesystem import NotWritableError, atomic_write_text, check_writable
 from tf_centernet.model_dir import ModelDirectory
-from tf_centernet.models.object_detector import build_model
+from tf_centernet.models.presets import build_model
 from tf_centernet.training import distribute
 from tf_centernet.training.callbacks import (
     CheckpointCallback,

@@ -16,7 +16,7 @@ import os
 
 import keras
 
-from tf_centernet.checkpoints import CheckpointWriteError, checkpoint_step, latest_checkpoint, save_checkpoint
+from tf_centernet.checkpoints import CheckpointWriteError, latest_checkpoint, save_checkpoint
 from tf_centernet.data.paths import display_path
 from tf_centernet.model_dir import ModelDirectory
 from tf_centernet.training.distribute import remove_worker_dir
@@ -83,7 +83,7 @@ class CheckpointCallback(keras.callbacks.Callback):
         path = latest_checkpoint(self.model_dir)
         if path is None:
             return None, None
-        return checkpoint_step(path), path
+        return ModelDirectory.checkpoint_step(path), path
 
     def _stop(self, error, step):
         """Stops training after a failed save; builds `error`'s one-line message."""
