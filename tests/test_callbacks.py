@@ -237,7 +237,8 @@ def test_check_validation_data_before_training(synthetic_coco, tmp_path):
 
 
 def test_evaluation_and_pictures_are_on_by_default_with_validation_data(synthetic_coco, tmp_path):
-    """-1 (the default) = every checkpoint with validation data, none without; explicit values win."""
+    """-1 (the default): with validation data, pictures at every checkpoint and at most 4 evaluations,
+    at checkpoints; nothing without validation data; explicit values win."""
     from tf_centernet.data.records import open_dataset
     from tf_centernet.training.callbacks import InterruptGuard
 
@@ -247,7 +248,10 @@ def test_evaluation_and_pictures_are_on_by_default_with_validation_data(syntheti
     val = [f"validation_data.annotations={annotation_file}", f"validation_data.images={image_dir}"]
     assert load_config("demo").train.eval_every == -1 and load_config("demo").train.image_summary_every == -1
     assert evaluation_cadence(load_config("demo", data)) == (0, 0)
-    assert evaluation_cadence(load_config("demo", data + val)) == (40, 40)
+    assert load_config("demo").train.total_steps == 300
+    assert evaluation_cadence(load_config("demo", data + val)) == (80, 40)  # 300 steps: 80, 160, 240
+    assert evaluation_cadence(load_config("demo", data + val + ["train.total_steps=100"])) == (40, 40)
+    assert evaluation_cadence(load_config("demo", data + val + ["train.total_steps=20000"])) == (5000, 40)
     assert evaluation_cadence(load_config("demo", data + val + ["train.eval_every=0",
                                                                 "train.image_summary_every=7"])) == (0, 7)
     assert evaluation_cadence(load_config("demo", data + ["train.eval_every=5"])) == (5, 0)
@@ -257,6 +261,6 @@ def test_evaluation_and_pictures_are_on_by_default_with_validation_data(syntheti
         return {type(c).__name__: c for c in callbacks}
 
     found = kinds(load_config("demo", data + val))
-    assert found["EvaluationCallback"].every == 40 and found["ImageSummaries"].every == 40
+    assert found["EvaluationCallback"].every == 80 and found["ImageSummaries"].every == 40
     found = kinds(load_config("demo", data))
     assert "EvaluationCallback" not in found and "ImageSummaries" not in found

@@ -257,9 +257,13 @@ class TrainConfig:
     jit_compile: bool = False
     # Steps between COCO evaluations on validation_data (0: none), images used
     # (0: all); steps between TensorBoard pictures (0: none); steps between
-    # plain progress lines and train-run scalars. -1 (auto): every checkpoint
-    # (checkpoint_every) when validation_data.annotations is set, else none
-    # (tf_centernet.training.task.evaluation_cadence). Cost: EVAL_COST_NOTE
+    # plain progress lines and train-run scalars. -1 (auto), when
+    # validation_data.annotations is set: pictures at every checkpoint, and
+    # at most 4 evaluations per run at checkpoints (e.g. 80, 160, 240 of 300
+    # steps with checkpoint_every=40); off without validation data
+    # (tf_centernet.training.task.evaluation_cadence). Cost on a 2-core CPU,
+    # centernet_small on coco-tiny's 80 validation images: one evaluation
+    # ~34 training steps, pictures ~3 (benchmarks/evaluation_cost.py).
     eval_every: int = -1
     eval_max_images: int = 0
     image_summary_every: int = -1

@@ -78,6 +78,8 @@ logger = logging.getLogger("tf_centernet")
 __all__ = ["build_callbacks", "check_validation_data", "progress_mode", "train"]
 
 PROGRESS_MODES = ("bar", "log", "none")
+# The most evaluations the automatic cadence runs in one training (`evaluation_cadence`).
+AUTO_EVALUATIONS = 4
 
 
 def train(config, strategy=None, verbose=1, extra_callbacks=(), progress=None):
@@ -346,10 +348,16 @@ def evaluation_cadence(config):
     """(steps between evaluations, steps between TensorBoard pictures); 0 is off.
 
     ``train.eval_every`` and ``train.image_summary_every`` are used as given
-    when >= 0. Their default, -1 (auto), is ``train.checkpoint_every`` when
-    ``validation_data.annotations`` is set (every checkpoint is scored, so
-    ``best/`` holds the best of them) and 0 otherwise. See the README's
-    training section for what an evaluation costs.
+    when >= 0. Their default, -1 (auto), is on when
+    ``validation_data.annotations`` is set and 0 otherwise: pictures at every
+    checkpoint (``train.checkpoint_every``); evaluations at every k-th
+    checkpoint, k the smallest that gives at most `AUTO_EVALUATIONS` (4)
+    evaluations in ``train.total_steps``, so that their cost stays bounded
+    whatever the run's length (``best/`` holds the best of them). One
+    evaluation of coco-tiny's 80 validation images costs about as much as
+    34 training steps of ``centernet_small`` on a 2-core CPU
+    (`benchmarks/evaluation_cost.py`; the README's "Configurations,
+    hardware and time").
 
     Args:
         config: `Config`.
@@ -358,10 +366,12 @@ def evaluation_cadence(config):
         (int, int).
     """
     tc = config.train
-    auto = int(tc.checkpoint_every) if config.validation_data.annotations else 0
+    every = max(1, int(tc.checkpoint_every))
+    on = bool(config.validation_data.annotations)
+    evaluations = every * max(1, math.ceil(int(tc.total_steps) / (AUTO_EVALUATIONS * every))) if on else 0
     return (
-        auto if int(tc.eval_every) < 0 else int(tc.eval_every),
-        auto if int(tc.image_summary_every) < 0 else int(tc.image_summary_every),
+        evaluations if int(tc.eval_every) < 0 else int(tc.eval_every),
+        (every if on else 0) if int(tc.image_summary_every) < 0 else int(tc.image_summary_every),
     )
 
 
