@@ -127,3 +127,36 @@ def test_each_optimizer_trains_and_skips_a_non_finite_step_without_touching_stat
     assert int(model.optimizer.iterations.numpy()) == 20  # the skipped step did not count
     loss = history.history["loss"]
     assert np.isfinite(loss).all() and loss[1] < loss[0], loss  # epoch means: steps 3-9, then 10-19
+
+
+def test_float16_training_keeps_keras_loss_scaling_around_the_guard(synthetic_coco, tmp_path):
+    """``model.compute_dtype=float16``: compile wraps the guard in Keras' LossScaleOptimizer. Its own
+    overflow skips (each halves the scale) do not stop training: every step is either applied or
+    such a skip."""
+    image_dir, annotation_file = synthetic_coco
+    config = load_config("demo", [
+        f"train_data.images={image_dir}", f"train_data.annotations={annotation_file}",
+        f"train.model_dir={tmp_path / 'model'}", *TINY_MODEL, "data.input_size=63", "train.batch_size=2",
+        "train.decay_steps=[]", "train.total_steps=3", "train.steps_per_epoch=3", "train.checkpoint_every=3",
+        "model.compute_dtype=float16",
+    ])
+    model, history = train(config, strategy=get_strategy("one_device"), verbose=0)
+    optimizer = model.optimizer
+    assert isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
+    assert isinstance(optimizer.inner_optimizer, NonFiniteGuardOptimizer)
+    halvings = round(np.log2(optimizer.initial_scale / float(optimizer.dynamic_scale.numpy())))
+    assert int(optimizer.iterations.numpy()) + halvings == 3
+    assert np.isfinite(history.history["loss"]).all()
+
+
+def test_float16_checkpoints_keep_their_layout(tmp_path):
+    """Under loss scaling, the guard sits where the earlier releases' GuardedAdam sat (same file layout)."""
+    config = load_config("demo", TINY_MODEL + ["model.num_classes=2", "model.compute_dtype=float16"])
+    names = []
+    for inner in (keras.optimizers.Adam(1e-3), NonFiniteGuardOptimizer(keras.optimizers.Adam(1e-3))):
+        model = build_model(config.model, config.loss, config.decode)
+        model.compile(optimizer=inner)
+        assert isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer)
+        model.optimizer.build(model.trainable_variables)
+        names.append(_dataset_names(save_checkpoint(model, str(tmp_path / str(len(names))), 1, keep=1)))
+    assert names[0] == names[1]
