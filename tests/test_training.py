@@ -57,8 +57,11 @@ def test_fit_two_replicas_loss_falls_and_checkpoints(synthetic_coco, tmp_path):
         assert np.isfinite(history.history[term]).all()
     assert int(model.optimizer.iterations.numpy()) == 24
     # Two replicas take the detector's own train_step / symbolic-build hook:
-    # no instance attribute shadows a method of its class (no monkeypatching).
-    assert [k for k in vars(model) if inspect.isfunction(getattr(type(model), k, None))] == []
+    # no instance attribute shadows a method of its class (no monkeypatching)
+    # but those Keras itself sets on every model (Layer wraps build and
+    # quantize per instance; compile stores loss).
+    shadowed = {k for k in vars(model) if inspect.isfunction(getattr(type(model), k, None))}
+    assert shadowed <= {"build", "quantize", "loss"}, shadowed
     saved = sorted(os.listdir(os.path.join(model_dir, "checkpoints")))
     assert saved == ["ckpt-12.weights.h5", "ckpt-24.weights.h5"]
     # Every variable comes back from the checkpoint (none silently left at
