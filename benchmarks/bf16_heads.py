@@ -32,7 +32,7 @@ import tensorflow as tf  # noqa: E402
 from tf_centernet.config import load_config  # noqa: E402
 from tf_centernet.convert.mapping import load_release_state  # noqa: E402
 from tf_centernet.convert.snapshot import read_snapshot  # noqa: E402
-from tf_centernet.models.object_detector import build_model  # noqa: E402
+from tf_centernet.models.presets import build_model  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 FIXTURES = os.path.join(HERE, "..", "..", "shared", "data", "release-fixtures")

@@ -346,7 +346,7 @@ def section_forward(args):
     import numpy as np
     import tensorflow as tf
 
-    from tf_centernet.models.object_detector import build_model
+    from tf_centernet.models.presets import build_model
 
     variants, size, config = _forward_models(args)
     image = tf.constant(np.random.default_rng(2).normal(size=(1, size, size, 3)).astype(np.float32))
@@ -383,7 +383,7 @@ def section_train_step(args):
     import tensorflow as tf
 
     from tf_centernet.config import load_config
-    from tf_centernet.models.object_detector import build_model
+    from tf_centernet.models.presets import build_model
     from tf_centernet.ops import pooling
     from tf_centernet.targets import encode_targets
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from tf_centernet.config import load_config
-from tf_centernet.models.object_detector import build_model
+from tf_centernet.models.presets import build_model
 
 
 def _models():

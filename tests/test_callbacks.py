@@ -11,9 +11,8 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from tf_centernet.callbacks import (
-    EvaluationCallback, ImageSummaries, ProgressLog, check_validation_data, progress_mode,
-)
+from tf_centernet.training.callbacks import EvaluationCallback, ImageSummaries, ProgressLog
+from tf_centernet.training.task import build_callbacks, check_validation_data, evaluation_cadence, progress_mode
 from tf_centernet.checkpoints import validate_checkpoint
 from tf_centernet.config import load_config
 
@@ -70,7 +69,7 @@ def small_model():
     """The demo model (small hourglass, 3 classes), built at 127 px, with an optimizer."""
     import keras
 
-    from tf_centernet.models.object_detector import build_model
+    from tf_centernet.models.presets import build_model
 
     config = load_config("demo", ["model.pooling_impl=scan"])
     model = build_model(config.model, config.loss)
@@ -116,14 +115,15 @@ def test_image_summaries_shapes(small_model, tmp_path):
     height, width = 90, 120
     image = np.random.default_rng(0).integers(0, 255, (height, width, 3), dtype=np.uint8)
     boxes = np.array([[10, 20, 60, 70]], np.float32)
-    callback = ImageSummaries(config, str(tmp_path), 3, image, boxes, np.array([1]), ["a", "b", "c"], lr_every=3)
+    callback = ImageSummaries(config, str(tmp_path), 3, image, boxes, np.array([1]), ["a", "b", "c"])
     callback.set_model(model)
     model.optimizer.iterations.assign(3)
     callback.on_train_batch_end(2)
     callback.on_train_end()
     events = _events(os.path.join(str(tmp_path), "logs", "images"))
     assert {"images/ground_truth", "images/detections", "heatmaps/tl_heatmap", "heatmaps/br_heatmap",
-            "heatmaps/ct_heatmap", "learning_rate"} <= set(events)
+            "heatmaps/ct_heatmap"} <= set(events)
+    assert "learning_rate" not in events  # the train run has it (Keras' TensorBoard): no second copy
 
     def picture(tag):
         value = events[tag][0][1]
@@ -140,8 +140,6 @@ def test_image_summaries_shapes(small_model, tmp_path):
     for key in ("tl_heatmap", "br_heatmap", "ct_heatmap"):
         w, h, heat = picture(f"heatmaps/{key}")
         assert heat.shape == (h, w) == (((height | 127) + 1) // 4, ((width | 127) + 1) // 4)
-    lr = events["learning_rate"][0]
-    assert lr[0] == 3 and float(tf.make_ndarray(lr[1].tensor)) == pytest.approx(1e-3)
 
 
 def _write_voc_folder(synthetic_coco, folder, count):
@@ -236,3 +234,33 @@ def test_check_validation_data_before_training(synthetic_coco, tmp_path):
     assert check_validation_data(
         load_config("demo", [f"validation_data.annotations={annotation_file}", f"validation_data.images={image_dir}"])
     ) == "coco"
+
+
+def test_evaluation_and_pictures_are_on_by_default_with_validation_data(synthetic_coco, tmp_path):
+    """-1 (the default): with validation data, pictures at every checkpoint and at most 4 evaluations,
+    at checkpoints; nothing without validation data; explicit values win."""
+    from tf_centernet.data.records import open_dataset
+    from tf_centernet.training.callbacks import InterruptGuard
+
+    image_dir, annotation_file = synthetic_coco
+    data = [f"train_data.images={image_dir}", f"train_data.annotations={annotation_file}",
+            f"train.model_dir={tmp_path / 'model'}", "train.checkpoint_every=40"]
+    val = [f"validation_data.annotations={annotation_file}", f"validation_data.images={image_dir}"]
+    assert load_config("demo").train.eval_every == -1 and load_config("demo").train.image_summary_every == -1
+    assert evaluation_cadence(load_config("demo", data)) == (0, 0)
+    assert load_config("demo").train.total_steps == 300
+    assert evaluation_cadence(load_config("demo", data + val)) == (80, 40)  # 300 steps: 80, 160, 240
+    assert evaluation_cadence(load_config("demo", data + val + ["train.total_steps=100"])) == (40, 40)
+    assert evaluation_cadence(load_config("demo", data + val + ["train.total_steps=20000"])) == (5000, 40)
+    assert evaluation_cadence(load_config("demo", data + val + ["train.eval_every=0",
+                                                                "train.image_summary_every=7"])) == (0, 7)
+    assert evaluation_cadence(load_config("demo", data + ["train.eval_every=5"])) == (5, 0)
+
+    def kinds(config):
+        callbacks = build_callbacks(config, open_dataset(config, "train"), InterruptGuard(), "none")
+        return {type(c).__name__: c for c in callbacks}
+
+    found = kinds(load_config("demo", data + val))
+    assert found["EvaluationCallback"].every == 80 and found["ImageSummaries"].every == 40
+    found = kinds(load_config("demo", data))
+    assert "EvaluationCallback" not in found and "ImageSummaries" not in found

@@ -33,7 +33,7 @@ from tf_centernet.convert import (  # noqa: E402
 from tf_centernet.convert.model_dir import build_for_conversion  # noqa: E402
 from tf_centernet.convert.snapshot import import_torch  # noqa: E402
 from tf_centernet.decode import decode_keypoints, decode_outputs  # noqa: E402
-from tf_centernet.training import load_trained_model  # noqa: E402
+from tf_centernet.inference import load_trained_model  # noqa: E402
 
 # The fixtures' architecture (their README), as --set overrides.
 SMALL = [

@@ -214,8 +214,8 @@ def test_training_losses_match_scan(synthetic_coco, monkeypatch):
 
     from tf_centernet.config import load_config
     from tf_centernet.data import CocoDataset, build_train_dataset
-    from tf_centernet.models.object_detector import build_model
-    from tf_centernet.training import learning_rate_schedule
+    from tf_centernet.models.presets import build_model
+    from tf_centernet.training.optimizer import learning_rate_schedule
 
     from tiny import TINY_MODEL
 

@@ -14,11 +14,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tf_centernet import distribute
+from tf_centernet.training import distribute
 from tf_centernet.checkpoints import validate_checkpoint
 from tf_centernet.config import load_config
 from tf_centernet.data import CocoDataset, build_train_dataset
-from tf_centernet.models.object_detector import build_model
+from tf_centernet.models.presets import build_model
 from tiny import TINY_MODEL
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -237,7 +237,8 @@ def test_killed_worker_job_resumes_from_same_step(synthetic_coco, tmp_path):
 
 @pytest.mark.slow
 def test_jit_compile_first_step_loss_matches(synthetic_coco, tmp_path):
-    from tf_centernet.training import get_strategy, train
+    from tf_centernet.training import train
+    from tf_centernet.training.distribute import get_strategy
 
     losses = {}
     for jit in (False, True):

@@ -9,7 +9,8 @@ from tf_centernet.config import ModelConfig
 from tf_centernet.layers.convolution import ConvModule, ResidualBlock
 from tf_centernet.layers.hourglass import HourglassModule
 from tf_centernet.layers.pooling import CascadeCornerPooling, CenterPooling, CornerPooling
-from tf_centernet.models.object_detector import KeypointDetector, build_model, count_trainable_parameters
+from tf_centernet.models.object_detector import KeypointDetector
+from tf_centernet.models.presets import build_model, count_trainable_parameters
 from tf_centernet.ops import pooling
 
 

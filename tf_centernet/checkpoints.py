@@ -1,4 +1,4 @@
-"""Checkpoint files of a model directory: paths, atomic writes, integrity, fallback.
+"""Checkpoint files of a model directory: atomic writes, integrity, fallback (storage only).
 
 A checkpoint is ``MODEL_DIR/checkpoints/ckpt-STEP.weights.h5`` (Keras
 weights file: model and, when compiled, optimizer variables). Its SHA-256 is
@@ -27,7 +27,6 @@ file that is unusable is a `CheckpointError`. Raw h5py errors never escape.
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import hashlib
 import io
@@ -35,15 +34,23 @@ import logging
 import os
 import re
 
-import keras
 import numpy as np
+
+from tf_centernet.data.paths import display_path
+from tf_centernet.filesystem import (
+    PARTIAL_PREFIX,
+    atomic_write_text,
+    discard_partial,
+    free_bytes,
+    fsync_dir,
+    fsync_file,
+    os_error_of,
+    partial_name,
+)
+from tf_centernet.model_dir import ModelDirectory
 
 logger = logging.getLogger("tf_centernet")
 
-CHECKPOINT_SUBDIR = "checkpoints"
-MANIFEST = "checkpoints.sha256"
-PARTIAL_PREFIX = ".partial-"
-_NAME = re.compile(r"ckpt-(\d+)\.weights\.h5")
 
 
 class CheckpointError(ValueError):
@@ -70,8 +77,8 @@ class CheckpointWriteError(RuntimeError):
 
 
 def checkpoint_path(model_dir, step):
-    """The checkpoint file of `step`: MODEL_DIR/checkpoints/ckpt-STEP.weights.h5."""
-    return os.path.join(model_dir, CHECKPOINT_SUBDIR, f"ckpt-{int(step)}.weights.h5")
+    """The checkpoint file of `step`: MODEL_DIR/checkpoints/ckpt-STEP.weights.h5 (`ModelDirectory.checkpoint`)."""
+    return ModelDirectory(model_dir).checkpoint(step)
 
 
 def list_checkpoints(model_dir):
@@ -80,13 +87,13 @@ def list_checkpoints(model_dir):
     Lists by name only (partial files excluded); see `validate_checkpoint`
     for whether a file is usable.
     """
-    folder = os.path.join(model_dir, CHECKPOINT_SUBDIR)
+    folder = ModelDirectory(model_dir).checkpoints
     found = []
     if os.path.isdir(folder):
         for name in os.listdir(folder):
-            match = _NAME.fullmatch(name)
-            if match:
-                found.append((int(match.group(1)), os.path.join(folder, name)))
+            step = ModelDirectory.checkpoint_step(name)
+            if step is not None:
+                found.append((step, os.path.join(folder, name)))
     return sorted(found)
 
 
@@ -120,18 +127,13 @@ def _sha256(path, chunk=1 << 20):
     return digest.hexdigest()
 
 
-def _model_dir_of(path):
-    """The model directory of a checkpoint path (its folder's parent)."""
-    return os.path.dirname(os.path.dirname(os.path.abspath(path)))
-
-
 def read_manifest(model_dir):
     """{relative path: sha256 hex} of ``MODEL_DIR/checkpoints.sha256`` ({} when absent).
 
     A malformed line is logged and ignored (its file then counts as unlisted).
     """
     entries = {}
-    path = os.path.join(model_dir, MANIFEST)
+    path = ModelDirectory(model_dir).manifest
     if not os.path.isfile(path):
         return entries
     with open(path, encoding="utf-8", errors="replace") as f:
@@ -153,16 +155,16 @@ def _update_manifest(model_dir, changes=None):
         for rel, digest in sorted(entries.items())
         if digest and os.path.isfile(os.path.join(model_dir, rel))
     ]
-    atomic_write_text(os.path.join(model_dir, MANIFEST), "".join(lines))
+    atomic_write_text(ModelDirectory(model_dir).manifest, "".join(lines))
 
 
 def _rel(path):
-    return os.path.join(CHECKPOINT_SUBDIR, os.path.basename(path))
+    return os.path.join(ModelDirectory.CHECKPOINTS, os.path.basename(path))
 
 
 def _expected_digest(path):
     """The manifest's SHA-256 of `path`, or None when it is not listed."""
-    return read_manifest(_model_dir_of(path)).get(_rel(path))
+    return read_manifest(os.path.dirname(os.path.dirname(os.path.abspath(path)))).get(_rel(path))  # folder's parent
 
 
 def _h5_readable(path):
@@ -202,47 +204,6 @@ def validate_checkpoint(path):
 
 
 # ------------------------------------------------------------------ writing
-
-
-def _free_bytes(folder):
-    """Bytes free for an unprivileged writer on `folder`'s file system, or None."""
-    try:
-        stat = os.statvfs(folder)
-    except (OSError, AttributeError):
-        return None
-    return stat.f_bavail * stat.f_frsize
-
-
-def fsync_dir(folder):
-    """fsync a folder so a rename in it survives a power loss (no-op where unsupported)."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def _fsync_file(path):
-    with open(path, "rb+") as f:
-        f.flush()
-        os.fsync(f.fileno())
-
-
-def atomic_write_text(path, text):
-    """Writes `text` to `path` via a temporary file, fsync and rename."""
-    folder = os.path.dirname(os.path.abspath(path))
-    partial = os.path.join(folder, PARTIAL_PREFIX + os.path.basename(path))
-    with open(partial, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(partial, path)
-    fsync_dir(folder)
 
 
 def nonfinite_variables(variables):
@@ -314,21 +275,19 @@ def save_checkpoint(model, model_dir, step, keep):
             f"Not saving checkpoint of step {int(step)}: {len(bad)} variable(s) hold NaN/Inf "
             f"(first: {bad[0]}); the last finite checkpoint is kept."
         )
-    from tf_centernet.guards import display_path, os_error_of
-
     path = checkpoint_path(model_dir, step)
     folder = os.path.dirname(path)
-    partial = os.path.join(folder, PARTIAL_PREFIX + os.path.basename(path))
+    partial = partial_name(path)
     try:
         os.makedirs(folder, exist_ok=True)
         # Refuse before any work when the file cannot fit (a clearer
         # message, with sizes, than the write's own failure).
-        need, free = checkpoint_bytes(model), _free_bytes(folder)
+        need, free = checkpoint_bytes(model), free_bytes(folder)
         if free is not None and free < need:
             raise OSError(errno.ENOSPC, f"{os.strerror(errno.ENOSPC)} ({free / 2**20:.1f} MiB free, the "
                                         f"checkpoint needs up to {need / 2**20:.1f} MiB)", folder)
         write_weights(model, partial)
-        _fsync_file(partial)
+        fsync_file(partial)
         digest = _sha256(partial)
         if _expected_digest(path) is not None:  # an older save of this step
             _update_manifest(model_dir, {_rel(path): None})
@@ -339,7 +298,7 @@ def save_checkpoint(model, model_dir, step, keep):
         if cause is None:
             raise
         discard_partial(partial)
-        discard_partial(os.path.join(model_dir, PARTIAL_PREFIX + MANIFEST))
+        discard_partial(partial_name(ModelDirectory(model_dir).manifest))
         if cause.errno:  # the system's reason, or ours with sizes
             ours = str(cause.strerror or "").startswith(os.strerror(cause.errno))
             reason = cause.strerror if ours else os.strerror(cause.errno)
@@ -352,8 +311,9 @@ def save_checkpoint(model, model_dir, step, keep):
     try:
         _update_manifest(model_dir, {_rel(path): digest})
     except OSError as error:  # the checkpoint is complete; an unlisted file is validated by reading it
-        discard_partial(os.path.join(model_dir, PARTIAL_PREFIX + MANIFEST))
-        manifest = display_path(os.path.join(model_dir, MANIFEST))
+        manifest = ModelDirectory(model_dir).manifest
+        discard_partial(partial_name(manifest))
+        manifest = display_path(manifest)
         raise CheckpointWriteError(
             f"Wrote checkpoint {display_path(path)} but cannot update {manifest}: "
             f"{os.strerror(error.errno) if error.errno else error}",
@@ -361,18 +321,6 @@ def save_checkpoint(model, model_dir, step, keep):
         ) from None
     prune_checkpoints(model_dir, keep, protect=path)
     return path
-
-
-def discard_partial(path):
-    """Removes a file a failed save left (missing files are ignored).
-
-    The file is truncated first: HDF5 may still hold it open after a failed
-    write, and on a full disk only the truncation frees its space.
-    """
-    with contextlib.suppress(OSError):
-        os.truncate(path, 0)
-    with contextlib.suppress(OSError):
-        os.remove(path)
 
 
 def checkpoint_bytes(model):
@@ -420,7 +368,7 @@ def cleanup_partials(model_dir):
         The removed paths.
     """
     removed = []
-    for folder in (model_dir, os.path.join(model_dir, CHECKPOINT_SUBDIR)):
+    for folder in (model_dir, ModelDirectory(model_dir).checkpoints):
         if not os.path.isdir(folder):
             continue
         for name in sorted(os.listdir(folder)):
@@ -496,101 +444,7 @@ def load_checkpoint(model, source):
         reasons.append(f"{os.path.basename(path)}: {reason}")
     if candidates:
         raise CheckpointError(
-            f"None of the {len(candidates)} checkpoint(s) in {os.path.join(source, CHECKPOINT_SUBDIR)} "
+            f"None of the {len(candidates)} checkpoint(s) in {ModelDirectory(source).checkpoints} "
             f"is usable ({'; '.join(reasons)}). Move them away to start training from scratch."
         )
     return None
-
-
-class CheckpointCallback(keras.callbacks.Callback):
-    """Saves model + optimizer every `every` optimizer steps and at the end.
-
-    Args:
-        model_dir: str. Checkpoints go to ``model_dir/checkpoints``.
-        every: int. Steps between checkpoints.
-        keep: int. Number of newest checkpoints kept.
-        last_saved: int or None. Step of the checkpoint training resumed
-            from (not written again).
-
-    `block(reason)` stops all further saves (a guard found a non-finite
-    loss); `last_path` is the newest checkpoint this callback wrote.
-
-    A save that fails for lack of space or permission
-    (`CheckpointWriteError`) stops training at the end of the step; no
-    further save is tried, and `error` is then the `CheckpointWriteError`
-    to raise after `fit`, its message saying how many steps since the
-    newest intact checkpoint are lost and what to do.
-    """
-
-    def __init__(self, model_dir, every, keep=3, last_saved=None):
-        super().__init__()
-        self.model_dir = model_dir
-        self.every = max(1, int(every))
-        self.keep = keep
-        self.last_saved = last_saved
-        self.last_path = None
-        self.blocked = None
-        self.error = None
-
-    def block(self, reason):
-        """No checkpoint is written from now on (`reason` is kept for messages)."""
-        self.blocked = reason
-
-    def _save(self):
-        step = int(self.model.optimizer.iterations.numpy())
-        if self.blocked is None and step != self.last_saved:
-            try:
-                self.last_path = save_checkpoint(self.model, self.model_dir, step, self.keep)
-            except CheckpointWriteError as error:
-                self._stop(error, step)
-                return
-            self.last_saved = step
-
-    def _newest_intact(self):
-        """(step, path) of the newest checkpoint on disk that validates, or (None, None)."""
-        if self.last_saved is not None:
-            path = checkpoint_path(self.model_dir, self.last_saved)
-            if os.path.isfile(path):
-                return self.last_saved, path
-        path = latest_checkpoint(self.model_dir)
-        if path is None:
-            return None, None
-        return int(_NAME.fullmatch(os.path.basename(path)).group(1)), path
-
-    def _stop(self, error, step):
-        """Stops training after a failed save; builds `error`'s one-line message."""
-        from tf_centernet.guards import display_path
-
-        self.block(str(error))
-        if self.model is not None:
-            self.model.stop_training = True
-        if error.written:
-            lost = "no step is lost (the checkpoint file is complete; it is checked by reading it back)"
-        else:
-            last, path = self._newest_intact()
-            if last is None:
-                lost = f"the {step} step(s) of this run are lost (no checkpoint was written yet)"
-            else:
-                lost = (f"the {step - last} step(s) since the last checkpoint (step {last}, "
-                        f"{display_path(path)}) are lost")
-        folder = display_path(error.folder or os.path.join(self.model_dir, CHECKPOINT_SUBDIR))
-        if error.errno in (errno.ENOSPC, errno.EDQUOT):
-            todo = f"free space on the file system of {folder} or train into another --model-dir"
-        elif error.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
-            todo = (f"make {folder} writable (fix its permissions, or remount it read-write) "
-                    "or train into another --model-dir")
-        else:
-            todo = f"fix the problem with {folder}"
-        self.error = CheckpointWriteError(
-            f"{error}. Training stopped at step {step}; {lost}. To go on, {todo}, then run the same command "
-            "to resume.",
-            error.step, error.errno, error.folder, error.written,
-        )
-        logger.debug("Checkpoint write failed: %s", self.error)
-
-    def on_train_batch_end(self, batch, logs=None):
-        if int(self.model.optimizer.iterations.numpy()) % self.every == 0:
-            self._save()
-
-    def on_train_end(self, logs=None):
-        self._save()

@@ -340,6 +340,20 @@ def check_categories(dataset, category_ids: Sequence[int], class_names: Optional
     )
 
 
+def record_image(record):
+    """The uint8 RGB image of a record: its file, or its encoded bytes (TFRecord, read once).
+
+    Raises:
+        ValueError / OSError: an unreadable image (see `load_image_rgb`).
+    """
+    encoded = record.encoded
+    if encoded is None:
+        return load_image_rgb(record.file_name)
+    from tf_centernet.data.images import decode_image_bytes
+
+    return decode_image_bytes(encoded, record.display_name)
+
+
 def evaluate_dataset(
     predictor, dataset, category_ids: Optional[Sequence[int]] = None, max_images: Optional[int] = None, **options
 ) -> Dict[str, float]:
@@ -380,12 +394,7 @@ def evaluate_dataset(
         image_ids = image_ids[: int(max_images)]
 
     def load(image_id):
-        record = by_id[image_id]
-        if record.encoded is None:
-            return load_image_rgb(record.file_name)
-        from tf_centernet.data.images import decode_image_bytes
-
-        return decode_image_bytes(record.encoded, record.display_name)
+        return record_image(by_id[image_id])
 
     return _evaluate(predictor, coco_gt, image_ids, load, category_ids, **options)
 

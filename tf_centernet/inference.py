@@ -18,12 +18,13 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 import tensorflow as tf
 
-from tf_centernet.checkpoints import CHECKPOINT_SUBDIR, CheckpointError, load_checkpoint
+from tf_centernet.checkpoints import CheckpointError, load_checkpoint
+from tf_centernet.model_dir import ModelDirectory
 from tf_centernet.config import Config, load_config
-from tf_centernet.data.labels import class_labels
+from tf_centernet.data.classes import class_labels
 from tf_centernet.decode import Decoder
 from tf_centernet.models import KeypointObjectDetector, build_model
-from tf_centernet.models.object_detector import unpad_detections
+from tf_centernet.models.detection import unpad_detections
 from tf_centernet.models.preprocessor import CenterNetImageConverter, pad_images, preprocess_images
 
 __all__ = ["Predictor", "load_detector", "load_trained_model", "preprocess_images", "pad_batch"]
@@ -48,7 +49,7 @@ def load_detector(path: str, overrides: Sequence[str] = ()):
     Raises:
         FileNotFoundError: neither a model directory nor a preset.
     """
-    config_file = os.path.join(path, "config.yaml")
+    config_file = ModelDirectory(path).config_yaml
     if os.path.isfile(config_file):
         config = load_config(config_file, [*overrides, f"train.model_dir={os.path.abspath(path)}"])
         return load_trained_model(config, path)
@@ -93,7 +94,7 @@ def load_trained_model(config, checkpoint):
     if not path:
         raise FileNotFoundError(
             f"No checkpoint found at {checkpoint!r} (expected a model directory "
-            f"with {CHECKPOINT_SUBDIR}/ckpt-STEP.weights.h5 or preset weights, or a .weights.h5 file)."
+            f"with {ModelDirectory.CHECKPOINTS}/ckpt-STEP.weights.h5 or preset weights, or a .weights.h5 file)."
         )
     model.category_ids, model.class_names = class_labels(config, checkpoint if is_dir else None)
     logger.info("Loaded weights from %s", path)

@@ -49,7 +49,7 @@ def read_only_folder(path, monkeypatch):
     As root (who ignores permission bits) a tmpfs remounted read-only
     (EROFS); as another user ``chmod 555`` (EACCES); as root where mounting
     is not allowed, `tempfile.mkstemp` in that folder patched to raise
-    EROFS (the probe `tf_centernet.guards.check_writable` writes).
+    EROFS (the probe `tf_centernet.filesystem.check_writable` writes).
     """
     os.makedirs(path, exist_ok=True)
     path = str(path)

@@ -18,20 +18,20 @@ import tensorflow as tf
 
 from tf_centernet import checkpoints as ckpt
 from tf_centernet import cli
-from tf_centernet.guards import (
-    GuardedAdam,
+from tf_centernet.model_dir import ModelDirLock, ModelDirLocked
+from tf_centernet.training.callbacks import (
+    CheckpointCallback,
     InterruptGuard,
-    ModelDirLock,
-    ModelDirLocked,
     NonFiniteGuard,
     NonFiniteLossError,
     TrainingInterrupted,
 )
+from tf_centernet.training.optimizer import NonFiniteGuardOptimizer
 
 
 def small_model():
     model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(4), keras.layers.Dense(2)])
-    model.compile(optimizer=GuardedAdam(1e-2), loss="mse")
+    model.compile(optimizer=NonFiniteGuardOptimizer(keras.optimizers.Adam(1e-2)), loss="mse")
     model.optimizer.build(model.trainable_variables)
     return model
 
@@ -199,7 +199,7 @@ def run_guard(guard, losses):
 
 def test_nonfinite_guard_stop_names_step_and_terms_and_blocks_checkpoints(tmp_path):
     save_steps(small_model(), str(tmp_path), [2])
-    checkpoints = ckpt.CheckpointCallback(str(tmp_path), every=1, last_saved=2)
+    checkpoints = CheckpointCallback(str(tmp_path), every=1, last_saved=2)
     guard = NonFiniteGuard("stop", checkpoints=checkpoints)
     model = run_guard(guard, [1.0, 2.0, np.nan, 1.0])
     assert model.stop_training and int(model.optimizer.iterations.numpy()) == 2

@@ -22,7 +22,8 @@ from fs_faults import read_only_folder, small_filesystem  # noqa: E402
 
 from tf_centernet import checkpoints as ckpt  # noqa: E402
 from tf_centernet import cli  # noqa: E402
-from tf_centernet.guards import NotWritableError, check_writable  # noqa: E402
+from tf_centernet.filesystem import PARTIAL_PREFIX, NotWritableError, check_writable  # noqa: E402
+from tf_centernet.training.callbacks import CheckpointCallback  # noqa: E402
 from tiny import TINY_MODEL  # noqa: E402
 
 TINY_TRAIN = [
@@ -60,7 +61,7 @@ def small_model(units=64):
 
 
 def fit_with_checkpoints(model, model_dir, steps, every=1, keep=10):
-    callback = ckpt.CheckpointCallback(str(model_dir), every, keep)
+    callback = CheckpointCallback(str(model_dir), every, keep)
     x = np.zeros((steps, 8), "float32")
     model.fit(x, np.zeros((steps, model.output_shape[-1]), "float32"), batch_size=1, epochs=1,
               callbacks=[callback], verbose=0, shuffle=False)
@@ -68,7 +69,7 @@ def fit_with_checkpoints(model, model_dir, steps, every=1, keep=10):
 
 
 def leftovers(folder):
-    return [n for n in os.listdir(folder) if n.startswith(ckpt.PARTIAL_PREFIX)] if os.path.isdir(folder) else []
+    return [n for n in os.listdir(folder) if n.startswith(PARTIAL_PREFIX)] if os.path.isdir(folder) else []
 
 
 # ------------------------------------------------------------ disk full
@@ -112,7 +113,7 @@ def test_disk_full_during_training_stops_with_the_steps_lost(synthetic_coco, tmp
 RACE = """
 import sys
 from tf_centernet import checkpoints
-checkpoints._free_bytes = lambda folder: None  # as if the disk filled after the check
+checkpoints.free_bytes = lambda folder: None  # as if the disk filled after the check
 from tf_centernet.cli import main
 sys.argv = ["tf-centernet", *sys.argv[1:]]
 sys.exit(main())

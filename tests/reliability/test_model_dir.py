@@ -21,7 +21,7 @@ from corpus import build_image_corpus  # noqa: E402
 from tf_centernet import cli  # noqa: E402
 from tf_centernet.config import load_config, to_yaml  # noqa: E402
 from tf_centernet.data.coco import CocoDataset  # noqa: E402
-from tf_centernet.data.labels import write_classes  # noqa: E402
+from tf_centernet.data.classes import write_classes  # noqa: E402
 from tf_centernet.models import build_model  # noqa: E402
 from tiny import TINY_MODEL  # noqa: E402
 
@@ -105,9 +105,42 @@ def test_ctrl_c_is_one_line_without_traceback(monkeypatch, capsys, caplog):
     def interrupted(args):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(cli, "cmd_detect", interrupted)
+    from tf_centernet.cli import model_commands
+
+    monkeypatch.setattr(model_commands, "cmd_detect", interrupted)
     assert cli.main(["detect", "x.jpg"]) == 130
     captured = capsys.readouterr()
     assert "Traceback" not in captured.err + captured.out
     lines = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
     assert lines == ["Interrupted (Ctrl-C): detect stopped."]
+
+
+def test_only_model_directory_spells_the_model_directory_layout():
+    """No string in tf_centernet/ (docstrings and prose aside) is a model-directory file or folder name,
+    or a path through one, but in `tf_centernet.model_dir`."""
+    import ast
+
+    names = {"config.yaml", "classes.json", "metrics.jsonl", ".train.lock", "checkpoints.sha256", "best.json",
+             "checkpoints", "logs"}
+    root = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "tf_centernet")
+    found = []
+    for folder, _, files in os.walk(root):
+        rel_folder = os.path.relpath(folder, root).replace(os.sep, "/")
+        for name in files:
+            rel = f"{rel_folder}/{name}".lstrip("./")
+            if not name.endswith(".py") or rel == "model_dir.py":
+                continue
+            with open(os.path.join(folder, name), encoding="utf-8") as f:
+                tree = ast.parse(f.read())
+            docstrings = {
+                id(node.body[0].value) for node in ast.walk(tree)
+                if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))
+                and node.body and isinstance(node.body[0], ast.Expr) and isinstance(node.body[0].value, ast.Constant)
+            }
+            for node in ast.walk(tree):
+                if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docstrings:
+                    words = {w.strip("`'\".,:;()") for w in node.value.split()}
+                    paths = {part for w in words if "/" in w for part in w.split("/")}
+                    if node.value in names or paths & names:  # a path, or a part of one (prose may name files)
+                        found.append(f"{rel}:{node.lineno}: {node.value!r}")
+    assert found == []

@@ -16,7 +16,7 @@ from tf_centernet import cli
 from tf_centernet.checkpoints import save_checkpoint
 from tf_centernet.config import load_config, to_yaml
 from tf_centernet.convert.labels import COCO_CATEGORIES
-from tf_centernet.data.labels import write_classes
+from tf_centernet.data.classes import write_classes
 from tf_centernet.evaluation import check_categories
 from tf_centernet.models import build_model
 from tiny import TINY_MODEL

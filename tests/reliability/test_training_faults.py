@@ -21,8 +21,11 @@ import tensorflow as tf
 from tf_centernet import losses
 from tf_centernet.checkpoints import checkpoint_path, list_checkpoints
 from tf_centernet.config import load_config
-from tf_centernet.guards import ModelDirLock, ModelDirLocked, NonFiniteLossError
-from tf_centernet.training import get_strategy, load_trained_model, train
+from tf_centernet.model_dir import ModelDirLock, ModelDirLocked
+from tf_centernet.training.callbacks import NonFiniteLossError
+from tf_centernet.inference import load_trained_model
+from tf_centernet.training import train
+from tf_centernet.training.distribute import get_strategy
 from tiny import TINY_MODEL
 
 TINY = [

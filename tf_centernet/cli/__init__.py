@@ -20,13 +20,16 @@ Every command takes ``--config`` (a name in ``configs/`` or a YAML path) and
 ``--set train.total_steps=100 data.input_size=127``, anywhere on the line
 and repeatable (`split_set_values`); ``tf-centernet --version`` prints the
 versions.
+
+This module holds the parser, `main` and the helpers the commands share;
+the commands are in `model_commands` (train, evaluate, detect, export,
+demo, build-ops) and `data_commands` (check-data, convert-data, convert).
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import logging
 import os
 import signal
@@ -48,15 +51,15 @@ def _load_config(args):
     from tf_centernet.config import load_config
 
     from tf_centernet.data.paths import display_path
-    from tf_centernet.guards import CommandLineError, check_model_dir
+    from tf_centernet.model_dir import CommandLineError, ModelDirectory, check_model_dir
 
     overrides = list(args.set or [])
     name = args.config
     model_dir = getattr(args, "model_dir", None)
     if model_dir:  # exists (evaluate, detect, export) or can be created and written (train, convert)
         check_model_dir(model_dir, must_exist=args.command not in ("train", "convert"))
-    if name is None and model_dir and os.path.isfile(os.path.join(model_dir, "config.yaml")):
-        name = os.path.join(model_dir, "config.yaml")
+    if name is None and model_dir and os.path.isfile(ModelDirectory(model_dir).config_yaml):
+        name = ModelDirectory(model_dir).config_yaml
     if name is None and model_dir:
         raise CommandLineError(
             f"--model-dir {display_path(model_dir)} has no config.yaml (written by `train`): "
@@ -79,112 +82,12 @@ def _checkpoint(args, config):
     return args.checkpoint or getattr(args, "model_dir", None) or config.train.model_dir
 
 
-def cmd_train(args):
-    from tf_centernet.training import train
-
-    config = _load_config(args)
-    _, history = train(config, progress=getattr(args, "progress", None))
-    losses = history.history.get("loss", []) if history is not None else []
-    if losses:
-        logger.info("Loss by epoch: %s", ", ".join(f"{v:.3f}" for v in losses))
-    logger.info("Checkpoints in %s", os.path.join(config.train.model_dir, "checkpoints"))
-    return 0
-
-
-def cmd_evaluate(args):
-    from tf_centernet.data.records import open_dataset
-    from tf_centernet.evaluation import evaluate_dataset
-    from tf_centernet.training import load_trained_model
-
-    config = _load_config(args)
-    model = load_trained_model(config, _checkpoint(args, config))
-    names, category_ids = _class_names(config, args)
-    dataset = open_dataset(config, "val", class_names=names)
-    predictor = model
-    output = args.output or os.path.join(config.train.model_dir, "eval")
-    os.makedirs(output, exist_ok=True)
-    evaluate_dataset(
-        predictor,
-        dataset,
-        category_ids,
-        output_json=os.path.join(output, "detections.json"),
-        metrics_json=os.path.join(output, "metrics.json"),
-        max_images=args.max_images,
-        compute_fd=True,
-    )
-    logger.info("Wrote %s", output)
-    return 0
-
-
 def _class_names(config, args):
     """(class names, COCO category ids) by class index: see `class_labels`."""
-    from tf_centernet.data.labels import class_labels
+    from tf_centernet.data.classes import class_labels
 
     category_ids, names = class_labels(config, getattr(args, "model_dir", None))
     return names, category_ids
-
-
-def cmd_detect(args):
-    import cv2
-
-    from tf_centernet.data.coco import load_image
-    from tf_centernet.evaluation import detections_to_coco
-    from tf_centernet.training import load_trained_model
-    from tf_centernet.visualize import draw_detections
-
-    config = _load_config(args)
-    model = load_trained_model(config, _checkpoint(args, config))
-    names, category_ids = _class_names(config, args)
-    os.makedirs(args.output, exist_ok=True)
-    images, empty_folders = _image_files(args.images)
-    results, failed = [], []
-    for path in images:
-        try:
-            image = load_image(path)
-        except (FileNotFoundError, ValueError) as error:  # one bad file of many: skip it
-            logger.warning("Skipping %s", error)
-            failed.append(path)
-            continue
-        det = model.predict_images([image])[0]
-        drawn = draw_detections(
-            image, det["boxes"], det["scores"], det["classes"], names, score_threshold=args.score_threshold
-        )
-        out_path = os.path.join(args.output, os.path.splitext(os.path.basename(path))[0] + "_detections.jpg")
-        cv2.imwrite(out_path, cv2.cvtColor(drawn, cv2.COLOR_RGB2BGR))
-        kept = int((det["scores"] >= args.score_threshold).sum())
-        logger.info("%s: %d detections (%d >= %.2f) -> %s", path, len(det["scores"]), kept, args.score_threshold, out_path)
-        entries = detections_to_coco(0, det["boxes"], det["scores"], det["classes"], category_ids)
-        for entry, cls in zip(entries, det["classes"]):
-            del entry["image_id"]
-            results.append({"file_name": os.path.basename(path), "category": names[int(cls)], **entry})
-    json_path = os.path.join(args.output, "detections.json")
-    with open(json_path, "w", encoding="utf-8") as f:
-        json.dump(results, f)
-    logger.info("Wrote %s (%d of %d images)", json_path, len(images) - len(failed), len(images))
-    if failed:
-        logger.warning("%d image(s) could not be read: %s", len(failed), ", ".join(failed))
-    return 1 if failed or empty_folders else 0
-
-
-# Files `detect` takes from a folder (by extension, any case).
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
-
-
-def _image_files(paths):
-    """`detect`'s arguments -> (image files, folders without images): folders give their images, sorted."""
-    files, empty = [], []
-    for path in paths:
-        if not os.path.isdir(path):
-            files.append(path)
-            continue
-        found = sorted(os.path.join(path, name) for name in os.listdir(path)
-                       if name.lower().endswith(IMAGE_SUFFIXES) and os.path.isfile(os.path.join(path, name)))
-        if not found:
-            logger.warning("Skipping folder %s: no image files (%s) in it", path, ", ".join(IMAGE_SUFFIXES))
-            empty.append(path)
-        logger.info("%s: %d image(s)", path, len(found))
-        files += found
-    return files, empty
 
 
 @contextlib.contextmanager
@@ -207,103 +110,6 @@ def _sigterm_stops(command):
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
-
-
-def cmd_export(args):
-    """Exports a trained model: ``model.export`` with the format registry's default path."""
-    from tf_centernet import export as export_lib
-
-    fmt = export_lib.get_format(args.format)
-    # Fail before loading anything when the target toolchain is missing.
-    ready, message = fmt.check()
-    if not ready:
-        logger.error("%s", message)
-        return 2
-    input_size = None
-    if args.input_size:
-        if len(args.input_size) > 2 or min(args.input_size) < 1:
-            logger.error("--input-size takes SIZE or HEIGHT WIDTH (positive), got %s.", args.input_size)
-            return 2
-        input_size = tuple(args.input_size) if len(args.input_size) == 2 else args.input_size[0]
-    from tf_centernet.training import load_trained_model
-
-    config = _load_config(args)
-    if args.no_flip:
-        config.decode.flip_test = False
-    model = load_trained_model(config, _checkpoint(args, config))
-    output = args.output or os.path.join(
-        getattr(args, "model_dir", None) or config.train.model_dir, "export", fmt.default_path
-    )
-    calibration = {}
-    if fmt.name == "tflite-int8-full":
-        # Activation ranges from the training data (train_data of the config).
-        count = getattr(args, "calibration_images", 100)
-        calibration = dict(
-            representative_images=export_lib.representative_training_images(config, count, model.class_names),
-            calibration_images=count,
-        )
-    try:
-        limit = args.max_megapixels if args.max_megapixels and args.max_megapixels > 0 else None
-        with _sigterm_stops("export"):
-            path = model.export(output, format=args.format, input_size=input_size, max_megapixels=limit,
-                                **calibration)
-    except (RuntimeError, ImportError, FileExistsError, FileNotFoundError) as error:
-        logger.error("%s", error)
-        return 2
-    logger.info("Exported %s -> %s", args.format, path)
-    return 0
-
-
-def cmd_demo(args):
-    """Synthetic data -> train -> evaluate -> detect, all under --output."""
-    from tf_centernet.data.synthetic import make_synthetic_coco
-
-    out = args.output
-    train_dir, train_ann = make_synthetic_coco(os.path.join(out, "data", "train"), num_images=64, seed=1)
-    val_dir, val_ann = make_synthetic_coco(os.path.join(out, "data", "val"), num_images=16, seed=2)
-    base = [
-        f"train_data.images={train_dir}",
-        f"train_data.annotations={train_ann}",
-        f"validation_data.images={val_dir}",
-        f"validation_data.annotations={val_ann}",
-        f"train.model_dir={os.path.join(out, 'model')}",
-        f"train.total_steps={args.steps}",
-        *(args.set or []),
-    ]
-    common = dict(config=args.config, set=base, checkpoint=None, model_dir=None)
-    cmd_train(argparse.Namespace(command="train", **common))
-    cmd_evaluate(
-        argparse.Namespace(command="evaluate", output=os.path.join(out, "eval"), max_images=None, **common)
-    )
-    images = sorted(os.listdir(val_dir))[:2]
-    cmd_detect(
-        argparse.Namespace(
-            command="detect",
-            images=[os.path.join(val_dir, f) for f in images],
-            output=os.path.join(out, "detections"),
-            score_threshold=0.3,
-            **common,
-        )
-    )
-    logger.info("Demo finished: see %s", out)
-    return 0
-
-
-def cmd_build_ops(args):
-    """Compiles (or finds cached) and loads the corner-pooling custom ops."""
-    from tf_centernet.ops import custom
-
-    cuda = {"auto": "auto", "yes": True, "no": False}[args.cuda]
-    try:
-        path = custom.build(cuda=cuda, force=args.force, verbose=True)
-        custom.load(path)  # proves it loads
-    except custom.CustomOpsUnavailable as error:
-        logger.error("%s", error)
-        return 1
-    gpu = "with" if custom.has_gpu_kernels() else "without"
-    logger.info("Corner-pooling ops ready (%s CUDA kernels): %s", gpu, path)
-    print(path)
-    return 0
 
 
 SET_HELP = (
@@ -354,6 +160,7 @@ def split_set_values(argv):
 
 
 def build_parser():
+    from tf_centernet.cli import model_commands
     from tf_centernet.cli.data_commands import cmd_check_data, cmd_convert, cmd_convert_data
     from tf_centernet.export import FORMATS
 
@@ -391,7 +198,7 @@ def build_parser():
         help="progress display: Keras' bar, one plain line per train.log_every steps, or none "
         "(default: bar on a terminal, log otherwise)",
     )
-    p.set_defaults(func=cmd_train)
+    p.set_defaults(func=model_commands.cmd_train)
 
     p = sub.add_parser("evaluate", help="COCO AP on validation_data")
     common(p)
@@ -399,7 +206,7 @@ def build_parser():
     p.add_argument("--checkpoint", help="checkpoint prefix, directory or .weights.h5 (default: the model dir)")
     p.add_argument("--max-images", type=int, help="evaluate on the first N images only")
     p.add_argument("--output", help="folder for detections.json and metrics.json (default: MODEL_DIR/eval)")
-    p.set_defaults(func=cmd_evaluate)
+    p.set_defaults(func=model_commands.cmd_evaluate)
 
     p = sub.add_parser("detect", help="draw detections on images")
     common(p)
@@ -408,7 +215,7 @@ def build_parser():
     p.add_argument("--checkpoint", help="checkpoint prefix, directory or .weights.h5")
     p.add_argument("--output", default="detections", help="output folder (default: ./detections)")
     p.add_argument("--score-threshold", type=float, default=0.3, help="draw boxes scoring at least this")
-    p.set_defaults(func=cmd_detect)
+    p.set_defaults(func=model_commands.cmd_detect)
 
     p = sub.add_parser("export", help="SavedModel for TF Serving, TFLite, TF-TRT or ONNX (see docs/serving.md)")
     common(p)
@@ -442,14 +249,14 @@ def build_parser():
         "--calibration-images", type=int, default=100, metavar="N",
         help="tflite-int8-full: training images (train_data) that calibrate the int8 ranges (default: 100)",
     )
-    p.set_defaults(func=cmd_export)
+    p.set_defaults(func=model_commands.cmd_export)
 
     p = sub.add_parser("demo", help="train, evaluate and detect on a synthetic data set it creates")
     p.add_argument("--config", default="demo", help="config (default: demo)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help=SET_HELP)
     p.add_argument("--output", default="runs/demo", help="output folder (default: runs/demo)")
     p.add_argument("--steps", type=int, default=300, help="training steps (default: 300)")
-    p.set_defaults(func=cmd_demo)
+    p.set_defaults(func=model_commands.cmd_demo)
 
     p = sub.add_parser("check-data", help="report on the data; exit 1 when training would go wrong")
     common(p, config_required=True)
@@ -476,7 +283,7 @@ def build_parser():
     p.add_argument("--cuda", default="auto", choices=["auto", "yes", "no"],
                    help="CUDA kernels too; auto: when nvcc, a CUDA TensorFlow and a GPU are present")
     p.add_argument("--force", action="store_true", help="rebuild even if a cached build exists")
-    p.set_defaults(func=cmd_build_ops)
+    p.set_defaults(func=model_commands.cmd_build_ops)
     return parser
 
 
@@ -490,7 +297,7 @@ def main(argv=None):
     143: interrupted by SIGINT (Ctrl-C) / SIGTERM (`train` saves a
     checkpoint first). Every failure is one logged line (``-v`` shows the
     traceback). A bad command line (argparse's, or
-    `tf_centernet.guards.CommandLineError`) raises `SystemExit` with
+    `tf_centernet.model_dir.CommandLineError`) raises `SystemExit` with
     status 2, as argparse does.
     """
     args = build_parser().parse_args(split_set_values(sys.argv[1:] if argv is None else list(argv)))
@@ -515,14 +322,14 @@ def main(argv=None):
             logger.error("%s (run with -v for the traceback)", _printable(error))
             return 2
         except Exception as error:
-            # Project errors carry their exit status (tf_centernet.guards).
+            # Project errors carry their exit status (tf_centernet.filesystem, tf_centernet.model_dir, tf_centernet.training.callbacks).
             code = getattr(error, "exit_code", None)
             if code is not None and not args.verbose:
                 logger.error("%s", _printable(error))
                 return code
             # The file system refused (read-only, full, no permission, name
             # too long, ...): the user's to fix, so one line and status 2.
-            from tf_centernet.guards import os_error_line, os_error_of
+            from tf_centernet.filesystem import os_error_line, os_error_of
 
             cause = os_error_of(error)
             if cause is None or args.verbose:

@@ -24,7 +24,8 @@ logger = logging.getLogger("tf_centernet")
 
 def _splits(config, which):
     names = ["train", "val"] if which == "both" else [which]
-    return [s for s in names if input_config(config, s).annotations]
+    held_out = config.data.validation_split > 0 and config.train_data.annotations  # val: part of train_data
+    return [s for s in names if input_config(config, s).annotations or (s == "val" and held_out)]
 
 
 def cmd_check_data(args):
@@ -56,7 +57,7 @@ def cmd_convert_data(args):
     from tf_centernet.data.records import open_dataset
     from tf_centernet.data.tfrecord import write_class_file, write_tfrecords
 
-    from tf_centernet.guards import check_writable
+    from tf_centernet.filesystem import check_writable
 
     config = _load_config(args)
     check_writable(args.output, "convert-data --output")  # before reading and encoding the data

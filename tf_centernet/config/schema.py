@@ -230,6 +230,13 @@ class TrainConfig:
     """
 
     batch_size: int = 48
+    # "adam" (the releases') | "adamw" | "sgd", wrapped in the non-finite
+    # guard (tf_centernet.training.optimizer). momentum and nesterov are
+    # SGD's; weight_decay (decoupled) is AdamW's and SGD's (0: none).
+    optimizer: str = "adam"
+    momentum: float = 0.9
+    nesterov: bool = False
+    weight_decay: float = 0.0
     learning_rate: float = 2.5e-4
     total_steps: int = 480000
     decay_steps: List[int] = field(default_factory=lambda: [450000])
@@ -239,17 +246,23 @@ class TrainConfig:
     keep_checkpoints: int = 3
     model_dir: str = "runs/centernet"
     # "auto" | "one_device" | "mirrored" | "multi_worker" | "tpu"; see
-    # tf_centernet.distribute.get_strategy ("auto": multi_worker when
+    # tf_centernet.training.distribute.get_strategy ("auto": multi_worker when
     # TF_CONFIG names several workers, else mirrored over the GPUs).
     strategy: str = "auto"
     # XLA-compile the train step (the pooling then uses the pure-TF scans).
     jit_compile: bool = False
     # Steps between COCO evaluations on validation_data (0: none), images used
     # (0: all); steps between TensorBoard pictures (0: none); steps between
-    # plain progress lines and learning-rate scalars.
-    eval_every: int = 0
+    # plain progress lines and train-run scalars. -1 (auto), when
+    # validation_data.annotations is set: pictures at every checkpoint, and
+    # at most 4 evaluations per run at checkpoints (e.g. 80, 160, 240 of 300
+    # steps with checkpoint_every=40); off without validation data
+    # (tf_centernet.training.task.evaluation_cadence). Cost on a 2-core CPU,
+    # centernet_small on coco-tiny's 80 validation images: one evaluation
+    # ~34 training steps, pictures ~3 (benchmarks/evaluation_cost.py).
+    eval_every: int = -1
     eval_max_images: int = 0
-    image_summary_every: int = 0
+    image_summary_every: int = -1
     log_every: int = 100
     seed: int = 0
     # Initial weights for a new run (ignored when model_dir has checkpoints):
@@ -260,7 +273,7 @@ class TrainConfig:
     # A step whose loss or gradients hold a NaN / Inf is never applied.
     # "stop": end training with an error naming the step and loss terms;
     # "skip": log and count it, go on, stop after max_consecutive_nonfinite
-    # skips in a row. See tf_centernet.guards.
+    # skips in a row. See tf_centernet.training.callbacks.NonFiniteGuard.
     on_nonfinite: str = "stop"
     max_consecutive_nonfinite: int = 10
 
@@ -322,6 +335,7 @@ CHOICES = {
     "data.crowd": ("drop", "keep"),
     "train.strategy": ("auto", "one_device", "mirrored", "multi_worker", "tpu"),
     "train.on_nonfinite": ("stop", "skip"),
+    "train.optimizer": ("adam", "adamw", "sgd"),
     "decode.nms": ("gaussian", "merge", "tf", "none"),
     "decode.soft_nms_impl": ("auto", "custom", "loop"),
 }

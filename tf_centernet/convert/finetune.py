@@ -9,7 +9,6 @@ differs, the heatmap output layers (the 1x1 convolutions of the
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
 
@@ -38,14 +37,17 @@ def model_dir_state(model_dir: str):
     """
     from tf_centernet.convert.model_dir import build_for_conversion
     from tf_centernet.checkpoints import latest_checkpoint
+    from tf_centernet.model_dir import ModelDirectory
 
-    config_path = os.path.join(model_dir, "config.yaml")
+    config_path = ModelDirectory(model_dir).config_yaml
     if not os.path.isfile(config_path):
         raise FileNotFoundError(f"{model_dir} has no config.yaml: not a model directory.")
     checkpoint = latest_checkpoint(model_dir)
     preset = os.path.join(model_dir, "model.weights.h5")
     if checkpoint is None and not os.path.isfile(preset):
-        raise FileNotFoundError(f"{model_dir} holds no checkpoints/ckpt-STEP.weights.h5 and no preset weights.")
+        raise FileNotFoundError(
+            f"{model_dir} holds no {ModelDirectory.CHECKPOINTS}/ckpt-STEP.weights.h5 and no preset weights."
+        )
     config = config_lib.load_config(config_path)
     source = build_for_conversion(config)
     if checkpoint is not None:

@@ -26,9 +26,10 @@ from tf_centernet.convert.describe import check_config_matches
 from tf_centernet.convert.labels import snapshot_labels
 from tf_centernet.convert.mapping import load_release_state
 from tf_centernet.convert.snapshot import read_snapshot
-from tf_centernet.models.object_detector import build_model
+from tf_centernet.models.presets import build_model
 from tf_centernet.checkpoints import list_checkpoints
-from tf_centernet.data.labels import write_classes
+from tf_centernet.model_dir import ModelDirectory
+from tf_centernet.data.classes import write_classes
 
 logger = logging.getLogger("tf_centernet")
 
@@ -91,7 +92,7 @@ def convert_snapshot(snapshot: str, config, model_dir: str, classes_file: Option
         config, train=dataclasses.replace(config.train, model_dir=os.path.abspath(model_dir))
     )
     os.makedirs(model_dir, exist_ok=True)
-    with open(os.path.join(model_dir, "config.yaml"), "w", encoding="utf-8") as f:
+    with open(ModelDirectory(model_dir).config_yaml, "w", encoding="utf-8") as f:
         f.write(config_lib.to_yaml(config))
     write_classes(model_dir, types.SimpleNamespace(category_ids=category_ids, class_names=names))
     model.category_ids, model.class_names = list(category_ids), list(names)

@@ -17,11 +17,12 @@ import json
 import os
 from typing import List, Sequence
 
+from tf_centernet.model_dir import ModelDirectory
+
 __all__ = [
-    "CLASSES_FILE", "read_class_file", "write_class_file", "write_classes", "read_classes", "class_labels",
+    "read_class_file", "write_class_file", "write_classes", "read_classes", "class_labels",
 ]
 
-CLASSES_FILE = "classes.json"
 
 
 def read_class_file(path: str) -> List[str]:
@@ -69,7 +70,7 @@ def write_classes(model_dir, dataset):
         dataset: an object with ``category_ids`` and ``class_names``
             sequences in class order (e.g. `CocoDataset`).
     """
-    with open(os.path.join(model_dir, CLASSES_FILE), "w", encoding="utf-8") as f:
+    with open(ModelDirectory(model_dir).classes_json, "w", encoding="utf-8") as f:
         json.dump({"category_ids": list(dataset.category_ids), "names": list(dataset.class_names)}, f)
 
 
@@ -82,7 +83,7 @@ def read_classes(model_dir):
     Returns:
         dict ``{"category_ids": [...], "names": [...]}`` or None.
     """
-    path = os.path.join(model_dir or "", CLASSES_FILE)
+    path = ModelDirectory(model_dir or "").classes_json
     if not os.path.isfile(path):
         return None
     with open(path, encoding="utf-8") as f:
@@ -110,8 +111,9 @@ def class_labels(config, model_dir=None):
             ``model.num_classes``.
     """
     n = config.model.num_classes
-    found = read_classes(model_dir or config.train.model_dir)
-    source = "classes.json"
+    directory = ModelDirectory(model_dir or config.train.model_dir)
+    found = read_classes(directory.path)
+    source = directory.classes_json
     if found is None:
         for path in (config.train_data.annotations, config.validation_data.annotations):
             if path and path.lower().endswith(".json") and os.path.isfile(path):

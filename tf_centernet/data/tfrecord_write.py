@@ -107,7 +107,7 @@ def write_tfrecords(dataset, prefix: str, num_shards: int = 1) -> List[str]:
     """
     import errno as errno_lib
 
-    from tf_centernet.guards import errno_of_text
+    from tf_centernet.filesystem import errno_of_text
 
     if num_shards < 1:
         raise ValueError(f"num_shards must be at least 1, got {num_shards}.")

@@ -238,7 +238,7 @@ def export(
         NotWritableError (an OSError): the output folder cannot be written
             (checked before any work).
     """
-    from tf_centernet.guards import check_writable
+    from tf_centernet.filesystem import check_writable
 
     fmt = get_format(format)
     ready, message = fmt.check()

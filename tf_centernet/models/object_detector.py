@@ -24,36 +24,27 @@ heads of every stack.
 
 from __future__ import annotations
 
-import dataclasses
-import json
-import os
 
 import keras
-import numpy as np
-import tensorflow as tf
 from keras_hub.models import ObjectDetector
 
-from tf_centernet import losses
-from tf_centernet.config import BACKBONES, DataConfig, LossConfig, check_choice
+from tf_centernet.config import BACKBONES, LossConfig
 from tf_centernet.decode.decoder import Decoder
 from tf_centernet.layers.convolution import ConvModule
 from tf_centernet.layers.heads import HEATMAP_BIAS, PredictionHead
 from tf_centernet.layers.pooling import CascadeCornerPooling, CenterPooling, CornerPooling
 from tf_centernet.models.backbone import HourglassBackbone
-from tf_centernet.models.preprocessor import (
-    CenterNetImageConverter,
-    CenterNetObjectDetectorPreprocessor,
-    pad_images,
-)
+from tf_centernet.models.detection import DetectionMixin
+from tf_centernet.models.training_hooks import LOSS_TERMS, TrainingMixin
+from tf_centernet.models.preprocessor import CenterNetImageConverter, CenterNetObjectDetectorPreprocessor
 
-LOSS_TERMS = ("focal_corner", "focal_center", "pull", "push", "offset_corner", "offset_center")
 # Hourglass arguments of the flat constructor of earlier releases (and of their .keras files).
 _LEGACY_BACKBONE_KEYS = ("num_stacks", "levels", "widths", "blocks", "stem_channels", "head_channels",
                          "pool_channels")
 
 
 @keras.saving.register_keras_serializable(package="tf_centernet")
-class KeypointObjectDetector(ObjectDetector):
+class KeypointObjectDetector(DetectionMixin, TrainingMixin, ObjectDetector):
     """Stacked-hourglass keypoint detector: the base of CornerNet and CenterNet.
 
     Per stack: a top-left and a bottom-right pooling module (corner pooling,
@@ -287,228 +278,7 @@ class KeypointObjectDetector(ObjectDetector):
     def _network(self, canvas):
         return self(canvas, training=False)
 
-    # ------------------------------------------------------------- detection
-
-    def detect(self, images, image_sizes=None, static=False, flip_test=None):
-        """Detections of RGB images in original-image pixels (docs/reference.md §7).
-
-        Runs the decoder's test-time loop (`Decoder.detect`: every test scale,
-        the flipped copy with ``flip_test``) on the canvases of the image
-        converter. Without `image_sizes` the images fill the batch and share
-        one canvas (one size per batch: the SavedModel's contract). With
-        `image_sizes` that differ, each image is detected on its own canvas,
-        exactly as the releases do one image at a time, so results never
-        depend on the rest of the batch.
-
-        Args:
-            images: uint8 (or float in [0, 255]) `(batch, height, width, 3)`,
-                RGB, each image top-left, padded bottom/right.
-            image_sizes: int `(batch, 2)` or None. True ``(height, width)``.
-            static: bool. Static-shape preprocessing for a batch of one
-                static size (TFLite, ONNX).
-            flip_test: bool or None. Overrides the decoder's ``flip_test``.
-
-        Returns:
-            dict: ``boxes`` float32 `(batch, N, 4)` ``[x1, y1, x2, y2]`` in
-            pixels of each original image, ``scores`` float32 `(batch, N)`,
-            ``classes`` int32 `(batch, N)` (0-based; -1 past
-            ``num_detections``), ``num_detections`` int32 `(batch,)`;
-            ``N = decoder.decode_config.max_detections``.
-        """
-        converter = self.image_converter
-        images = tf.convert_to_tensor(images)
-        if static or image_sizes is None:
-            return self.decoder.detect(
-                self._network, lambda scale: converter(images, None, scale, static=static), flip_test
-            )
-        sizes = tf.cast(image_sizes, tf.int32)
-
-        def together():
-            return self.decoder.detect(self._network, lambda scale: converter(images, sizes, scale), flip_test)
-
-        def one_by_one():
-            n = self.decoder.decode_config.max_detections
-
-            def detect_one(args):
-                image, size = args
-                single = image[None, : size[0], : size[1], :]
-                out = self.decoder.detect(self._network, lambda scale: converter(single, None, scale), flip_test)
-                return {key: value[0] for key, value in out.items()}
-
-            return tf.map_fn(
-                detect_one, (images, sizes),
-                fn_output_signature={
-                    "boxes": tf.TensorSpec([n, 4], tf.float32), "scores": tf.TensorSpec([n], tf.float32),
-                    "classes": tf.TensorSpec([n], tf.int32), "num_detections": tf.TensorSpec([], tf.int32),
-                },
-            )
-
-        # (batch,): images that fill the padded batch share its canvas exactly.
-        same = tf.reduce_all(tf.equal(sizes, sizes[:1]))
-        return tf.cond(same, together, one_by_one)
-
-    def detect_canvas(self, canvas):
-        """Detections of normalised network inputs, in canvas pixels (one scale).
-
-        What `predict` runs with ``model.preprocessor = None``.
-
-        Args:
-            canvas: float32 `(batch, H, W, 3)`, normalised, sizes as `call`.
-
-        Returns:
-            The dict of `detect`, boxes in canvas pixels.
-        """
-        canvas = tf.convert_to_tensor(canvas, tf.float32)
-        inputs = canvas
-        if self.decoder.flip_test:
-            inputs = tf.concat([canvas, tf.reverse(canvas, axis=[2])], axis=0)
-        return self.decoder(self(inputs, training=False), images=canvas)
-
-    def predict_step(self, data):
-        """`model.predict`: `detect` on the preprocessor's padded batch (or `detect_canvas`)."""
-        x, _, _ = keras.utils.unpack_x_y_sample_weight(data)
-        if isinstance(x, dict):
-            return self.detect(x["images"], x["image_sizes"])
-        return self.detect_canvas(x)
-
-    def predict(self, x, batch_size=None, verbose="auto", steps=None, callbacks=None):
-        """Detections of RGB images of any sizes, in original-image pixels.
-
-        Args:
-            x: a list of images (uint8 `(h, w, 3)`, grayscale `(h, w)` or
-                `(h, w, 1)`, RGBA `(h, w, 4)`, or float in [0, 255]); one
-                image; a batch `(n, h, w, 3)`; a `tf.RaggedTensor`; a dict
-                ``{"images", "image_sizes"}``; or a `tf.data.Dataset` of such
-                batches. With ``model.preprocessor = None``: normalised
-                canvases, as `detect_canvas` takes.
-            batch_size: int or None. Images per step (default 32, or 1 for a
-                list, which runs each image at once like the releases).
-            verbose, steps, callbacks: as `keras.Model.predict`.
-
-        Returns:
-            dict of NumPy arrays as `detect` returns, one row per image:
-            ``boxes`` `(n, N, 4)` xyxy pixels, ``scores`` `(n, N)`,
-            ``classes`` `(n, N)` (``-1`` padding), ``num_detections`` `(n,)`.
-
-        Raises:
-            TypeError / ValueError: an image that is not an array, not 2-D
-                or 3-D, with another channel count, or empty.
-        """
-        if self.preprocessor is None:
-            return keras.Model.predict(self, x, batch_size=batch_size, verbose=verbose, steps=steps,
-                                       callbacks=callbacks)
-        if isinstance(x, tf.data.Dataset):
-            dataset = x.map(self.preprocess_samples, num_parallel_calls=tf.data.AUTOTUNE)
-        else:
-            dataset = _image_dataset(x, batch_size).map(self.preprocessor)
-        return keras.Model.predict(self, dataset.prefetch(tf.data.AUTOTUNE), verbose=verbose, steps=steps,
-                                   callbacks=callbacks)
-
-    def predict_images(self, images, batch_size=1, flip_test=None):
-        """Detections per image, without padding: what evaluation and drawing want.
-
-        Args:
-            images: list of images as `predict` takes them (uint8 RGB,
-                grayscale, RGBA), or one image.
-            batch_size: int. Images per call. Defaults to `1`.
-            flip_test: bool or None. Overrides the decoder's ``flip_test``.
-
-        Returns:
-            list with one dict per image: ``boxes`` float32 `(n, 4)` ``[x1,
-            y1, x2, y2]`` in the image's pixels, ``scores`` float32 `(n,)`,
-            ``classes`` int32 `(n,)` (0-based), best first.
-
-        Raises:
-            TypeError / ValueError: as `predict`.
-        """
-        if isinstance(images, (np.ndarray, tf.Tensor)) and len(images.shape) != 4:
-            images = [images]
-        images = [_as_rgb(image, i) for i, image in enumerate(images)]
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be positive, got {batch_size}.")
-        key = (self.decoder, flip_test)
-        if getattr(self, "_image_function_key", None) != key:
-            # One traced function per decoder and flip setting (retraced
-            # after `model.decoder = ...`).
-            self._image_function = tf.function(
-                lambda x, sizes: self.detect(x, sizes, flip_test=flip_test), reduce_retracing=True
-            )
-            self._image_function_key = key
-        results = []
-        for start in range(0, len(images), batch_size):
-            batch, sizes = pad_images(images[start : start + batch_size])
-            out = self._image_function(tf.constant(batch), tf.constant(sizes))
-            results += unpad_detections({key: value.numpy() for key, value in out.items()})
-        return results
-
     # -------------------------------------------------------------- training
-
-    def compile(self, optimizer="auto", loss=None, metrics=None, **kwargs):
-        """`keras.Model.compile`; the loss is this detector's own (`compute_loss`).
-
-        Args:
-            optimizer: `"auto"` (Adam, the releases' 2.5e-4) or a Keras optimizer.
-            loss: must be None: the keypoint losses are built in.
-            metrics: must be None: each loss term is reported as a metric.
-            **kwargs: `keras.Model.compile` arguments (``jit_compile``, ...).
-        """
-        if loss is not None or metrics is not None:
-            raise ValueError("The detector computes its own losses and metrics: leave loss and metrics unset.")
-        if optimizer == "auto":
-            optimizer = keras.optimizers.Adam(2.5e-4)
-        keras.Model.compile(self, optimizer=optimizer, **kwargs)
-
-    def compile_from_config(self, config):
-        """Recompiles a reloaded model with its saved optimizer (``.keras`` files)."""
-        config = keras.saving.deserialize_keras_object(config)
-        self.compile(optimizer=config.get("optimizer") or "auto",
-                     **{k: v for k, v in config.items() if k in ("jit_compile", "steps_per_execution")})
-
-    def fit(self, *args, **kwargs):
-        """`keras.Model.fit` on batches of `tf_centernet.data.build_train_dataset` (targets encoded)."""
-        return keras.Model.fit(self, *args, **kwargs)
-
-    def evaluate(self, *args, **kwargs):
-        """`keras.Model.evaluate` (the losses) on batches like `fit`'s; COCO AP: `tf_centernet.evaluation`."""
-        return keras.Model.evaluate(self, *args, **kwargs)
-
-    def train_on_batch(self, *args, **kwargs):
-        """`keras.Model.train_on_batch` on one `build_train_dataset` batch (dict targets)."""
-        return keras.Model.train_on_batch(self, *args, **kwargs)
-
-    def test_on_batch(self, *args, **kwargs):
-        """`keras.Model.test_on_batch` on one `build_train_dataset` batch (dict targets)."""
-        return keras.Model.test_on_batch(self, *args, **kwargs)
-
-    def predict_on_batch(self, x):
-        """`predict` on one batch: the same inputs, the same detections."""
-        if self.preprocessor is None:
-            return keras.Model.predict_on_batch(self, x)
-        n = len(x) if isinstance(x, (list, tuple)) else None
-        return self.predict(x, batch_size=n, verbose=0)
-
-    def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
-        """docs/reference.md §5 loss for `fit`; updates one metric per term.
-
-        `y` is the target dict of `tf_centernet.data.build_train_dataset`.
-        Under a distribution strategy the returned value is divided by the
-        number of replicas (gradients are summed across replicas).
-        """
-        if y_pred is None:
-            y_pred = self(x, training=training)
-        if not isinstance(y_pred["tl_heatmap"], (list, tuple)):
-            y_pred = {k: [v] for k, v in y_pred.items()}
-        terms = losses.detection_losses(y_pred, y, self._loss_settings, self.centers)
-        for name in LOSS_TERMS:
-            self.trackers[name].update_state(terms[name])
-        loss = terms["loss"]
-        if self.losses:  # regularisers, if a user adds any
-            loss += tf.add_n([tf.cast(l, loss.dtype) for l in self.losses])
-        replicas = tf.distribute.get_strategy().num_replicas_in_sync
-        if replicas > 1:
-            loss = loss / float(replicas)
-        return loss
-
     # --------------------------------------------------------------- export
 
     def export(self, filepath, format="savedmodel", verbose=None, **kwargs):
@@ -558,31 +328,10 @@ class KeypointObjectDetector(ObjectDetector):
 
     @classmethod
     def from_preset(cls, preset, load_weights=True, **kwargs):
-        """The detector of a keras-hub preset directory (`save_to_preset`, `tf-centernet convert`).
+        """The detector of a keras-hub preset directory: `tf_centernet.models.presets.load_preset`."""
+        from tf_centernet.models.presets import load_preset  # presets builds on this module
 
-        Args:
-            preset: str. A preset folder (``config.json``, ``task.json``,
-                ``model.weights.h5``, ...).
-            load_weights: bool. Load the saved weights. Defaults to True.
-            **kwargs: constructor overrides (e.g. ``pooling_impl``).
-
-        Raises:
-            ValueError: not a preset of this project, or a preset of a
-                detector that is not a `cls` (e.g. CornerNet asked of a
-                CenterNet preset).
-        """
-        from keras_hub.src.utils.preset_utils import get_preset_loader  # keras-hub's loader
-
-        task_json = os.path.join(str(preset), "task.json")
-        if os.path.isfile(task_json):
-            with open(task_json, encoding="utf-8") as f:
-                saved = keras.saving.get_registered_object(json.load(f).get("registered_name", ""))
-            if saved is None or not issubclass(saved, cls):
-                raise ValueError(
-                    f"{preset} holds a {getattr(saved, '__name__', 'foreign model')}, not a {cls.__name__}."
-                )
-        loader = get_preset_loader(preset)
-        return loader.load_task(cls, load_weights, True, **kwargs)
+        return load_preset(cls, preset, load_weights, **kwargs)
 
 
 @keras.saving.register_keras_serializable(package="tf_centernet")
@@ -631,136 +380,11 @@ for _old, _new in (("KeypointDetector", KeypointObjectDetector), ("CornerNet", C
     keras.saving.get_custom_objects().setdefault(f"tf_centernet>{_old}", _new)
 
 
-def unpad_detections(detections):
-    """The padded dict of `detect` (NumPy) -> one dict per image with its ``num_detections`` rows."""
-    return [
-        {key: detections[key][i, :count] for key in ("boxes", "scores", "classes")}
-        for i, count in enumerate(detections["num_detections"])
-    ]
-
-
-def _as_rgb(image, index):
-    """One image for `predict`: an array `(h, w)`, `(h, w, 1|3|4)` -> `(h, w, 3)`."""
-    if isinstance(image, tf.Tensor):
-        image = image.numpy()
-    if not isinstance(image, np.ndarray):
-        raise TypeError(f"Image {index} is a {type(image).__name__}, expected a NumPy array.")
-    if image.ndim == 2:
-        image = image[:, :, None]
-    if image.ndim != 3 or image.shape[2] not in (1, 3, 4):
-        raise ValueError(f"Image {index} has shape {image.shape}; expected (height, width[, 1, 3 or 4]).")
-    if image.shape[0] < 1 or image.shape[1] < 1:
-        raise ValueError(f"Image {index} is empty: shape {image.shape}.")
-    if image.shape[2] == 1:  # grayscale: the same value in R, G and B
-        image = np.repeat(image, 3, axis=2)
-    return image[:, :, :3]  # RGBA: alpha dropped
-
-
-def _image_dataset(x, batch_size):
-    """`predict`'s input as a batched `tf.data.Dataset` the preprocessor maps."""
-    if isinstance(x, dict) or isinstance(x, tf.RaggedTensor):
-        return tf.data.Dataset.from_tensor_slices(x).batch(batch_size or 32)
-    if isinstance(x, (np.ndarray, tf.Tensor)) and len(x.shape) == 4:
-        return tf.data.Dataset.from_tensor_slices(x).batch(batch_size or 32)
-    images = [x] if isinstance(x, (np.ndarray, tf.Tensor)) else list(x)
-    if not images:
-        raise ValueError("No images given.")
-    images = [_as_rgb(image, i) for i, image in enumerate(images)]
-    dtype = tf.uint8 if all(image.dtype == np.uint8 for image in images) else tf.float32
-    sizes = np.array([image.shape[:2] for image in images], np.int32)
-
-    def generate():
-        for image, size in zip(images, sizes):
-            yield {"images": image.astype(dtype.as_numpy_dtype, copy=False), "image_sizes": size}
-
-    dataset = tf.data.Dataset.from_generator(
-        generate,
-        output_signature={"images": tf.TensorSpec([None, None, 3], dtype),
-                          "image_sizes": tf.TensorSpec([2], tf.int32)},
-    )
-    # A known length: Keras then knows when the images end (no "ran out of data").
-    dataset = dataset.apply(tf.data.experimental.assert_cardinality(len(images)))
-    return dataset.padded_batch(batch_size or 1)
-
-
-def build_model(model_config, loss_config=None, decode_config=None, data_config=None):
-    """A `CenterNetObjectDetector` or `CornerNetObjectDetector` from configuration sections.
-
-    Args:
-        model_config: `ModelConfig`.
-        loss_config: `LossConfig` or None.
-        decode_config: `DecodeConfig` or None. Configures the model's
-            `Decoder` (`model.predict`, `detect`, exports).
-        data_config: `DataConfig` or None. Its ``mean``, ``std`` and
-            ``input_size`` configure the preprocessor's image converter.
-
-    Returns:
-        A built detector (weights created; they do not depend on the image
-        size). With
-        ``model_config.compute_dtype="bfloat16"`` (or ``"float16"``) its
-        layers compute in that type (Keras ``mixed_bfloat16`` /
-        ``mixed_float16``: float32 weights, so checkpoints are
-        interchangeable) and its outputs are float32.
-
-    Raises:
-        ValueError: unknown ``compute_dtype`` or backbone.
-    """
-    compute_dtype = check_choice("model.compute_dtype", getattr(model_config, "compute_dtype", "float32"))
-    policy = _POLICIES[compute_dtype]
-    if policy is None:
-        return _build(model_config, loss_config, decode_config, data_config)
-    # Layers take the global policy when they are created: set it for the
-    # construction only.
-    previous = keras.config.dtype_policy()
-    keras.config.set_dtype_policy(policy)
-    try:
-        return _build(model_config, loss_config, decode_config, data_config)
-    finally:
-        keras.config.set_dtype_policy(previous)
-
-
-# model.compute_dtype -> Keras policy (None: the global one, float32 unless
-# training set mixed precision).
-_POLICIES = {"float32": None, "bfloat16": "mixed_bfloat16", "float16": "mixed_float16"}
-
-
-def _build(model_config, loss_config, decode_config, data_config):
-    hg = model_config.hourglass()
-    centernet = model_config.architecture == "centernet"
-    use_centers = centernet and model_config.central_region
-    data = data_config if data_config is not None else DataConfig()
-    cls = CenterNetObjectDetector if centernet else CornerNetObjectDetector
-    converter = CenterNetImageConverter(
-        mean=data.mean, std=data.std, image_size=(data.input_size, data.input_size), name="image_converter"
-    )
-    return cls(
-        backbone=HourglassBackbone(**hg, name="backbone"),
-        num_classes=model_config.num_classes,
-        preprocessor=CenterNetObjectDetectorPreprocessor(converter, name="preprocessor"),
-        decoder=Decoder(decode_config, use_centers=use_centers, name="decoder"),
-        centers=use_centers,
-        cascade_corner_pooling=centernet and model_config.cascade_corner_pooling,
-        center_pooling=model_config.center_pooling,
-        heatmap_bias=model_config.heatmap_bias,
-        pooling_impl=model_config.pooling_impl,
-        loss_config=dataclasses.asdict(loss_config) if loss_config is not None else None,
-        name=model_config.architecture,
-    )
-
-
-def count_trainable_parameters(model):
-    """Number of trainable scalars (BN gamma/beta count, moving stats do not)."""
-    return int(sum(int(tf.size(w)) for w in model.trainable_weights))
-
-
 __all__ = [
-    "BACKBONES",
     "CenterNet",
     "CenterNetObjectDetector",
     "CornerNet",
     "CornerNetObjectDetector",
     "KeypointDetector",
     "KeypointObjectDetector",
-    "build_model",
-    "count_trainable_parameters",
 ]

@@ -182,26 +182,3 @@ def in_multi_worker_mode(strategy):
     return isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy) and bool(
         getattr(extended, "_in_multi_worker_mode", lambda: False)()
     )
-
-
-def make_logs_reducible(model, strategy):
-    """Works around Keras 3.15 under MultiWorkerMirroredStrategy.
-
-    Keras reduces each value that ``train_step`` returns with
-    ``strategy.reduce("MEAN", value, axis=0)`` in multi-worker mode, which
-    fails on the scalar losses ("Invalid reduction dimension 0"). Here the
-    scalars are returned with shape (1,), whose mean over axis 0 and the
-    replicas is the scalar Keras reports anyway. No-op elsewhere.
-    """
-    if not in_multi_worker_mode(strategy):
-        return
-    step = model.train_step
-
-    def train_step(data):
-        logs = step(data)
-        return {
-            key: tf.reshape(value, [1]) if getattr(getattr(value, "shape", None), "rank", None) == 0 else value
-            for key, value in logs.items()
-        }
-
-    model.train_step = train_step

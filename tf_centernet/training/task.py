@@ -2,17 +2,20 @@
 
 What `train` does, in order:
 
-1. picks a strategy (`get_strategy`): MirroredStrategy over the visible GPUs
+1. picks a strategy (`tf_centernet.training.distribute.get_strategy`): MirroredStrategy over the visible GPUs
    when there are any, else one device (the CPU);
 2. reads the data (COCO, Pascal VOC or TFRecord:
    `tf_centernet.data.records.open_dataset`) and builds the
    `tf.data` pipeline (augmentation and targets in-graph);
-3. builds the model and Adam with the piecewise-constant schedule of docs/reference.md §6
-   (learning rate x decay_rate after each of `decay_steps`);
+3. builds the model and the optimizer of ``train.optimizer`` (Adam, the
+   releases', AdamW or SGD with momentum) with the piecewise-constant
+   schedule of docs/reference.md §6 (learning rate x decay_rate after each
+   of `decay_steps`) behind the non-finite guard
+   (`tf_centernet.training.optimizer`);
 4. checks that the model directory and its ``checkpoints/`` folder take
-   new files (`tf_centernet.guards.check_writable`) and that
+   new files (`tf_centernet.filesystem.check_writable`) and that
    ``train.init_from`` exists, before anything is created; locks the model
-   directory (`tf_centernet.guards.ModelDirLock`: a second
+   directory (`tf_centernet.model_dir.ModelDirLock`: a second
    `train` into it fails with a clear error; a run that fails before
    writing anything leaves no folder or lock file it created), removes
    leftovers of killed saves, checks that one checkpoint fits in the free
@@ -29,9 +32,9 @@ What `train` does, in order:
    `checkpoint_every` steps and at the end, TensorBoard scalars of every
    loss term in `model_dir/logs`, and stops exactly at `total_steps`; a
    non-finite loss stops or skips (``train.on_nonfinite``), Ctrl-C /
-   SIGTERM saves and stops (`tf_centernet.guards`); a checkpoint that
+   SIGTERM saves and stops (`tf_centernet.training.callbacks`); a checkpoint that
    cannot be written (disk full, read-only) stops training with one
-   message naming the steps lost (`tf_centernet.checkpoints.CheckpointCallback`).
+   message naming the steps lost (`tf_centernet.training.callbacks.CheckpointCallback`).
 
 The input pipeline's position is not checkpointed: a resumed run starts a
 new shuffle and continues the augmentation seeds from the number of images
@@ -43,6 +46,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import logging
 import math
 import os
@@ -50,73 +54,32 @@ import os
 import keras
 
 from tf_centernet import config as config_lib
-from tf_centernet import distribute
-from tf_centernet.checkpoints import (  # noqa: F401  (re-exported: public names of this module)
-    CHECKPOINT_SUBDIR,
+from tf_centernet.checkpoints import CheckpointError, checkpoint_bytes, cleanup_partials, load_checkpoint
+from tf_centernet.data.classes import write_classes
+from tf_centernet.data.paths import display_path
+from tf_centernet.filesystem import NotWritableError, atomic_write_text, check_writable
+from tf_centernet.model_dir import ModelDirectory
+from tf_centernet.models.presets import build_model
+from tf_centernet.training import distribute
+from tf_centernet.training.callbacks import (
     CheckpointCallback,
-    CheckpointError,
-    CheckpointWriteError,
-    checkpoint_bytes,
-    atomic_write_text,
-    checkpoint_path,
-    cleanup_partials,
-    latest_checkpoint,
-    list_checkpoints,
-    load_checkpoint,
-    save_checkpoint,
-)
-from tf_centernet.callbacks import WorkerCheckpointCallback, progress_mode, watch_callbacks
-from tf_centernet.guards import (
-    LOCK_FILE,
-    GuardedAdam,
+    EvaluationCallback,
+    ImageSummaries,
     InterruptGuard,
-    ModelDirLock,
     NonFiniteGuard,
-    NotWritableError,
-    check_writable,
-    display_path,
+    ProgressLog,
+    StopAtStep,
+    WorkerCheckpointCallback,
 )
-from tf_centernet.data.labels import CLASSES_FILE, class_labels, read_classes, write_classes  # noqa: F401
-from tf_centernet.models.object_detector import build_model
-from tf_centernet.inference import load_trained_model  # noqa: F401  (its earlier home)
+from tf_centernet.training.optimizer import build_optimizer
 
 logger = logging.getLogger("tf_centernet")
 
+__all__ = ["build_callbacks", "check_validation_data", "progress_mode", "train"]
 
-def get_strategy(kind="auto"):
-    """The distribution strategy for training: `tf_centernet.distribute.get_strategy`."""
-    return distribute.get_strategy(kind)
-
-
-def learning_rate_schedule(train_config):
-    """Piecewise-constant learning rate (docs/reference.md §6).
-
-    Args:
-        train_config: `TrainConfig`: learning_rate, decay_steps, decay_rate.
-
-    Returns:
-        A `keras.optimizers.schedules.LearningRateSchedule` (or the float
-        rate when there is no decay step).
-    """
-    boundaries = sorted(int(s) for s in train_config.decay_steps)
-    if not boundaries:
-        return train_config.learning_rate
-    values = [train_config.learning_rate * train_config.decay_rate**i for i in range(len(boundaries) + 1)]
-    return keras.optimizers.schedules.PiecewiseConstantDecay(boundaries, values)
-
-
-
-
-class StopAtStep(keras.callbacks.Callback):
-    """Ends `fit` once the optimizer has made `total_steps` steps."""
-
-    def __init__(self, total_steps):
-        super().__init__()
-        self.total_steps = int(total_steps)
-
-    def on_train_batch_end(self, batch, logs=None):
-        if int(self.model.optimizer.iterations.numpy()) >= self.total_steps:
-            self.model.stop_training = True
+PROGRESS_MODES = ("bar", "log", "none")
+# The most evaluations the automatic cadence runs in one training (`evaluation_cadence`).
+AUTO_EVALUATIONS = 4
 
 
 def train(config, strategy=None, verbose=1, extra_callbacks=(), progress=None):
@@ -124,11 +87,11 @@ def train(config, strategy=None, verbose=1, extra_callbacks=(), progress=None):
 
     Args:
         config: `tf_centernet.config.Config`.
-        strategy: `tf.distribute.Strategy` or None for `get_strategy()`.
+        strategy: `tf.distribute.Strategy` or None for ``distribute.get_strategy(train.strategy)``.
         verbose: int. Keras progress display (1: progress bar).
         extra_callbacks: more Keras callbacks.
         progress: "bar" (Keras' progress bar), "log" (one plain line per
-            ``train.log_every`` steps, `tf_centernet.callbacks.ProgressLog`),
+            ``train.log_every`` steps, `tf_centernet.training.callbacks.ProgressLog`),
             "none", or None: "bar" when stdout is a terminal, else "log";
             "none" when `verbose` is 0.
 
@@ -156,7 +119,7 @@ def train(config, strategy=None, verbose=1, extra_callbacks=(), progress=None):
         ModelDirLocked: another live process trains into the same model
             directory.
         NonFiniteLossError: a non-finite loss stopped training (see
-            `tf_centernet.guards`).
+            `tf_centernet.training.callbacks`).
         TrainingInterrupted: SIGINT / SIGTERM (after saving a checkpoint
             when a step finished since the last one).
     """
@@ -164,18 +127,18 @@ def train(config, strategy=None, verbose=1, extra_callbacks=(), progress=None):
     from tf_centernet.data.records import open_dataset
 
     tc = config.train
-    model_dir = tc.model_dir
+    model_dir = ModelDirectory(tc.model_dir)
     config_lib.check_choice("train.on_nonfinite", tc.on_nonfinite)
     # MultiWorkerMirroredStrategy must exist before other TensorFlow ops run.
-    strategy = strategy or get_strategy(tc.strategy)
+    strategy = strategy or distribute.get_strategy(tc.strategy)
     keras.utils.set_random_seed(tc.seed)
     # model.compute_dtype (the one precision setting) is applied by
     # build_model; float16 gets Keras' loss scaling when compiled.
 
     chief = distribute.strategy_is_chief(strategy)
     if chief:  # before reading the data: fail in seconds, not after minutes of work
-        check_writable(model_dir, "train.model_dir (--model-dir)")
-        check_writable(os.path.join(model_dir, CHECKPOINT_SUBDIR), "the checkpoint folder")
+        check_writable(model_dir.path, "train.model_dir (--model-dir)")
+        check_writable(model_dir.checkpoints, "the checkpoint folder")
     if tc.init_from and not os.path.exists(tc.init_from):
         raise FileNotFoundError(
             f"train.init_from (--init-from): no model directory or snapshot at {display_path(tc.init_from)}."
@@ -194,52 +157,28 @@ def train(config, strategy=None, verbose=1, extra_callbacks=(), progress=None):
     # One writer per model directory; config.yaml and classes.json are
     # written once the data validated and the checkpoint (if any) loaded.
     # Only the chief of a multi-worker job writes (and locks) the model directory.
-    created = chief and not os.path.exists(model_dir)
+    created = chief and not os.path.exists(model_dir.path)
     try:
-        with (ModelDirLock(model_dir) if chief else contextlib.nullcontext()), InterruptGuard() as interrupt:
+        with (model_dir.lock() if chief else contextlib.nullcontext()), InterruptGuard() as interrupt:
             if chief:
-                cleanup_partials(model_dir)
+                cleanup_partials(model_dir.path)
             mode = progress_mode(progress, verbose)
             return _train_locked(config, dataset, strategy, mode, extra_callbacks, interrupt, chief)
     except BaseException:
         if created:
-            _remove_if_unused(model_dir)
+            model_dir.remove_if_unused()
         raise
-
-
-def _remove_if_unused(model_dir):
-    """Removes a model directory this run created when it holds nothing but the lock file.
-
-    A run that failed before writing anything (bad checkpoint, init_from,
-    data) then leaves no trace; anything else in the folder keeps it.
-    """
-    try:
-        names = set(os.listdir(model_dir))
-        if names - {LOCK_FILE, CHECKPOINT_SUBDIR}:
-            return
-        checkpoints = os.path.join(model_dir, CHECKPOINT_SUBDIR)
-        if CHECKPOINT_SUBDIR in names:
-            if os.listdir(checkpoints):
-                return
-            os.rmdir(checkpoints)
-        if LOCK_FILE in names:
-            os.remove(os.path.join(model_dir, LOCK_FILE))
-        os.rmdir(model_dir)
-    except OSError:
-        pass  # someone else is using it: leave it
 
 
 def _check_free_space(model, model_dir):
     """Fails when one checkpoint of `model` cannot fit in `model_dir`; warns when `keep` + 1 may not."""
     need = checkpoint_bytes(model)
     try:
-        stat = os.statvfs(model_dir)
+        stat = os.statvfs(model_dir.path)
     except (OSError, AttributeError):
         return
     free = stat.f_bavail * stat.f_frsize
     if free < need:
-        import errno
-
         raise NotWritableError(
             errno.ENOSPC,
             f"train.model_dir (--model-dir) {display_path(model_dir)}: {free / 2**20:.1f} MiB free, but one "
@@ -254,7 +193,7 @@ def _train_locked(config, dataset, strategy, mode, extra_callbacks, interrupt, c
     from tf_centernet.data import build_train_dataset
 
     tc = config.train
-    model_dir = tc.model_dir
+    model_dir = ModelDirectory(tc.model_dir)
     if tc.jit_compile and config.model.pooling_impl != "scan":
         logger.info("train.jit_compile: the pooling uses the pure-TF scans (XLA cannot compile the custom op).")
         config = dataclasses.replace(config, model=dataclasses.replace(config.model, pooling_impl="scan"))
@@ -266,7 +205,7 @@ def _train_locked(config, dataset, strategy, mode, extra_callbacks, interrupt, c
     with strategy.scope():
         model = build_model(config.model, config.loss, config.decode, config.data)
         model.build((None, size, size, 3))
-        optimizer = GuardedAdam(learning_rate_schedule(tc))
+        optimizer = build_optimizer(tc)
         model.compile(optimizer=optimizer, jit_compile=bool(tc.jit_compile))
         optimizer.build(model.trainable_variables)
         if chief:
@@ -277,7 +216,7 @@ def _train_locked(config, dataset, strategy, mode, extra_callbacks, interrupt, c
                     "plus the one being written: training stops with a clear message when the disk fills.",
                     display_path(model_dir), room[1] / 2**20, tc.keep_checkpoints, room[0] / 2**20,
                 )
-        resume_from = load_checkpoint(model, model_dir)
+        resume_from = load_checkpoint(model, model_dir.path)
         if resume_from:
             logger.info("Resumed from %s (step %d)", resume_from, int(optimizer.iterations.numpy()))
             if tc.init_from:
@@ -288,12 +227,12 @@ def _train_locked(config, dataset, strategy, mode, extra_callbacks, interrupt, c
             initialize_from(model, tc.init_from)
     if not distribute.all_equal_across_workers(strategy, int(optimizer.iterations.numpy())):
         raise CheckpointError(
-            f"The workers restored different steps from {model_dir} (this worker: "
+            f"The workers restored different steps from {model_dir.path} (this worker: "
             f"{int(optimizer.iterations.numpy())}); the model directory must be storage all workers share."
         )
     if chief:
-        atomic_write_text(os.path.join(model_dir, "config.yaml"), config_lib.to_yaml(config))
-        write_classes(model_dir, dataset)
+        atomic_write_text(model_dir.config_yaml, config_lib.to_yaml(config))
+        write_classes(model_dir.path, dataset)
 
     step = int(optimizer.iterations.numpy())
     if step >= tc.total_steps:
@@ -303,35 +242,19 @@ def _train_locked(config, dataset, strategy, mode, extra_callbacks, interrupt, c
     def make_data(input_context=None):
         return build_train_dataset(
             dataset, config, batch_size=tc.batch_size, start_element=step * tc.batch_size,
-            input_context=input_context,
+            input_context=input_context, heatmaps="sparse",  # heatmaps drawn in the loss, on the device
         )
 
     if strategy.num_replicas_in_sync > 1:  # each worker reads its own share
+        # (The detector skips Keras' pre-fit symbolic build then, and shapes
+        # its logs for multi-worker reduction: KeypointObjectDetector.train_step.)
         data = strategy.distribute_datasets_from_function(make_data)
-        # Keras' pre-fit "symbolic build" would all-reduce a whole input
-        # batch, which fails under MultiWorkerMirroredStrategy (PerReplica
-        # conversion error); the model and optimizer are built already.
-        model._maybe_symbolic_build = lambda *args, **kwargs: None
-        distribute.make_logs_reducible(model, strategy)
     else:
         data = make_data()
     steps_per_epoch = max(1, min(tc.steps_per_epoch, tc.total_steps))
-    last_saved = step  # saved, or step 0: nothing to save
-    if chief:
-        checkpoints = CheckpointCallback(model_dir, tc.checkpoint_every, tc.keep_checkpoints, last_saved)
-    else:
-        checkpoints = WorkerCheckpointCallback(
-            distribute.worker_write_dir(model_dir, False), model_dir, tc.checkpoint_every, 1, last_saved
-        )
-    guard = NonFiniteGuard(tc.on_nonfinite, tc.max_consecutive_nonfinite, checkpoints)
-    callbacks = [
-        guard,  # before checkpoints: a non-finite step blocks the save
-        interrupt,
-        checkpoints,
-        StopAtStep(tc.total_steps),
-        *(watch_callbacks(config, dataset, model_dir, mode) if chief else []),
-        *extra_callbacks,
-    ]
+    callbacks = build_callbacks(config, dataset, interrupt, mode, chief, last_saved=step)
+    guard, checkpoints = callbacks[0], callbacks[2]
+    callbacks += list(extra_callbacks)
     epochs = math.ceil(tc.total_steps / steps_per_epoch)
     if tc.on_nonfinite == "skip":  # skipped steps do not count: StopAtStep ends the run
         epochs *= 2 + tc.max_consecutive_nonfinite
@@ -353,6 +276,160 @@ def _train_locked(config, dataset, strategy, mode, extra_callbacks, interrupt, c
         raise checkpoints.error
     if interrupt.signum is not None:
         step = int(optimizer.iterations.numpy())
-        saved = checkpoint_path(model_dir, step)
+        saved = model_dir.checkpoint(step)
         raise interrupt.error(step, saved if checkpoints.last_saved == step and os.path.isfile(saved) else None)
     return model, history
+
+
+def build_callbacks(config, dataset, interrupt, mode, chief=True, last_saved=0):
+    """The callbacks of `fit`, in the order they must run.
+
+    ``[NonFiniteGuard, interrupt, checkpoints, StopAtStep, ...]``: the guard
+    comes before the checkpoints (a non-finite step blocks the save). The
+    chief adds Keras' `TensorBoard` (train-run scalars in ``logs/``,
+    every ``train.log_every`` steps, and the learning rate per epoch),
+    `ProgressLog` when `mode` is "log", `ImageSummaries` and
+    `EvaluationCallback` at the cadence of `evaluation_cadence`.
+
+    Args:
+        config: `Config`.
+        dataset: the training dataset (its first image is drawn; its class
+            names and category ids label the evaluation).
+        interrupt: `InterruptGuard` (entered by the caller).
+        mode: "bar", "log" or "none" (`progress_mode`).
+        chief: bool. Whether this worker writes the model directory.
+        last_saved: int. The step training starts from (not saved again).
+
+    Returns:
+        list of `keras.callbacks.Callback`.
+
+    Raises:
+        ValueError: ``train.eval_every`` > 0 without usable validation
+            data (`check_validation_data`).
+    """
+    tc = config.train
+    model_dir = ModelDirectory(tc.model_dir)
+    if chief:
+        checkpoints = CheckpointCallback(model_dir.path, tc.checkpoint_every, tc.keep_checkpoints, last_saved)
+    else:
+        checkpoints = WorkerCheckpointCallback(
+            distribute.worker_write_dir(model_dir.path, False), model_dir.path, tc.checkpoint_every, 1, last_saved
+        )
+    found = [
+        NonFiniteGuard(tc.on_nonfinite, tc.max_consecutive_nonfinite, checkpoints),
+        interrupt,
+        checkpoints,
+        StopAtStep(tc.total_steps),
+    ]
+    if not chief:
+        return found
+    every = max(1, int(tc.log_every))
+    found.append(keras.callbacks.TensorBoard(model_dir.logs, update_freq=max(1, min(every, tc.checkpoint_every))))
+    if mode == "log":
+        found.append(ProgressLog(tc.total_steps, every))
+    eval_every, image_every = evaluation_cadence(config)
+    if image_every > 0:
+        from tf_centernet.evaluation import record_image
+
+        record = dataset.records[0]
+        found.append(ImageSummaries(
+            config, model_dir.path, image_every, record_image(record), record.boxes, record.classes,
+            list(dataset.class_names),
+        ))
+    if eval_every > 0:
+        check_validation_data(config)
+        found.append(EvaluationCallback(
+            config, model_dir.path, eval_every, dataset.class_names, dataset.category_ids, tc.eval_max_images,
+        ))
+    return found
+
+
+def evaluation_cadence(config):
+    """(steps between evaluations, steps between TensorBoard pictures); 0 is off.
+
+    ``train.eval_every`` and ``train.image_summary_every`` are used as given
+    when >= 0. Their default, -1 (auto), is on when
+    ``validation_data.annotations`` is set and 0 otherwise: pictures at every
+    checkpoint (``train.checkpoint_every``); evaluations at every k-th
+    checkpoint, k the smallest that gives at most `AUTO_EVALUATIONS` (4)
+    evaluations in ``train.total_steps``, so that their cost stays bounded
+    whatever the run's length (``best/`` holds the best of them). One
+    evaluation of coco-tiny's 80 validation images costs about as much as
+    34 training steps of ``centernet_small`` on a 2-core CPU
+    (`benchmarks/evaluation_cost.py`; the README's "Configurations,
+    hardware and time").
+
+    Args:
+        config: `Config`.
+
+    Returns:
+        (int, int).
+    """
+    tc = config.train
+    every = max(1, int(tc.checkpoint_every))
+    on = bool(config.validation_data.annotations) or config.data.validation_split > 0
+    evaluations = every * max(1, math.ceil(int(tc.total_steps) / (AUTO_EVALUATIONS * every))) if on else 0
+    return (
+        evaluations if int(tc.eval_every) < 0 else int(tc.eval_every),
+        (every if on else 0) if int(tc.image_summary_every) < 0 else int(tc.image_summary_every),
+    )
+
+
+def check_validation_data(config):
+    """Checks, before training starts, that ``validation_data`` names validation data.
+
+    Only what is cheap: ``validation_data.annotations`` is set, its format is
+    known (``validation_data.format`` or
+    `tf_centernet.data.records.detect_format`) and, for COCO,
+    ``validation_data.images`` is set (a VOC layout finds its own images, a
+    TFRecord holds them). The files themselves are read at the first
+    evaluation.
+
+    Returns:
+        str. The format: ``"coco"``, ``"voc"`` or ``"tfrecord"``.
+
+    Raises:
+        ValueError: one line naming the missing setting or the path whose
+            format is unknown.
+    """
+    from tf_centernet.data.records import detect_format
+
+    data = config.validation_data
+    if not data.annotations and config.data.validation_split > 0:
+        data = config.train_data  # the held-out share of the training data
+    if not data.annotations:
+        raise ValueError(
+            "train.eval_every needs validation_data.annotations (a COCO .json, a VOC folder or image-set "
+            ".txt, or TFRecord files)."
+        )
+    fmt = data.format or detect_format(data.annotations)
+    if fmt == "coco" and not data.images:
+        raise ValueError(
+            "train.eval_every with COCO validation data needs validation_data.images (the image folder)."
+        )
+    return fmt
+
+
+def progress_mode(progress, verbose=1, isatty=None):
+    """Resolves ``--progress`` (None: "bar" on a terminal, else "log"; "none" when verbose is 0).
+
+    Raises:
+        ValueError: unknown mode.
+    """
+    if progress is None:
+        if not verbose:
+            return "none"
+        tty = isatty if isatty is not None else _stdout_isatty()
+        return "bar" if tty else "log"
+    if progress not in PROGRESS_MODES:
+        raise ValueError(f"progress must be one of {PROGRESS_MODES}, got {progress!r}.")
+    return progress
+
+
+def _stdout_isatty():
+    import sys
+
+    try:
+        return sys.stdout.isatty()
+    except (AttributeError, ValueError):
+        return False

@@ -1,4 +1,4 @@
-"""Callbacks for watching training: plain-log progress, COCO evaluation, pictures.
+"""Callbacks for watching training: plain-log progress, evaluation, pictures.
 
 - `ProgressLog`: one plain line per logging interval (step, losses, steps/s,
   ETA) for log files, instead of Keras' carriage-return progress bar.
@@ -10,11 +10,12 @@
   ``MODEL_DIR/best/``.
 - `ImageSummaries`: TensorBoard images every ``train.image_summary_every``
   steps (``MODEL_DIR/logs/images``): an input image with its ground truth,
-  the predicted corner and center heatmaps, the decoded detections; and the
-  learning rate as a scalar.
+  the predicted corner and center heatmaps, the decoded detections. (The
+  learning rate is a scalar of the train run, written by Keras'
+  `TensorBoard` callback.)
 
 All of them belong to the chief alone in a multi-worker job (they write the
-model directory).
+model directory). Paths come from `tf_centernet.model_dir.ModelDirectory`.
 """
 
 from __future__ import annotations
@@ -28,14 +29,13 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tf_centernet.checkpoints import CheckpointCallback, atomic_write_text, save_checkpoint
-from tf_centernet.distribute import remove_worker_dir
+from tf_centernet.checkpoints import save_checkpoint
+from tf_centernet.filesystem import atomic_write_text
+from tf_centernet.model_dir import ModelDirectory
 
 logger = logging.getLogger("tf_centernet")
 
-PROGRESS_MODES = ("bar", "log", "none")
-METRICS_FILE = "metrics.jsonl"
-BEST_SUBDIR = "best"
+__all__ = ["EvaluationCallback", "ImageSummaries", "ProgressLog"]
 
 
 def _step(model):
@@ -83,43 +83,6 @@ class ProgressLog(keras.callbacks.Callback):
         self.log(f"step {step}/{self.total_steps} {terms} steps/s={rate:.3f} ETA={eta}")
 
 
-class WorkerCheckpointCallback(CheckpointCallback):
-    """`CheckpointCallback` of a non-chief worker: saves into its own
-    temporary folder, then deletes it (TensorFlow's multi-worker guidance:
-    every worker takes part in a save, only the chief's copy is kept).
-
-    Args:
-        write_dir: str. The worker's temporary folder (`worker_write_dir`).
-        model_dir: str. The shared model directory (never deleted).
-        every, keep: as `CheckpointCallback`.
-    """
-
-    def __init__(self, write_dir, model_dir, every, keep=1, last_saved=None):
-        super().__init__(write_dir, every, keep, last_saved)
-        self.shared_dir = model_dir
-
-    def _save(self):
-        try:
-            super()._save()
-        finally:
-            remove_worker_dir(self.model_dir, self.shared_dir)
-
-    def on_train_end(self, logs=None):
-        try:
-            super().on_train_end(logs)
-        finally:  # also when no save happened
-            remove_worker_dir(self.model_dir, self.shared_dir)
-
-
-def _writer(model_dir, name):
-    return tf.summary.create_file_writer(os.path.join(model_dir, "logs", name))
-
-
-def _learning_rate(optimizer):
-    rate = optimizer.learning_rate
-    return float(rate.numpy() if hasattr(rate, "numpy") else rate)
-
-
 class EvaluationCallback(keras.callbacks.Callback):
     """Evaluation of the model being trained on the validation split, every `every` steps.
 
@@ -159,7 +122,7 @@ class EvaluationCallback(keras.callbacks.Callback):
     def __init__(self, config, model_dir, every, class_names, category_ids, max_images=None):
         super().__init__()
         self.config = config
-        self.model_dir = model_dir
+        self.model_dir = ModelDirectory(model_dir)
         self.every = max(1, int(every))
         self.class_names = list(class_names)
         self.category_ids = list(category_ids)
@@ -169,7 +132,7 @@ class EvaluationCallback(keras.callbacks.Callback):
         self.writer = None
 
     def _previous_best(self):
-        path = os.path.join(self.model_dir, BEST_SUBDIR, "best.json")
+        path = self.model_dir.best.best_record
         if os.path.isfile(path):
             with open(path, encoding="utf-8") as f:
                 return float(json.load(f).get("AP", -1.0))
@@ -188,7 +151,7 @@ class EvaluationCallback(keras.callbacks.Callback):
             max_images=self.max_images, compute_fd=True, verbose=False,
         )
         if self.writer is None:
-            self.writer = _writer(self.model_dir, "validation")
+            self.writer = tf.summary.create_file_writer(self.model_dir.validation_logs)
         # record_if(True): Keras' TensorBoard callback records only on its
         # update_freq steps while a batch runs; an evaluation step may be none.
         with self.writer.as_default(step=step), tf.summary.record_if(True):
@@ -196,16 +159,16 @@ class EvaluationCallback(keras.callbacks.Callback):
                 tf.summary.scalar(name, metrics.get(name, float("nan")))
         self.writer.flush()
         record = {"step": step, **{k: float(v) for k, v in metrics.items()}}
-        with open(os.path.join(self.model_dir, METRICS_FILE), "a", encoding="utf-8") as f:
+        with open(self.model_dir.metrics, "a", encoding="utf-8") as f:
             f.write(json.dumps(record) + "\n")
         logger.info("Evaluation at step %d: AP %.4f AP50 %.4f FD %.4f", step,
                     metrics.get("AP", float("nan")), metrics.get("AP50", float("nan")),
                     metrics.get("FD", float("nan")))
         if metrics.get("AP", -1.0) > self.best_ap:
             self.best_ap = float(metrics["AP"])
-            best_dir = os.path.join(self.model_dir, BEST_SUBDIR)
-            path = save_checkpoint(self.model, best_dir, step, keep=1)
-            atomic_write_text(os.path.join(best_dir, "best.json"), json.dumps({**record, "checkpoint": path}))
+            best = self.model_dir.best
+            path = save_checkpoint(self.model, best.path, step, keep=1)
+            atomic_write_text(best.best_record, json.dumps({**record, "checkpoint": path}))
         return metrics
 
     def on_train_batch_end(self, batch, logs=None):
@@ -215,7 +178,7 @@ class EvaluationCallback(keras.callbacks.Callback):
 
 
 class ImageSummaries(keras.callbacks.Callback):
-    """TensorBoard pictures of one image every `every` steps, and the learning rate.
+    """TensorBoard pictures of one image every `every` steps.
 
     Images (``MODEL_DIR/logs/images``, uint8 unless noted):
     ``images/ground_truth`` (1, H, W, 3): the image with its ground-truth
@@ -224,7 +187,7 @@ class ImageSummaries(keras.callbacks.Callback):
     [0, 1]: per output-grid cell the maximum over classes of the sigmoid of
     each heatmap head (``tl_heatmap``, ``br_heatmap``, ``ct_heatmap`` when
     the model has centers), with h, w the output grid of the model's input
-    canvas. Scalar ``learning_rate`` every `lr_every` steps.
+    canvas. (No scalar: the learning rate is in the train run.)
 
     Args:
         config: `Config`.
@@ -233,27 +196,25 @@ class ImageSummaries(keras.callbacks.Callback):
         image: uint8 (H, W, 3) RGB.
         boxes: float (n, 4) ``[x1, y1, x2, y2]`` pixels; classes: int (n,).
         class_names: sequence of str or None.
-        lr_every: int. Steps between learning-rate scalars.
         score_threshold: float.
     """
 
     def __init__(self, config, model_dir, every, image, boxes, classes, class_names=None,
-                 lr_every=100, score_threshold=0.3):
+                 score_threshold=0.3):
         super().__init__()
         self.config = config
-        self.model_dir = model_dir
+        self.model_dir = ModelDirectory(model_dir)
         self.every = int(every)
         self.image = np.asarray(image, np.uint8)
         self.boxes = np.asarray(boxes, np.float32).reshape(-1, 4)
         self.classes = np.asarray(classes, np.int64).reshape(-1)
         self.class_names = class_names
-        self.lr_every = max(1, int(lr_every))
         self.score_threshold = float(score_threshold)
         self.writer = None
 
     def _ensure_writer(self):
         if self.writer is None:
-            self.writer = _writer(self.model_dir, "images")
+            self.writer = tf.summary.create_file_writer(self.model_dir.image_logs)
         return self.writer
 
     def write_images(self, step):
@@ -286,116 +247,12 @@ class ImageSummaries(keras.callbacks.Callback):
 
     def on_train_batch_end(self, batch, logs=None):
         step = _step(self.model)
-        if step % self.lr_every == 0:
-            with self._ensure_writer().as_default(step=step), tf.summary.record_if(True):
-                tf.summary.scalar("learning_rate", _learning_rate(self.model.optimizer))
         if self.every > 0 and step % self.every == 0:
             self.write_images(step)
 
     def on_train_end(self, logs=None):
         if self.writer is not None:
             self.writer.flush()
-
-
-def watch_callbacks(config, dataset, model_dir, mode):
-    """The chief's watching callbacks for `tf_centernet.training.train`.
-
-    Keras' TensorBoard scalars (``MODEL_DIR/logs``), `ProgressLog` when
-    `mode` is "log", `ImageSummaries` (learning rate every
-    ``train.log_every`` steps; pictures of the first training image every
-    ``train.image_summary_every`` steps), `EvaluationCallback` when
-    ``train.eval_every`` > 0 (validation data in any format, see
-    `check_validation_data`).
-
-    Raises:
-        ValueError: ``train.eval_every`` set without usable validation data
-            (`check_validation_data`).
-    """
-    from tf_centernet.evaluation import load_image_rgb
-
-    tc = config.train
-    every = max(1, int(tc.log_every))
-    found = [
-        keras.callbacks.TensorBoard(os.path.join(model_dir, "logs"), update_freq=max(1, min(every, tc.checkpoint_every)))
-    ]
-    if mode == "log":
-        found.append(ProgressLog(tc.total_steps, every))
-    record = dataset.records[0]
-    image = load_image_rgb(record.file_name) if tc.image_summary_every > 0 else np.zeros((1, 1, 3), np.uint8)
-    found.append(ImageSummaries(
-        config, model_dir, tc.image_summary_every, image, record.boxes, record.classes,
-        list(dataset.class_names), lr_every=every,
-    ))
-    if tc.eval_every > 0:
-        check_validation_data(config)
-        found.append(EvaluationCallback(
-            config, model_dir, tc.eval_every, dataset.class_names, dataset.category_ids, tc.eval_max_images,
-        ))
-    return found
-
-
-def check_validation_data(config):
-    """Checks, before training starts, that ``validation_data`` names validation data.
-
-    Only what is cheap: ``validation_data.annotations`` is set, its format is
-    known (``validation_data.format`` or
-    `tf_centernet.data.records.detect_format`) and, for COCO,
-    ``validation_data.images`` is set (a VOC layout finds its own images, a
-    TFRecord holds them). The files themselves are read at the first
-    evaluation.
-
-    Returns:
-        str. The format: ``"coco"``, ``"voc"`` or ``"tfrecord"``.
-
-    Raises:
-        ValueError: one line naming the missing setting or the path whose
-            format is unknown.
-    """
-    from tf_centernet.data.records import detect_format
-
-    data = config.validation_data
-    if not data.annotations:
-        raise ValueError(
-            "train.eval_every needs validation_data.annotations (a COCO .json, a VOC folder or image-set "
-            ".txt, or TFRecord files)."
-        )
-    fmt = data.format or detect_format(data.annotations)
-    if fmt == "coco" and not data.images:
-        raise ValueError(
-            "train.eval_every with COCO validation data needs validation_data.images (the image folder)."
-        )
-    return fmt
-
-
-def progress_mode(progress, verbose=1, isatty=None):
-    """Resolves ``--progress`` (None: "bar" on a terminal, else "log"; "none" when verbose is 0).
-
-    Raises:
-        ValueError: unknown mode.
-    """
-    if progress is None:
-        if not verbose:
-            return "none"
-        tty = isatty if isatty is not None else _stdout_isatty()
-        return "bar" if tty else "log"
-    if progress not in PROGRESS_MODES:
-        raise ValueError(f"progress must be one of {PROGRESS_MODES}, got {progress!r}.")
-    return progress
-
-
-def _stdout_isatty():
-    import sys
-
-    try:
-        return sys.stdout.isatty()
-    except (AttributeError, ValueError):
-        return False
-
-
-__all__ = [
-    "watch_callbacks", "EvaluationCallback", "ImageSummaries", "ProgressLog", "WorkerCheckpointCallback",
-    "check_validation_data", "progress_mode", "PROGRESS_MODES", "METRICS_FILE",
-]
 
 
 class _NoFlip:
