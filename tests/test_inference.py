@@ -147,6 +147,20 @@ def test_round_trip_multi_scale_uses_scale_one_centers():
     assert len(close) == 4  # 2 scales x 2 flips
 
 
+def test_round_trip_center_scale_other_than_one():
+    """``decode.center_scale`` 0.5 with ``test_scales [0.5]``: centers of that scale filter the boxes."""
+    objects = [[((30, 20, 180, 140), 1)]]
+    images = [draw_rectangles(151, 203, [objects[0][0][0]], [COLORS[1]])]
+    model = RectangleOracle(COLORS, [0, 1, 2], 3, MEAN, STD)
+    with pytest.raises(ValueError, match="scale 1 .*lack it"):
+        Predictor(model, make_config(test_scales=[0.5]))
+    predictor = Predictor(model, make_config(test_scales=[0.5], center_scale=0.5))
+    # One resized pixel off per side at most; a score > 0.99: kept by the filter.
+    check_round_trip(predictor, images, objects, min_iou=0.93)
+    with pytest.raises(ValueError, match="scale 0.5"):
+        Predictor(model, make_config(test_scales=[1.0], center_scale=0.5))
+
+
 def test_predictor_with_keras_model_and_signature():
     inputs = keras.Input((None, None, 3))
     feat = keras.layers.Conv2D(8, 3, strides=4, padding="same")(inputs)

@@ -182,7 +182,8 @@ class Predictor:
             concrete function is the serving signature.
 
     Raises:
-        ValueError: centers requested but 1 is not a test scale.
+        ValueError: centers requested but ``decode.center_scale`` (1) is not a
+            test scale.
 
     Example:
 

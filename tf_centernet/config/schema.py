@@ -313,6 +313,11 @@ class DecodeConfig:
     flip_test: bool = True
     # Image scales of multi-scale testing (1.0: the image's own size).
     test_scales: List[float] = field(default_factory=lambda: [1.0])
+    # The test scale whose center keypoints the central-region filter uses
+    # (docs/reference.md §7.4); must be one of `test_scales`. The releases'
+    # 1.0; another value suits a model trained on shrunk images (e.g.
+    # configs/bccd_small.yaml: rand_scales around 2, test_scales [0.5]).
+    center_scale: float = 1.0
     # Boxes reaching this many pixels past the image into the padding are rejected.
     border_tolerance: float = 5.0
     # XLA-compile the decoding after the network (`Decoder`); not with nms "tf".

@@ -65,7 +65,8 @@ class Decoder(keras.layers.Layer):
     Raises:
         KeyError: a head output the configuration needs is missing.
         ValueError: see `decode_detections`; at construction ``jit_compile``
-            with ``nms="tf"``, or `use_centers` without 1 among the test scales.
+            with ``nms="tf"``, or `use_centers` without ``decode_config.center_scale`` (1) among the
+            test scales.
     """
 
     def __init__(
@@ -85,10 +86,11 @@ class Decoder(keras.layers.Layer):
                 "decode.jit_compile needs decode.nms 'gaussian', 'merge' or 'none': "
                 "TF's soft-NMS kernel (nms 'tf') has no XLA kernel."
             )
-        if self.use_centers and 1.0 not in [float(v) for v in self.decode_config.test_scales]:
+        center_scale = float(self.decode_config.center_scale)
+        if self.use_centers and center_scale not in [float(v) for v in self.decode_config.test_scales]:
             raise ValueError(
-                "The central-region filter takes its centers from scale 1 (docs/"
-                f"reference.md §7.4); decode.test_scales {list(self.decode_config.test_scales)} lack it."
+                f"The central-region filter takes its centers from scale {center_scale:g} (decode.center_scale; "
+                f"docs/reference.md §7.4); decode.test_scales {list(self.decode_config.test_scales)} lack it."
             )
         self._compiled = None
         self.built = True  # no weights

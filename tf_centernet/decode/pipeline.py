@@ -49,7 +49,7 @@ def decode_detections(
     the horizontally flipped inputs, whose boxes and centers are mirrored
     back (`mirror_boxes`) and concatenated after the unflipped ones; all are
     mapped to original-image pixels (`boxes_to_image`). Then, over all
-    scales: the central-region filter with the centers of scale 1 (both
+    scales: the central-region filter with the centers of scale ``config.center_scale`` (1; both
     flips, unflipped first) when `use_centers`; per-class soft-NMS and the
     best ``max_detections`` (`soft_nms`; `soft_nms_tf` for ``nms="tf"``,
     TF's fused kernel, not bit-exact; `top_detections` for ``nms="none"``).
@@ -83,7 +83,8 @@ def decode_detections(
         Rows past ``num_detections`` are zero.
 
     Raises:
-        ValueError: mismatched lists, centers requested without a scale 1,
+        ValueError: mismatched lists, centers requested without the scale
+            ``config.center_scale``,
             or an unknown ``config.nms`` or ``config.soft_nms_impl``.
         KeyError: a required model output is missing.
     """
@@ -105,10 +106,11 @@ def decode_detections(
         static_shapes = bool(config.jit_compile)
     center_scale = None
     if use_centers:
-        matches = [i for i, g in enumerate(geometry) if float(g.scale) == 1.0]
+        wanted = float(config.center_scale)
+        matches = [i for i, g in enumerate(geometry) if float(g.scale) == wanted]
         if not matches:
             raise ValueError(
-                "The central-region filter uses the centers of scale 1 (docs/"
+                f"The central-region filter uses the centers of scale {wanted:g} (decode.center_scale; docs/"
                 f"reference.md §7.4), but the test scales are {[g.scale for g in geometry]}."
             )
         center_scale = matches[0]
