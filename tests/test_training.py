@@ -43,6 +43,22 @@ def test_learning_rate_schedule_steps_down():
     assert float(schedule(450_001)) == pytest.approx(2.5e-5)
 
 
+
+def test_learning_rate_schedule_cosine_with_warmup():
+    """``train.lr_schedule=cosine``: linear warmup from 0, half cosine to 0 at total_steps."""
+    overrides = ["train.lr_schedule=cosine", "train.learning_rate=2e-3", "train.total_steps=1100",
+                 "train.warmup_steps=100"]
+    schedule = learning_rate_schedule(load_config("bccd_small", overrides).train)
+    assert float(schedule(0)) == pytest.approx(0.0)
+    assert float(schedule(50)) == pytest.approx(1e-3)
+    assert float(schedule(100)) == pytest.approx(2e-3)
+    assert float(schedule(600)) == pytest.approx(1e-3)  # half way down
+    assert float(schedule(1100)) == pytest.approx(0.0, abs=1e-9)
+    no_warmup = learning_rate_schedule(load_config("bccd_small", overrides[:-1] + ["train.warmup_steps=0"]).train)
+    assert float(no_warmup(0)) == pytest.approx(2e-3) and float(no_warmup(550)) == pytest.approx(1e-3)
+    with pytest.raises(ValueError, match="train.lr_schedule"):
+        load_config("bccd_small", ["train.lr_schedule=linear"])
+
 def test_fit_two_replicas_loss_falls_and_checkpoints(synthetic_coco, tmp_path):
     model_dir = str(tmp_path / "model")
     config = load_config(

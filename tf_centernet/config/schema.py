@@ -241,6 +241,11 @@ class TrainConfig:
     total_steps: int = 480000
     decay_steps: List[int] = field(default_factory=lambda: [450000])
     decay_rate: float = 0.1
+    # "step" (the releases': x decay_rate after each of decay_steps) or
+    # "cosine": linear warmup from 0 over warmup_steps, then a half cosine
+    # from learning_rate to 0 at total_steps (decay_steps unused).
+    lr_schedule: str = "step"
+    warmup_steps: int = 0
     steps_per_epoch: int = 1000
     checkpoint_every: int = 5000
     keep_checkpoints: int = 3
@@ -340,6 +345,7 @@ CHOICES = {
     "data.crowd": ("drop", "keep"),
     "train.strategy": ("auto", "one_device", "mirrored", "multi_worker", "tpu"),
     "train.on_nonfinite": ("stop", "skip"),
+    "train.lr_schedule": ("step", "cosine"),
     "train.optimizer": ("adam", "adamw", "sgd"),
     "decode.nms": ("gaussian", "merge", "tf", "none"),
     "decode.soft_nms_impl": ("auto", "custom", "loop"),

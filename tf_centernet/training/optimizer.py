@@ -32,17 +32,30 @@ __all__ = ["NonFiniteGuardOptimizer", "build_optimizer", "learning_rate_schedule
 
 
 def learning_rate_schedule(train_config):
-    """Piecewise-constant learning rate (docs/reference.md §6).
+    """The learning rate of ``train.lr_schedule``.
+
+    ``"step"`` (default, the releases', docs/reference.md §6): piecewise
+    constant, the rate times ``decay_rate**i`` after the i-th of
+    ``decay_steps``. ``"cosine"``: linear from 0 to ``learning_rate`` over
+    ``warmup_steps``, then a half cosine down to 0 at ``total_steps``.
 
     Args:
         train_config: `TrainConfig`: ``learning_rate`` (for ``batch_size``
-            images), ``decay_steps`` (optimizer steps), ``decay_rate``.
+            images), ``lr_schedule``, ``decay_steps`` (optimizer steps),
+            ``decay_rate``, ``warmup_steps``, ``total_steps``.
 
     Returns:
-        A `keras.optimizers.schedules.PiecewiseConstantDecay`: the rate
-        times ``decay_rate**i`` after the i-th of ``decay_steps``; or the
-        float rate when there is no decay step.
+        A `keras.optimizers.schedules.LearningRateSchedule`, or the float
+        rate for "step" without a decay step.
     """
+    if train_config.lr_schedule == "cosine":
+        warmup = max(0, int(train_config.warmup_steps))
+        return keras.optimizers.schedules.CosineDecay(
+            0.0 if warmup else train_config.learning_rate,
+            decay_steps=max(1, int(train_config.total_steps) - warmup),
+            warmup_target=train_config.learning_rate if warmup else None,
+            warmup_steps=warmup,
+        )
     boundaries = sorted(int(s) for s in train_config.decay_steps)
     if not boundaries:
         return train_config.learning_rate
