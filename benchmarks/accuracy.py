@@ -11,10 +11,15 @@ The budget is either optimiser steps (``--steps``) or *process CPU minutes*
 `resource.getrusage`), so other jobs on a shared machine slow a run down but
 do not change how much computation it gets; wall time is recorded beside
 it. ``--deadline HH:MM`` (UTC) also stops training at that wall time (the
-line then shows the CPU minutes actually used). With a CPU budget the
-learning rate is ``train.learning_rate`` until ``--decay-at`` of the budget
-(default 0.85), then x ``train.decay_rate`` (the step schedule of docs/reference.md §6
-expressed in budget fractions, since the step count is not known ahead).
+line then shows the CPU minutes actually used); the learning-rate schedule
+below then runs to the deadline instead (the budget fraction is the larger
+of CPU and wall fractions), so a run cut short still decays. With a CPU budget the
+learning rate follows ``train.lr_schedule`` in budget fractions, since the
+step count is not known ahead: "step" is ``train.learning_rate`` until
+``--decay-at`` of the budget (default 0.85), then x ``train.decay_rate``
+(the step schedule of docs/reference.md §6); "cosine" warms up linearly
+over the fraction ``train.warmup_steps / train.total_steps`` of the budget,
+then decays along a half cosine to 0 at its end.
 
 BCCD (train on ``train``, evaluate on ``test``), CenterNet and CornerNet with
 the same small backbone and budget:
@@ -32,6 +37,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import math
 import os
 import resource
 import shutil
@@ -59,16 +65,21 @@ class Budget(keras.callbacks.Callback):
     Args:
         cpu_limit: float or None. CPU seconds of training allowed.
         deadline: float or None. `time.time()` at which to stop.
-        learning_rate: float. Initial rate.
+        learning_rate: float. Initial (peak) rate.
         decay_at: float. Budget fraction after which the rate is multiplied
-            by `decay_rate` (once).
+            by `decay_rate` (once; schedule "step").
         decay_rate: float.
+        schedule: "step" or "cosine": linear warmup from 0 over the budget
+            fraction `warmup`, then a half cosine to 0 at the end of the
+            budget (``train.lr_schedule`` in budget fractions).
+        warmup: float. Budget fraction of the warmup (schedule "cosine").
     """
 
-    def __init__(self, cpu_limit, deadline, learning_rate, decay_at, decay_rate):
+    def __init__(self, cpu_limit, deadline, learning_rate, decay_at, decay_rate, schedule="step", warmup=0.0):
         super().__init__()
         self.cpu_limit, self.deadline = cpu_limit, deadline
         self.learning_rate, self.decay_at, self.decay_rate = learning_rate, decay_at, decay_rate
+        self.schedule, self.warmup = schedule, warmup
         self.cpu_start = cpu_seconds()
         self.wall_start = time.time()
         self.decayed = False
@@ -76,10 +87,31 @@ class Budget(keras.callbacks.Callback):
     def used(self):
         return cpu_seconds() - self.cpu_start
 
+    def rate_at(self, fraction):
+        """The cosine schedule's rate at a budget fraction in [0, 1]."""
+        if fraction < self.warmup:
+            return self.learning_rate * fraction / self.warmup
+        progress = min(1.0, (fraction - self.warmup) / max(1e-9, 1.0 - self.warmup))
+        return self.learning_rate * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+    def fraction(self):
+        """The budget fraction spent: CPU, or wall time to the deadline when that is larger.
+
+        So a run that the deadline cuts short still completes its schedule.
+        """
+        spent = self.used() / self.cpu_limit
+        if self.deadline:
+            spent = max(spent, (time.time() - self.wall_start) / max(1e-9, self.deadline - self.wall_start))
+        return spent
+
+    def on_train_batch_begin(self, batch, logs=None):
+        if self.cpu_limit and self.schedule == "cosine":
+            self.model.optimizer.learning_rate.assign(self.rate_at(self.fraction()))
+
     def on_train_batch_end(self, batch, logs=None):
         used = self.used()
         if self.cpu_limit:
-            if not self.decayed and used >= self.decay_at * self.cpu_limit:
+            if self.schedule == "step" and not self.decayed and self.fraction() >= self.decay_at:
                 self.model.optimizer.learning_rate.assign(self.learning_rate * self.decay_rate)
                 self.decayed = True
                 print(f"[budget] learning rate x{self.decay_rate} at {used / 60:.1f} CPU min", flush=True)
@@ -98,9 +130,15 @@ def run(args, overrides):
     if os.path.isdir(model_dir):
         shutil.rmtree(model_dir)  # from scratch
     tc.model_dir = model_dir
+    # The whole budget trains: one evaluation at the end, no pictures.
+    tc.eval_every = tc.image_summary_every = 0
     budget_text = f"{args.steps} steps"
     callback = None
     if args.cpu_minutes:
+        # The callback runs train.lr_schedule in budget fractions (the
+        # warmup: warmup_steps / total_steps of the configuration).
+        schedule, warmup = tc.lr_schedule, tc.warmup_steps / max(1, tc.total_steps)
+        tc.lr_schedule, tc.warmup_steps = "step", 0
         tc.total_steps = 10**9
         tc.decay_steps = []  # the callback decays the rate
         tc.checkpoint_every = 10**9  # one checkpoint at the end
@@ -110,7 +148,9 @@ def run(args, overrides):
             now = datetime.datetime.now(datetime.timezone.utc)
             stop = now.replace(hour=hours, minute=minutes, second=0, microsecond=0)
             deadline = stop.timestamp()
-        callback = Budget(args.cpu_minutes * 60, deadline, tc.learning_rate, args.decay_at, tc.decay_rate)
+        callback = Budget(
+            args.cpu_minutes * 60, deadline, tc.learning_rate, args.decay_at, tc.decay_rate, schedule, warmup
+        )
         budget_text = f"{args.cpu_minutes:g} CPU min"
     elif args.steps:
         tc.total_steps = args.steps

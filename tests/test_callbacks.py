@@ -246,7 +246,9 @@ def test_evaluation_and_pictures_are_on_by_default_with_validation_data(syntheti
     data = [f"train_data.images={image_dir}", f"train_data.annotations={annotation_file}",
             f"train.model_dir={tmp_path / 'model'}", "train.checkpoint_every=40"]
     val = [f"validation_data.annotations={annotation_file}", f"validation_data.images={image_dir}"]
-    assert load_config("demo").train.eval_every == -1 and load_config("demo").train.image_summary_every == -1
+    assert load_config("centernet_small").train.eval_every == -1
+    assert load_config("centernet_small").train.image_summary_every == -1
+    assert load_config("demo").train.eval_every == 0  # the demo evaluates once, after training
     assert evaluation_cadence(load_config("demo", data)) == (0, 0)
     assert load_config("demo").train.total_steps == 300
     assert evaluation_cadence(load_config("demo", data + val)) == (80, 40)  # 300 steps: 80, 160, 240

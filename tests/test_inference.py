@@ -161,6 +161,17 @@ def test_round_trip_center_scale_other_than_one():
         Predictor(model, make_config(test_scales=[1.0], center_scale=0.5))
 
 
+def test_bccd_small_tests_at_its_center_scale():
+    """configs/bccd_small.yaml trains on shrunk crops and tests at scale 0.5 with that scale's centers."""
+    from tf_centernet.config import load_config
+
+    config = load_config("bccd_small")
+    assert config.decode.test_scales == [0.5] and config.decode.center_scale == 0.5
+    assert min(config.data.rand_scales) > 1.0  # crops are shrunk: a white cell fits whole
+    predictor = Predictor(None, config)
+    assert predictor.scales == (0.5,) and predictor.use_centers
+
+
 def test_predictor_with_keras_model_and_signature():
     inputs = keras.Input((None, None, 3))
     feat = keras.layers.Conv2D(8, 3, strides=4, padding="same")(inputs)

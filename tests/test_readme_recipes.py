@@ -20,7 +20,8 @@ from tiny import TINY_MODEL
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MARKER = "# my_data/train and my_data/val"
 QUICK_TRAIN = ["--set", "train.total_steps=2", "train.steps_per_epoch=2", "train.checkpoint_every=2",
-               "train.log_every=1", "train.batch_size=2", "data.input_size=127", *TINY_MODEL]
+               "train.log_every=1", "train.batch_size=2", "data.input_size=127", "train.eval_every=0",
+               "train.image_summary_every=0", *TINY_MODEL]
 
 
 def readme_commands(marker):

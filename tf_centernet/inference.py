@@ -19,10 +19,10 @@ import numpy as np
 import tensorflow as tf
 
 from tf_centernet.checkpoints import CheckpointError, load_checkpoint
-from tf_centernet.model_dir import ModelDirectory
 from tf_centernet.config import Config, load_config
 from tf_centernet.data.classes import class_labels
 from tf_centernet.decode import Decoder
+from tf_centernet.model_dir import ModelDirectory
 from tf_centernet.models import KeypointObjectDetector, build_model
 from tf_centernet.models.detection import unpad_detections
 from tf_centernet.models.preprocessor import CenterNetImageConverter, pad_images, preprocess_images

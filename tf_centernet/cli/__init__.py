@@ -49,7 +49,6 @@ def _setup_logging(verbose):
 
 def _load_config(args):
     from tf_centernet.config import load_config
-
     from tf_centernet.data.paths import display_path
     from tf_centernet.model_dir import CommandLineError, ModelDirectory, check_model_dir
 

@@ -56,7 +56,6 @@ def cmd_convert_data(args):
     """
     from tf_centernet.data.records import open_dataset
     from tf_centernet.data.tfrecord import write_class_file, write_tfrecords
-
     from tf_centernet.filesystem import check_writable
 
     config = _load_config(args)

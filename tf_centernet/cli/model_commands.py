@@ -38,9 +38,9 @@ def cmd_train(args):
 
 def cmd_evaluate(args):
     from tf_centernet.data.records import open_dataset
-    from tf_centernet.model_dir import ModelDirectory
     from tf_centernet.evaluation import evaluate_dataset
     from tf_centernet.inference import load_trained_model
+    from tf_centernet.model_dir import ModelDirectory
 
     config = _load_config(args)
     model = load_trained_model(config, _checkpoint(args, config))

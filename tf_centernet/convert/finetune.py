@@ -35,8 +35,8 @@ def model_dir_state(model_dir: str):
     Raises:
         FileNotFoundError: no config.yaml or no checkpoint there.
     """
-    from tf_centernet.convert.model_dir import build_for_conversion
     from tf_centernet.checkpoints import latest_checkpoint
+    from tf_centernet.convert.model_dir import build_for_conversion
     from tf_centernet.model_dir import ModelDirectory
 
     config_path = ModelDirectory(model_dir).config_yaml

@@ -119,7 +119,7 @@ def to_release(entry: Entry, value) -> np.ndarray:
 def _conv2d(layer):
     """The `Conv2D` of a layer (strided convolutions are padding + Conv2D)."""
     if isinstance(layer, keras.Sequential):
-        convs = [l for l in layer.layers if isinstance(l, keras.layers.Conv2D)]
+        convs = [sub for sub in layer.layers if isinstance(sub, keras.layers.Conv2D)]
         if len(convs) != 1:
             raise TypeError(f"{layer.name}: expected one Conv2D, found {len(convs)}.")
         return convs[0]

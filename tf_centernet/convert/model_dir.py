@@ -22,14 +22,14 @@ import types
 from typing import Optional
 
 from tf_centernet import config as config_lib
+from tf_centernet.checkpoints import list_checkpoints
 from tf_centernet.convert.describe import check_config_matches
 from tf_centernet.convert.labels import snapshot_labels
 from tf_centernet.convert.mapping import load_release_state
 from tf_centernet.convert.snapshot import read_snapshot
-from tf_centernet.models.presets import build_model
-from tf_centernet.checkpoints import list_checkpoints
-from tf_centernet.model_dir import ModelDirectory
 from tf_centernet.data.classes import write_classes
+from tf_centernet.model_dir import ModelDirectory
+from tf_centernet.models.presets import build_model
 
 logger = logging.getLogger("tf_centernet")
 

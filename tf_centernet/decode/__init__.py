@@ -40,6 +40,7 @@ its sources are described in docs/reference.md, "Decoding".
 """
 
 from tf_centernet.decode.central_region import central_region_filter
+from tf_centernet.decode.decoder import PAD_CLASS, Decoder
 from tf_centernet.decode.geometry import (
     INVALID_SCORE,
     ScaleGeometry,
@@ -49,7 +50,6 @@ from tf_centernet.decode.geometry import (
     mirror_points,
     points_to_image,
 )
-from tf_centernet.decode.decoder import PAD_CLASS, Decoder
 from tf_centernet.decode.keypoints import decode_keypoints, heatmap_nms, topk_keypoints
 from tf_centernet.decode.pairing import decode_outputs, pair_corners
 from tf_centernet.decode.pipeline import decode_detections

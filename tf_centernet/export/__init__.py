@@ -75,7 +75,11 @@ import os
 from typing import Callable, NamedTuple, Optional, Sequence, Tuple
 
 from tf_centernet.export.module import (
-    DEFAULT_MAX_MEGAPIXELS, DetectionModule, export_model, label_map, scan_pooling_model,
+    DEFAULT_MAX_MEGAPIXELS,
+    DetectionModule,
+    export_model,
+    label_map,
+    scan_pooling_model,
 )
 from tf_centernet.export.onnx_export import export_onnx
 from tf_centernet.export.saved_model import (
@@ -86,7 +90,10 @@ from tf_centernet.export.saved_model import (
 )
 from tf_centernet.export.signatures import DETECTION_KEYS, to_detection_api
 from tf_centernet.export.tflite import (
-    export_tflite, representative_training_images, resize_for_export, tflite_interpreter,
+    export_tflite,
+    representative_training_images,
+    resize_for_export,
+    tflite_interpreter,
 )
 from tf_centernet.export.tftrt import TENSORRT_HELP, export_tftrt, tensorrt_status
 from tf_centernet.models.preprocessor import static_preprocess
@@ -109,6 +116,11 @@ __all__ = [
     "tflite_interpreter",
     "representative_training_images",
     "resize_for_export",
+    "DETECTION_KEYS",
+    "LABEL_MAP_FILE",
+    "SERVING_BYTES",
+    "SERVING_DEFAULT",
+    "TENSORRT_HELP",
 ]
 
 

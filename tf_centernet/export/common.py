@@ -8,7 +8,6 @@ import os
 from typing import Tuple
 
 
-
 def prepare_output(path: str, is_dir: bool) -> str:
     """The absolute `path`, with its folder (or itself, when `is_dir`) created."""
     path = os.path.abspath(path)

@@ -10,8 +10,8 @@
   (keras-hub preset folders).
 """
 
-from tf_centernet.models.backbone import HourglassBackbone
 from tf_centernet.config import BACKBONES
+from tf_centernet.models.backbone import HourglassBackbone
 from tf_centernet.models.object_detector import (
     CenterNet,
     CenterNetObjectDetector,
@@ -20,8 +20,8 @@ from tf_centernet.models.object_detector import (
     KeypointDetector,
     KeypointObjectDetector,
 )
-from tf_centernet.models.presets import build_model, count_trainable_parameters
 from tf_centernet.models.preprocessor import CenterNetImageConverter, CenterNetObjectDetectorPreprocessor
+from tf_centernet.models.presets import build_model, count_trainable_parameters
 
 __all__ = [
     "BACKBONES",

@@ -24,7 +24,6 @@ heads of every stack.
 
 from __future__ import annotations
 
-
 import keras
 from keras_hub.models import ObjectDetector
 
@@ -35,8 +34,8 @@ from tf_centernet.layers.heads import HEATMAP_BIAS, PredictionHead
 from tf_centernet.layers.pooling import CascadeCornerPooling, CenterPooling, CornerPooling
 from tf_centernet.models.backbone import HourglassBackbone
 from tf_centernet.models.detection import DetectionMixin
-from tf_centernet.models.training_hooks import LOSS_TERMS, TrainingMixin
 from tf_centernet.models.preprocessor import CenterNetImageConverter, CenterNetObjectDetectorPreprocessor
+from tf_centernet.models.training_hooks import LOSS_TERMS, TrainingMixin
 
 # Hourglass arguments of the flat constructor of earlier releases (and of their .keras files).
 _LEGACY_BACKBONE_KEYS = ("num_stacks", "levels", "widths", "blocks", "stem_channels", "head_channels",

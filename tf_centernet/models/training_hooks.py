@@ -82,7 +82,7 @@ class TrainingMixin:
             self.trackers[name].update_state(terms[name])
         loss = terms["loss"]
         if self.losses:  # regularisers, if a user adds any
-            loss += tf.add_n([tf.cast(l, loss.dtype) for l in self.losses])
+            loss += tf.add_n([tf.cast(extra, loss.dtype) for extra in self.losses])
         replicas = tf.distribute.get_strategy().num_replicas_in_sync
         if replicas > 1:
             loss = loss / float(replicas)
