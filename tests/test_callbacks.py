@@ -244,7 +244,8 @@ def test_evaluation_and_pictures_are_on_by_default_with_validation_data(syntheti
 
     image_dir, annotation_file = synthetic_coco
     data = [f"train_data.images={image_dir}", f"train_data.annotations={annotation_file}",
-            f"train.model_dir={tmp_path / 'model'}", "train.checkpoint_every=40"]
+            f"train.model_dir={tmp_path / 'model'}", "train.checkpoint_every=40",
+            "train.eval_every=-1", "train.image_summary_every=-1"]  # the default (the demo sets its own)
     val = [f"validation_data.annotations={annotation_file}", f"validation_data.images={image_dir}"]
     assert load_config("centernet_small").train.eval_every == -1
     assert load_config("centernet_small").train.image_summary_every == -1
