@@ -8,14 +8,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from support.decode_helpers import RectangleOracle, draw_rectangles, iou
 from tf_centernet.config import Config, DecodeConfig, ModelConfig
 from tf_centernet.inference import Predictor, pad_batch, preprocess_images
 from tf_centernet.visualize import class_color, draw_detections
-
-try:
-    from tests._decode_helpers import RectangleOracle, draw_rectangles, iou
-except ImportError:  # tests/ not a package
-    from _decode_helpers import RectangleOracle, draw_rectangles, iou
 
 MEAN = Config().data.mean
 STD = Config().data.std
@@ -44,7 +40,8 @@ def test_preprocess_centres_each_image_in_a_common_canvas():
     canvas, geo = preprocess_images(tf.constant(batch), tf.constant(sizes), 1.0, MEAN, STD)
     # 200 | 127 = 255 and 300 | 127 = 383 (the larger image sets the canvas).
     assert canvas.shape == (2, 255, 383, 3)
-    norm = lambda img: (img / 255.0 - np.array(MEAN)) / np.array(STD)
+    def norm(img):
+        return (img / 255.0 - np.array(MEAN)) / np.array(STD)
     # Image a: top = 255 // 2 - 200 // 2 = 27, left = 383 // 2 - 300 // 2 = 41.
     np.testing.assert_allclose(canvas[0, 27:227, 41:341], norm(a), atol=1e-5)
     # Image b: top = 127 - 75 = 52, left = 191 - 50 = 141.

@@ -78,7 +78,8 @@ def test_paper_radius_is_geometric(h, w, t):
         ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
         iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
         inter = ix * iy
-        area = lambda z: (z[2] - z[0]) * (z[3] - z[1])
+        def area(z):
+            return (z[2] - z[0]) * (z[3] - z[1])
         return inter / (area(a) + area(b) - inter)
 
     gt = (0.0, 0.0, w, h)

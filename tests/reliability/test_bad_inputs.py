@@ -7,15 +7,12 @@ outcome and that every good sample is still used (counted).
 import json
 import logging
 import os
-import sys
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
-sys.path.insert(0, os.path.dirname(__file__))
-from corpus import EXPECTED, build_image_corpus, jpeg_bytes, pattern  # noqa: E402
-
+from support.corpus import EXPECTED, build_image_corpus, jpeg_bytes, pattern
 from tf_centernet.config import load_config  # noqa: E402
 from tf_centernet.data import build_train_dataset  # noqa: E402
 from tf_centernet.data.coco import CocoDataset  # noqa: E402

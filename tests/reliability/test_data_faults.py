@@ -13,16 +13,14 @@ import sys
 import numpy as np
 import pytest
 
-sys.path.insert(0, os.path.dirname(__file__))
-from corpus import jpeg_bytes, pattern  # noqa: E402
-
+from support.corpus import jpeg_bytes, pattern
+from support.tiny import TINY_MODEL
 from tf_centernet import cli  # noqa: E402
 from tf_centernet.config import load_config  # noqa: E402
 from tf_centernet.data.check import check_dataset  # noqa: E402
 from tf_centernet.data.coco import CocoDataset  # noqa: E402
 from tf_centernet.data.tfrecord import TfRecordDataset, write_tfrecords  # noqa: E402
 from tf_centernet.data.voc import VocDataset  # noqa: E402
-from tiny import TINY_MODEL  # noqa: E402
 
 LATIN1 = b"caf\xe9"  # "café" in Latin-1: not UTF-8
 

@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from support.tiny import TINY_MODEL
 from tf_centernet import config as config_lib
 from tf_centernet.cli import main
 from tf_centernet.models import build_model
-from tiny import TINY_MODEL
 
 
 @pytest.fixture(scope="module")

@@ -17,14 +17,12 @@ import keras
 import numpy as np
 import pytest
 
-sys.path.insert(0, os.path.dirname(__file__))
-from fs_faults import read_only_folder, small_filesystem  # noqa: E402
-
+from support.fs_faults import read_only_folder, small_filesystem
+from support.tiny import TINY_MODEL
 from tf_centernet import checkpoints as ckpt  # noqa: E402
 from tf_centernet import cli  # noqa: E402
 from tf_centernet.filesystem import PARTIAL_PREFIX, NotWritableError, check_writable  # noqa: E402
 from tf_centernet.training.callbacks import CheckpointCallback  # noqa: E402
-from tiny import TINY_MODEL  # noqa: E402
 
 TINY_TRAIN = [
     *TINY_MODEL, "data.input_size=63", "train.batch_size=2", "train.decay_steps=[]",

@@ -10,20 +10,17 @@ import json
 import logging
 import os
 import shutil
-import sys
 
 import keras
 import pytest
 
-sys.path.insert(0, os.path.dirname(__file__))
-from corpus import build_image_corpus  # noqa: E402
-
+from support.corpus import build_image_corpus
+from support.tiny import TINY_MODEL
 from tf_centernet import cli  # noqa: E402
 from tf_centernet.config import load_config, to_yaml  # noqa: E402
-from tf_centernet.data.coco import CocoDataset  # noqa: E402
 from tf_centernet.data.classes import write_classes  # noqa: E402
+from tf_centernet.data.coco import CocoDataset  # noqa: E402
 from tf_centernet.models import build_model  # noqa: E402
-from tiny import TINY_MODEL  # noqa: E402
 
 CATEGORIES = [{"id": 7, "name": "cat"}, {"id": 3, "name": "bird"}, {"id": 90, "name": "toaster"}]
 

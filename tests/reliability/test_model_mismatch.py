@@ -12,6 +12,7 @@ import types
 import keras
 import pytest
 
+from support.tiny import TINY_MODEL
 from tf_centernet import cli
 from tf_centernet.checkpoints import save_checkpoint
 from tf_centernet.config import load_config, to_yaml
@@ -19,7 +20,6 @@ from tf_centernet.convert.labels import COCO_CATEGORIES
 from tf_centernet.data.classes import write_classes
 from tf_centernet.evaluation import check_categories
 from tf_centernet.models import build_model
-from tiny import TINY_MODEL
 
 
 def one_error(caplog):

@@ -10,10 +10,10 @@ the in-graph checks (docs/serving.md, "Errors").
 import pytest
 import tensorflow as tf
 
+from support.tiny import TINY_MODEL
 from tf_centernet.config import load_config
 from tf_centernet.export import DetectionModule
 from tf_centernet.models import build_model
-from tiny import TINY_MODEL
 
 
 @pytest.fixture(scope="module")

@@ -12,11 +12,9 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-sys.path.insert(0, os.path.dirname(__file__))
-from corpus import huge_declared_png, jpeg_bytes, pattern  # noqa: E402
-
+from support.corpus import huge_declared_png, jpeg_bytes, pattern
+from support.tiny import TINY_MODEL
 from tf_centernet.export.module import declared_pixels  # noqa: E402
-from tiny import TINY_MODEL  # noqa: E402
 
 
 def _encoded(image, fmt):

@@ -18,15 +18,15 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from support.tiny import TINY_MODEL
 from tf_centernet import losses
 from tf_centernet.checkpoints import checkpoint_path, list_checkpoints
 from tf_centernet.config import load_config
-from tf_centernet.model_dir import ModelDirLock, ModelDirLocked
-from tf_centernet.training.callbacks import NonFiniteLossError
 from tf_centernet.inference import load_trained_model
+from tf_centernet.model_dir import ModelDirLock, ModelDirLocked
 from tf_centernet.training import train
+from tf_centernet.training.callbacks import NonFiniteLossError
 from tf_centernet.training.distribute import get_strategy
-from tiny import TINY_MODEL
 
 TINY = [
     *TINY_MODEL, "data.input_size=63", "train.batch_size=2", "train.decay_steps=[]",

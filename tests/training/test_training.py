@@ -14,12 +14,13 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from support import REPO_ROOT
+from support.tiny import TINY_MODEL
 from tf_centernet.config import load_config
 from tf_centernet.inference import load_trained_model
 from tf_centernet.training import train
 from tf_centernet.training.distribute import get_strategy
 from tf_centernet.training.optimizer import learning_rate_schedule
-from tiny import TINY_MODEL
 
 
 def demo_overrides(synthetic_coco, model_dir, **train):
@@ -163,7 +164,7 @@ def test_nothing_outside_the_detector_class_sets_model_attributes():
     from tf_centernet.models import KeypointObjectDetector
 
     methods = {name for name in dir(KeypointObjectDetector) if callable(getattr(KeypointObjectDetector, name, None))}
-    root = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tf_centernet")
+    root = os.path.join(REPO_ROOT, "tf_centernet")
     found = []
     for folder, _, names in os.walk(root):
         for name in names:

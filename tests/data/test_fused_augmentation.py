@@ -4,14 +4,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from support.augment_reference import augment_unfused
 from tf_centernet.config import Config
 from tf_centernet.data.augment import augment_for_training
 from tf_centernet.data.photometric import photometric
-
-try:
-    from tests._augment_reference import augment_unfused
-except ImportError:  # tests/ not a package
-    from _augment_reference import augment_unfused
 
 
 @pytest.mark.parametrize("jitter, light", [(True, True), (True, False), (False, True), (False, False)])

@@ -22,11 +22,12 @@ import pytest
 import tensorflow as tf
 
 import tf_centernet
+from support import REPO_ROOT
+from support.tiny import TINY_MODEL
 from tf_centernet.config import DecodeConfig, load_config
 from tf_centernet.decode import Decoder
 from tf_centernet.inference import Predictor
 from tf_centernet.models import build_model
-from tiny import TINY_MODEL
 
 SIZE = 127
 # An untrained network finds corner pairs on some initialisations only; this
@@ -34,7 +35,7 @@ SIZE = 127
 SEED = 5
 TOP_K = 70
 CT_BIAS = 3.0
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = REPO_ROOT
 
 
 def make_detector(architecture, flip_test=True):

@@ -12,15 +12,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from support.decode_helpers import _np_soft_nms
+from support.saved_ops import saved_op_types
 from tf_centernet import decode
 from tf_centernet.config import DecodeConfig
-
-try:
-    from tests._decode_helpers import _np_soft_nms
-    from tests.test_custom_ops import saved_op_types
-except ImportError:  # tests/ not a package
-    from _decode_helpers import _np_soft_nms
-    from test_custom_ops import saved_op_types
 
 SIGMA, THRESHOLD = 0.5, 0.001
 

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from support.tiny import TINY_MODEL
 from tf_centernet import losses
 from tf_centernet.checkpoints import load_checkpoint, save_checkpoint
 from tf_centernet.config import load_config
@@ -12,7 +13,6 @@ from tf_centernet.models.presets import build_model
 from tf_centernet.training import train
 from tf_centernet.training.distribute import get_strategy
 from tf_centernet.training.optimizer import NonFiniteGuardOptimizer, build_optimizer
-from tiny import TINY_MODEL
 
 
 def test_build_optimizer_wraps_the_named_keras_optimizer():

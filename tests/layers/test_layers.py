@@ -8,7 +8,7 @@ moving statistics are not trainable).
 import numpy as np
 import pytest
 
-from layer_checks import check_layer
+from support.layer_checks import check_layer
 from tf_centernet.config import DecodeConfig
 from tf_centernet.decode import Decoder
 from tf_centernet.layers.convolution import ConvModule, ResidualBlock

@@ -6,8 +6,8 @@ import os
 import cv2
 import pytest
 
+from support.tiny import TINY_MODEL
 from tf_centernet.cli import main
-from tiny import TINY_MODEL
 
 COCO_METRICS = ["AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl"]
 

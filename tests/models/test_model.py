@@ -1,8 +1,8 @@
 """Model structure: shapes, parameter counts, serialisation (docs/reference.md §1-3)."""
 
+import keras
 import numpy as np
 import pytest
-import keras
 import tensorflow as tf
 
 from tf_centernet.config import ModelConfig
@@ -249,10 +249,10 @@ def test_checkpoints_of_earlier_releases_load(tmp_path):
     import hashlib
 
     import h5py
+    from tiny import TINY_MODEL
 
     from tf_centernet.checkpoints import load_checkpoint
     from tf_centernet.config import load_config
-    from tiny import TINY_MODEL
 
     config = load_config("demo", TINY_MODEL + ["model.num_classes=2"])
 

@@ -11,10 +11,10 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from tf_centernet.training.callbacks import EvaluationCallback, ImageSummaries, ProgressLog
-from tf_centernet.training.task import build_callbacks, check_validation_data, evaluation_cadence, progress_mode
 from tf_centernet.checkpoints import validate_checkpoint
 from tf_centernet.config import load_config
+from tf_centernet.training.callbacks import EvaluationCallback, ImageSummaries, ProgressLog
+from tf_centernet.training.task import build_callbacks, check_validation_data, evaluation_cadence, progress_mode
 
 
 class _FakeModel:
@@ -175,9 +175,10 @@ def test_eval_every_during_training_with_voc_and_tfrecord_validation(val_format,
                                                                     monkeypatch):
     """`train.eval_every` scores non-COCO validation data through `evaluate_dataset`
     and writes AP / AP50 to the ``logs/validation`` TensorBoard run."""
+    from tiny import TINY_MODEL
+
     import tf_centernet.evaluation as evaluation
     from tf_centernet.training import train
-    from tiny import TINY_MODEL
 
     image_dir, annotation_file = synthetic_coco
     if val_format == "voc":

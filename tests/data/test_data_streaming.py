@@ -5,8 +5,7 @@ import pytest
 import tensorflow as tf
 
 # The tf.train.Example builder of the format tests.
-from test_data_formats import _example
-
+from support.tfrecord_examples import od_api_example
 from tf_centernet.config import load_config
 from tf_centernet.data.coco import CocoDataset
 from tf_centernet.data.pipeline import build_train_dataset
@@ -108,16 +107,16 @@ def faulty(tmp_path):
     jpeg = _jpeg()
     good = dict(image__encoded=jpeg, image__height=64, image__width=64, image__format=b"jpeg")
     records = [
-        _example(image__source_id=b"1", **good, **_objects([[0.1, 0.1, 0.5, 0.5], [0.5, 0.5, 1.2, 0.9]], [1, 2])),
-        _example(image__source_id=b"2", **good, **_objects([[0.5, 0.1, 0.4, 0.5], [0.1, 0.1, 0.3, 0.3]], [1, 9])),
-        _example(image__source_id=b"3", **good, **_objects([[1.1, 0.1, 1.5, 0.5], [float("nan"), 0, 0.5, 0.5]], [3, 3])),
-        _example(image__source_id=b"4", **good, **_objects([[0.2, 0.2, 0.6, 0.6], [0.1, 0.1, 0.2, 0.2]], [1, 2], [1, 0])),
-        _example(image__source_id=b"5", image__encoded=jpeg, **_objects([[0.2, 0.2, 0.6, 0.6]], [2])),  # no size
-        _example(image__source_id=b"6", image__encoded=b"not an image at all", image__height=64, image__width=64,
+        od_api_example(image__source_id=b"1", **good, **_objects([[0.1, 0.1, 0.5, 0.5], [0.5, 0.5, 1.2, 0.9]], [1, 2])),
+        od_api_example(image__source_id=b"2", **good, **_objects([[0.5, 0.1, 0.4, 0.5], [0.1, 0.1, 0.3, 0.3]], [1, 9])),
+        od_api_example(image__source_id=b"3", **good, **_objects([[1.1, 0.1, 1.5, 0.5], [float("nan"), 0, 0.5, 0.5]], [3, 3])),
+        od_api_example(image__source_id=b"4", **good, **_objects([[0.2, 0.2, 0.6, 0.6], [0.1, 0.1, 0.2, 0.2]], [1, 2], [1, 0])),
+        od_api_example(image__source_id=b"5", image__encoded=jpeg, **_objects([[0.2, 0.2, 0.6, 0.6]], [2])),  # no size
+        od_api_example(image__source_id=b"6", image__encoded=b"not an image at all", image__height=64, image__width=64,
                  **_objects([[0.2, 0.2, 0.6, 0.6]], [1])),
-        _example(image__source_id=b"7", image__encoded=jpeg, image__height=[64, 64], image__width=64),  # 2 heights
-        _example(image__source_id=b"8", **good, **_objects([[0.2, 0.2, 0.6, 0.6]], [3])),
-        _example(image__source_id=b"9", image__encoded=jpeg[: len(jpeg) // 2], image__height=64, image__width=64,
+        od_api_example(image__source_id=b"7", image__encoded=jpeg, image__height=[64, 64], image__width=64),  # 2 heights
+        od_api_example(image__source_id=b"8", **good, **_objects([[0.2, 0.2, 0.6, 0.6]], [3])),
+        od_api_example(image__source_id=b"9", image__encoded=jpeg[: len(jpeg) // 2], image__height=64, image__width=64,
                  **_objects([[0.2, 0.2, 0.6, 0.6]], [1])),  # a JPEG cut short: no end-of-image marker
     ]
     path = str(tmp_path / "faulty.tfrecord")

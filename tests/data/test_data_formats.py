@@ -11,6 +11,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from support.tfrecord_examples import od_api_example
+from support.tiny import TINY_MODEL
 from tf_centernet.cli import main
 from tf_centernet.config import load_config
 from tf_centernet.data.check import check_dataset
@@ -19,7 +21,6 @@ from tf_centernet.data.records import coco_ground_truth, detect_format, open_dat
 from tf_centernet.data.tfrecord import TfRecordDataset, make_example
 from tf_centernet.data.voc import VocDataset
 from tf_centernet.evaluation import evaluate_dataset
-from tiny import TINY_MODEL
 
 BCCD_CLASSES = ["Platelets", "RBC", "WBC"]
 
@@ -128,19 +129,6 @@ def test_malformed_voc_files_are_skipped_with_messages(bccd, tmp_path, caplog):
     assert "edge.xml (object 1, <name>RBC</name>): <bndbox>" in text and "outside_image" in text
 
 
-def _example(**features):
-    def feature(value):
-        if isinstance(value, float) or (isinstance(value, list) and value and isinstance(value[0], float)):
-            return tf.train.Feature(float_list=tf.train.FloatList(value=np.atleast_1d(value)))
-        if isinstance(value, bytes) or (isinstance(value, list) and value and isinstance(value[0], bytes)):
-            return tf.train.Feature(bytes_list=tf.train.BytesList(value=value if isinstance(value, list) else [value]))
-        return tf.train.Feature(int64_list=tf.train.Int64List(value=np.atleast_1d(value)))
-
-    return tf.train.Example(
-        features=tf.train.Features(feature={k.replace("__", "/"): feature(v) for k, v in features.items()})
-    ).SerializeToString()
-
-
 def test_tfrecord_round_trip_through_convert_data(coco_tiny, tmp_path, capsys):
     (train_ann, train_dir), (val_ann, val_dir) = coco_tiny["train"], coco_tiny["val"]
     out = tmp_path / "records"
@@ -178,12 +166,12 @@ def test_malformed_tfrecords_are_skipped_with_messages(tmp_path, caplog):
     jpeg = tf.io.encode_jpeg(tf.zeros((40, 50, 3), tf.uint8)).numpy()
     box = dict(image__object__bbox__xmin=[0.1], image__object__bbox__ymin=[0.2],
                image__object__bbox__xmax=[0.5], image__object__bbox__ymax=[0.6])
-    good = _example(image__encoded=jpeg, image__height=40, image__width=50, image__source_id=b"7",
+    good = od_api_example(image__encoded=jpeg, image__height=40, image__width=50, image__source_id=b"7",
                     image__object__class__label=[1], **box)
-    wrong_dtype = _example(image__encoded=jpeg, image__height=40.0, image__width=50, image__source_id=b"8",
+    wrong_dtype = od_api_example(image__encoded=jpeg, image__height=40.0, image__width=50, image__source_id=b"8",
                            image__object__class__label=[1], **box)
-    no_image = _example(image__height=40, image__width=50, image__object__class__label=[1], **box)
-    unknown = _example(image__encoded=jpeg, image__height=40, image__width=50, image__source_id=b"9",
+    no_image = od_api_example(image__height=40, image__width=50, image__object__class__label=[1], **box)
+    unknown = od_api_example(image__encoded=jpeg, image__height=40, image__width=50, image__source_id=b"9",
                        image__object__class__label=[5], **box)
     path = str(tmp_path / "bad.tfrecord")
     with tf.io.TFRecordWriter(path) as writer:
@@ -304,7 +292,7 @@ def test_training_pipeline_decodes_tfrecord_images_from_memory(tmp_path):
     image = np.zeros((64, 64, 3), np.uint8)
     image[16:48, 8:40] = 255  # one white box, the object
     jpeg = tf.io.encode_jpeg(image, quality=100).numpy()
-    serialized = _example(image__encoded=jpeg, image__height=64, image__width=64, image__source_id=b"1",
+    serialized = od_api_example(image__encoded=jpeg, image__height=64, image__width=64, image__source_id=b"1",
                           image__object__class__label=[1], image__object__bbox__xmin=[8 / 64],
                           image__object__bbox__ymin=[16 / 64], image__object__bbox__xmax=[40 / 64],
                           image__object__bbox__ymax=[48 / 64])

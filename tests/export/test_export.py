@@ -40,12 +40,12 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from support.tiny import TINY_MODEL
 from tf_centernet import export as export_lib
 from tf_centernet.cli import main
 from tf_centernet.config import load_config
 from tf_centernet.inference import Predictor, pad_batch, preprocess_images
 from tf_centernet.models import build_model
-from tiny import TINY_MODEL
 
 CATEGORY_ID = 18
 FIXED_SIZE = (240, 320)  # (height, width) of the TFLite and ONNX exports

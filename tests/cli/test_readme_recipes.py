@@ -14,10 +14,11 @@ import cv2
 import numpy as np
 import pytest
 
+from support import REPO_ROOT
+from support.tiny import TINY_MODEL
 from tf_centernet.cli import main
-from tiny import TINY_MODEL
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = REPO_ROOT
 MARKER = "# my_data/train and my_data/val"
 QUICK_TRAIN = ["--set", "train.total_steps=2", "train.steps_per_epoch=2", "train.checkpoint_every=2",
                "train.log_every=1", "train.batch_size=2", "data.input_size=127", "train.eval_every=0",

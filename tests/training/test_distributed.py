@@ -14,14 +14,15 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tf_centernet.training import distribute
+from support import REPO_ROOT
+from support.tiny import TINY_MODEL
 from tf_centernet.checkpoints import validate_checkpoint
 from tf_centernet.config import load_config
 from tf_centernet.data import CocoDataset, build_train_dataset
 from tf_centernet.models.presets import build_model
-from tiny import TINY_MODEL
+from tf_centernet.training import distribute
 
-HERE = os.path.dirname(os.path.abspath(__file__))
+WORKER = os.path.join(REPO_ROOT, "tests", "support", "train_worker.py")
 
 
 def _tf_config(ports, index, kind="worker"):
@@ -95,7 +96,7 @@ def _free_ports(n):
 
 def _start(args, log_path, tf_config=None, tmpdir=None):
     env = dict(os.environ, CUDA_VISIBLE_DEVICES="", PYTHONUNBUFFERED="1", TF_CPP_MIN_LOG_LEVEL="2",
-               PYTHONPATH=os.path.dirname(HERE) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+               PYTHONPATH=REPO_ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
     env.pop("TF_CONFIG", None)
     if tf_config:
         env["TF_CONFIG"] = tf_config
@@ -145,7 +146,7 @@ def test_two_workers_equal_one_process(synthetic_coco, tmp_path):
     steps = 3
     ports = _free_ports(2)
     model_dir = str(tmp_path / "model")
-    worker = os.path.join(HERE, "_train_worker.py")
+    worker = WORKER
     procs = [
         _start([worker, str(tmp_path / f"w{i}.npz"), "1", *_overrides(synthetic_coco, model_dir, steps, 2)],
                tmp_path / f"log{i}", _tf_config(ports, i), str(tmp_path / f"tmp{i}"))

@@ -15,12 +15,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from support.pooling_reference import brute_force, brute_force_grad
+from support.saved_ops import saved_op_types
 from tf_centernet.ops import custom, pooling
-
-try:
-    from tests.test_pooling_ops import brute_force, brute_force_grad
-except ImportError:  # tests/ not a package
-    from test_pooling_ops import brute_force, brute_force_grad
 
 DIRECTIONS = ["top", "left", "bottom", "right"]
 # Odd sizes, size-1 axes, and rows split into several CPU work blocks.
@@ -31,17 +28,6 @@ SHAPES = [(2, 7, 5, 3), (1, 1, 6, 2), (1, 9, 1, 1), (1, 8, 16, 2), (2, 3, 5, 170
 def library(compiled_ops):
     """Builds (or reuses) and loads the op library; fails with the compiler output."""
     return compiled_ops
-
-
-def saved_op_types(function):
-    """Op types in every concrete function of a loaded `tf.function`, nested
-    functions (loop and branch bodies) included."""
-    ops = set()
-    for concrete in function.concrete_functions:
-        graph = concrete.graph.as_graph_def()
-        ops |= {node.op for node in graph.node}
-        ops |= {node.op for lib in graph.library.function for node in lib.node_def}
-    return ops
 
 
 def pool(x, direction, impl):
@@ -211,13 +197,12 @@ def test_training_losses_match_scan(synthetic_coco, monkeypatch):
     import dataclasses
 
     import keras
+    from tiny import TINY_MODEL
 
     from tf_centernet.config import load_config
     from tf_centernet.data import CocoDataset, build_train_dataset
     from tf_centernet.models.presets import build_model
     from tf_centernet.training.optimizer import learning_rate_schedule
-
-    from tiny import TINY_MODEL
 
     image_dir, annotation_file = synthetic_coco
     # The tiny model (tests/tiny.py) at 63x63 keeps the test short.

@@ -8,6 +8,8 @@ from typing import Dict, Iterable, Optional, Sequence
 import numpy as np
 import tensorflow as tf
 
+from support import REPO_ROOT
+
 PEAK = 10.0  # logit of a keypoint: sigmoid = 0.9999546
 BACKGROUND = -10.0
 # Background embeddings far apart, so that no pair with a background corner
@@ -22,7 +24,7 @@ def sigmoid(x: float) -> np.float32:
 
 def shared_dir() -> str:
     """The project's shared folder (data, spec), next to the checkout."""
-    repo_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    repo_root = REPO_ROOT
     return os.path.join(os.path.dirname(repo_root), "shared")
 
 

@@ -13,12 +13,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from support.pooling_reference import brute_force_grad
 from tf_centernet.ops import custom, pooling
-
-try:
-    from tests.test_pooling_ops import brute_force_grad
-except ImportError:  # tests/ not a package
-    from test_pooling_ops import brute_force_grad
 
 DIRECTIONS = ["top", "left", "bottom", "right"]
 SHAPES = [(2, 7, 5, 3), (1, 1, 6, 2), (1, 9, 1, 1), (1, 8, 16, 2), (1, 33, 17, 2)]
@@ -79,7 +75,7 @@ def test_nan_runs_send_their_gradient_to_the_first_nan():
     jit = False
     x = np.array([1.0, np.nan, 3.0, 2.0, np.nan, 0.5], np.float32).reshape(1, 6, 1, 1)
     ones = np.ones_like(x)
-    # The compiled op's behaviour (tests/test_custom_ops.py).
+    # The compiled op's behaviour (tests/ops/test_custom_ops.py).
     np.testing.assert_array_equal(gradient(x, ones, "bottom", jit=jit).ravel(), [1, 5, 0, 0, 0, 0])
     np.testing.assert_array_equal(gradient(x, ones, "top", jit=jit).ravel(), [0, 0, 0, 0, 5, 1])
     np.testing.assert_array_equal(

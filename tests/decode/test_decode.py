@@ -7,13 +7,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from support.decode_helpers import PEAK, make_outputs, release_reference_decode, sigmoid
 from tf_centernet import decode
 from tf_centernet.config import DecodeConfig
-
-try:
-    from tests._decode_helpers import PEAK, make_outputs, release_reference_decode, sigmoid
-except ImportError:  # tests/ not a package
-    from _decode_helpers import PEAK, make_outputs, release_reference_decode, sigmoid
 
 S = sigmoid(PEAK)  # score of a hand-placed keypoint
 

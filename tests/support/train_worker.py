@@ -1,6 +1,6 @@
 """Runs `train` in its own process for the multi-worker tests.
 
-Usage: python _train_worker.py OUT.npz LOGICAL_CPUS KEY=VALUE...
+Usage: python train_worker.py OUT.npz LOGICAL_CPUS KEY=VALUE...
 (TF_CONFIG comes from the environment). Writes the final weights
 (``w0, w1, ...``), the indices of the trainable ones (``trainable``) and the per-step running-mean losses (``loss``) to OUT.npz.
 """
