@@ -145,5 +145,16 @@ def pytest_collection_modifyitems(config, items):
     order, so the long files start early and the two processes finish
     together instead of one of them running the longest file alone at the end.
     """
+    import inspect
+
+    for item in items:  # markers read from what a test does (-m "not subprocess", -m compiled_ops)
+        try:
+            source = inspect.getsource(item.function)
+        except (AttributeError, OSError, TypeError):
+            continue
+        if "subprocess." in source or "Popen" in source or "_start(" in source:
+            item.add_marker(pytest.mark.subprocess)
+        if "custom." in source or '"custom"' in source or "build-ops" in source:
+            item.add_marker(pytest.mark.compiled_ops)
     heavy = {item.path for item in items if item.get_closest_marker("slow")}
     items.sort(key=lambda item: item.path not in heavy)
