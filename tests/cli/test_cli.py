@@ -95,6 +95,7 @@ def test_train_evaluate_detect_on_coco_tiny(coco_tiny, tmp_path, capsys):
     assert main([
         "train", "--config", "centernet_small", "--model-dir", model_dir, "--set", *data,
         *TINY_MODEL, "data.input_size=127", "train.batch_size=2", "train.total_steps=2", "train.checkpoint_every=1",
+        "train.eval_every=0", "train.image_summary_every=0",  # evaluated below, by the command
     ]) == 0
     assert sorted(os.listdir(os.path.join(model_dir, "checkpoints"))) == ["ckpt-1.weights.h5", "ckpt-2.weights.h5"]
     with open(os.path.join(model_dir, "classes.json")) as f:

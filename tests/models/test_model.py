@@ -249,8 +249,8 @@ def test_checkpoints_of_earlier_releases_load(tmp_path):
     import hashlib
 
     import h5py
-    from tiny import TINY_MODEL
 
+    from support.tiny import TINY_MODEL
     from tf_centernet.checkpoints import load_checkpoint
     from tf_centernet.config import load_config
 

@@ -197,8 +197,8 @@ def test_training_losses_match_scan(synthetic_coco, monkeypatch):
     import dataclasses
 
     import keras
-    from tiny import TINY_MODEL
 
+    from support.tiny import TINY_MODEL
     from tf_centernet.config import load_config
     from tf_centernet.data import CocoDataset, build_train_dataset
     from tf_centernet.models.presets import build_model

@@ -175,9 +175,8 @@ def test_eval_every_during_training_with_voc_and_tfrecord_validation(val_format,
                                                                     monkeypatch):
     """`train.eval_every` scores non-COCO validation data through `evaluate_dataset`
     and writes AP / AP50 to the ``logs/validation`` TensorBoard run."""
-    from tiny import TINY_MODEL
-
     import tf_centernet.evaluation as evaluation
+    from support.tiny import TINY_MODEL
     from tf_centernet.training import train
 
     image_dir, annotation_file = synthetic_coco

@@ -242,7 +242,10 @@ def _train_locked(config, dataset, strategy, mode, extra_callbacks, interrupt, c
     def make_data(input_context=None):
         return build_train_dataset(
             dataset, config, batch_size=tc.batch_size, start_element=step * tc.batch_size,
-            input_context=input_context, heatmaps="sparse",  # heatmaps drawn in the loss, on the device
+            input_context=input_context,
+            # Keypoints, the heatmaps drawn in the loss on the device; under
+            # XLA dense maps (the drawing's window count is not static).
+            heatmaps="dense" if tc.jit_compile else "sparse",
         )
 
     if strategy.num_replicas_in_sync > 1:  # each worker reads its own share
