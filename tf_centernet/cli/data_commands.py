@@ -24,8 +24,7 @@ logger = logging.getLogger("tf_centernet")
 
 def _splits(config, which):
     names = ["train", "val"] if which == "both" else [which]
-    held_out = config.data.validation_split > 0 and config.train_data.annotations  # val: part of train_data
-    return [s for s in names if input_config(config, s).annotations or (s == "val" and held_out)]
+    return [s for s in names if input_config(config, s).annotations]
 
 
 def cmd_check_data(args):

@@ -411,7 +411,9 @@ def input_config(config: "Config", split: str) -> InputConfig:
     """The input section of a split.
 
     ``"train"`` -> `Config.train_data`; ``"val"`` or ``"validation"`` ->
-    `Config.validation_data`.
+    `Config.validation_data`, or `Config.train_data` when
+    ``data.validation_split`` > 0 (validation is then a held-out share of
+    the training data; `validate` forbids both at once).
 
     Raises:
         ValueError: another split name.
@@ -419,5 +421,5 @@ def input_config(config: "Config", split: str) -> InputConfig:
     if split == "train":
         return config.train_data
     if split in ("val", "validation"):
-        return config.validation_data
+        return config.train_data if config.data.validation_split > 0 else config.validation_data
     raise ValueError(f"split must be 'train', 'val' or 'validation'; got {split!r}.")

@@ -96,8 +96,6 @@ def open_dataset(config, split: str = "train", class_names: Optional[Sequence[st
     source = input_config(config, split)
     fraction = float(config.data.validation_split)
     validation = split in ("val", "validation")
-    if fraction > 0 and validation and not source.annotations:
-        source = config.train_data  # the held-out share of the training data
     fmt = source.format or detect_format(source.annotations)
     check_choice("train_data.format", fmt)
     if fraction > 0 and fmt == "tfrecord":

@@ -370,7 +370,7 @@ def evaluation_cadence(config):
     """
     tc = config.train
     every = max(1, int(tc.checkpoint_every))
-    on = bool(config.validation_data.annotations) or config.data.validation_split > 0
+    on = bool(config_lib.input_config(config, "val").annotations)
     evaluations = every * max(1, math.ceil(int(tc.total_steps) / (AUTO_EVALUATIONS * every))) if on else 0
     return (
         evaluations if int(tc.eval_every) < 0 else int(tc.eval_every),
@@ -397,9 +397,7 @@ def check_validation_data(config):
     """
     from tf_centernet.data.records import detect_format
 
-    data = config.validation_data
-    if not data.annotations and config.data.validation_split > 0:
-        data = config.train_data  # the held-out share of the training data
+    data = config_lib.input_config(config, "val")  # validation_data, or train_data's held-out share
     if not data.annotations:
         raise ValueError(
             "train.eval_every needs validation_data.annotations (a COCO .json, a VOC folder or image-set "
