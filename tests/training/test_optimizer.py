@@ -12,7 +12,7 @@ from tf_centernet.config import load_config
 from tf_centernet.models.presets import build_model
 from tf_centernet.training import train
 from tf_centernet.training.distribute import get_strategy
-from tf_centernet.training.optimizer import NonFiniteGuardOptimizer, build_optimizer
+from tf_centernet.training.optimizer import FusedAdam, NonFiniteGuardOptimizer, build_optimizer
 
 
 def test_build_optimizer_wraps_the_named_keras_optimizer():
@@ -21,11 +21,74 @@ def test_build_optimizer_wraps_the_named_keras_optimizer():
     assert isinstance(optimizer, NonFiniteGuardOptimizer)
     inner = optimizer.inner_optimizer
     assert type(inner) is keras.optimizers.SGD and inner.momentum == 0.8 and inner.weight_decay == 1e-4
-    assert type(build_optimizer(load_config("demo").train).inner_optimizer) is keras.optimizers.Adam  # the default
+    assert type(build_optimizer(load_config("demo").train).inner_optimizer) is FusedAdam  # the default: Adam
     adamw = build_optimizer(load_config("demo", ["train.optimizer=adamw", "train.weight_decay=0.05"]).train)
     assert type(adamw.inner_optimizer) is keras.optimizers.AdamW and adamw.inner_optimizer.weight_decay == 0.05
     with pytest.raises(ValueError, match="train.optimizer"):
         load_config("demo", ["train.optimizer=rmsprop"])
+
+
+def numpy_adam(weights, grads, lr, beta_1=0.9, beta_2=0.999, epsilon=1e-7):
+    """Adam as Kingma & Ba's algorithm 1 with Keras' epsilon-hat placement, in float64 (betas as float32 holds them)."""
+    beta_1, beta_2 = float(np.float32(beta_1)), float(np.float32(beta_2))
+    w, m, v = np.array(weights, np.float64), 0.0, 0.0
+    for t, g in enumerate(grads, start=1):
+        m = beta_1 * m + (1 - beta_1) * g
+        v = beta_2 * v + (1 - beta_2) * g * g
+        w = w - lr * np.sqrt(1 - beta_2**t) / (1 - beta_1**t) * m / (np.sqrt(v) + epsilon)
+    return w, m, v
+
+
+def stepper(optimizer, weight):
+    return lambda grad: optimizer.apply([grad], [weight])
+
+
+@pytest.mark.parametrize("in_function", [False, True])
+def test_fused_adam_steps_like_adam_and_algorithm_1(in_function):
+    """One fused kernel per variable: weights and moments as Keras' Adam and a float64 reference."""
+    rng = np.random.default_rng(0)
+    start = rng.normal(size=(6, 5)).astype("float32")
+    grads = [rng.normal(scale=s, size=start.shape).astype("float32") for s in (1.0, 0.1, 3.0, 1e-3)]
+    results = []
+    for cls in (keras.optimizers.Adam, FusedAdam):
+        weight = keras.Variable(start)
+        optimizer = cls(0.01)
+        optimizer.build([weight])
+        apply = stepper(optimizer, weight)
+        apply = tf.function(apply) if in_function else apply
+        for grad in grads:
+            apply(tf.constant(grad))
+        state = {v.path.replace("/", "_").rsplit("_", 1)[-1]: np.asarray(v.numpy()) for v in optimizer.variables}
+        results.append({"weight": weight.numpy(), **state})  # adam/iteration, .../learning_rate, ..._momentum, ..._velocity
+    assert sorted(results[1]) == ["iteration", "momentum", "rate", "velocity", "weight"]
+    for name, keras_value in results[0].items():  # float32 rounding of values ~1
+        np.testing.assert_allclose(results[1][name], keras_value, rtol=1e-5, atol=1e-6, err_msg=name)
+    w, m, v = numpy_adam(start, grads, 0.01)
+    fused = results[1]
+    assert int(fused["iteration"]) == len(grads)
+    np.testing.assert_allclose(fused["weight"], w, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(fused["momentum"], m, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(fused["velocity"], v, rtol=1e-5, atol=1e-9)
+    assert np.abs(fused["weight"] - start).max() > 0.03  # it moved (4 steps of about lr = 0.01)
+
+
+def test_fused_adam_keeps_adams_variables_and_falls_back_where_it_cannot_fuse():
+    """Same slot variables as Adam (checkpoints interchange); amsgrad and sparse gradients use Keras' update."""
+    adam, fused = keras.optimizers.Adam(), FusedAdam()
+    weight = keras.Variable(np.ones((3, 2), "float32"))
+    adam.build([weight])
+    fused.build([weight])
+    def layout(optimizer):  # the optimizer's name is made unique per process: adam, adam_1, ...
+        return [(v.path.split("/", 1)[1], v.shape, v.dtype) for v in optimizer.variables]
+
+    assert fused.name.startswith("adam") and layout(fused) == layout(adam)
+    assert FusedAdam.from_config(fused.get_config()).get_config() == fused.get_config()
+    for optimizer in (FusedAdam(0.1, amsgrad=True), FusedAdam(0.1)):
+        table = keras.Variable(np.zeros((4, 2), "float32"))
+        sparse = tf.IndexedSlices(tf.ones((1, 2)), tf.constant([2]), tf.constant([4, 2]))
+        optimizer.apply([sparse if not optimizer.amsgrad else tf.ones((4, 2))], [table])
+        moved = np.abs(table.numpy()).max(axis=1) > 0
+        assert moved.tolist() == ([True] * 4 if optimizer.amsgrad else [False, False, True, False])
 
 
 def test_guard_changes_nothing_on_a_non_finite_gradient_and_steps_like_the_inner_optimizer():

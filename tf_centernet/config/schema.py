@@ -256,6 +256,12 @@ class TrainConfig:
     strategy: str = "auto"
     # XLA-compile the train step (the pooling then uses the pure-TF scans).
     jit_compile: bool = False
+    # How the input pipeline hands over the heatmap targets: "sparse" (the
+    # objects' keypoints, radii and classes; the training step draws the
+    # maps, tf_centernet.gaussians.draw_heatmaps), "dense" (the maps
+    # themselves, 3 x H x W x classes floats an image), "auto": sparse,
+    # dense under jit_compile (XLA needs the drawing's static shape).
+    heatmaps: str = "auto"
     # Steps between COCO evaluations on validation_data (0: none), images used
     # (0: all); steps between TensorBoard pictures (0: none); steps between
     # plain progress lines and train-run scalars. -1 (auto), when
@@ -347,6 +353,7 @@ CHOICES = {
     "train.on_nonfinite": ("stop", "skip"),
     "train.lr_schedule": ("step", "cosine"),
     "train.optimizer": ("adam", "adamw", "sgd"),
+    "train.heatmaps": ("auto", "sparse", "dense"),
     "decode.nms": ("gaussian", "merge", "tf", "none"),
     "decode.soft_nms_impl": ("auto", "custom", "loop"),
 }
@@ -385,6 +392,11 @@ def validate(config: "Config") -> "Config":
         raise ValueError(
             "data.validation_split holds out training images as validation data, but validation_data.annotations "
             "names validation data too: set one of them."
+        )
+    if config.train.jit_compile and config.train.heatmaps == "sparse":
+        raise ValueError(
+            "train.heatmaps=sparse draws the heatmaps in the training step, which XLA (train.jit_compile) cannot "
+            "compile (no static shape): use train.heatmaps=auto or dense with jit_compile."
         )
     return config
 

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import keras
 
+from tf_centernet.layers.normalization import FusedBatchNormalization
+
 # PyTorch BatchNorm2d defaults: momentum 0.1 (Keras: 1 - 0.1), eps 1e-5.
 BN_MOMENTUM = 0.9
 BN_EPSILON = 1e-5
@@ -40,8 +42,11 @@ def conv2d(filters, kernel_size, strides=1, use_bias=False, name=None):
 
 
 def batch_norm(name=None, dtype=None):
-    """BatchNormalization with the releases' (PyTorch) momentum and epsilon."""
-    return keras.layers.BatchNormalization(
+    """BatchNormalization with the releases' (PyTorch) momentum and epsilon.
+
+    A `FusedBatchNormalization` (Keras' layer, trained with the fused kernel).
+    """
+    return FusedBatchNormalization(
         momentum=BN_MOMENTUM, epsilon=BN_EPSILON, name=name, dtype=dtype
     )
 

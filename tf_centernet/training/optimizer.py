@@ -28,7 +28,7 @@ import tensorflow as tf
 
 from tf_centernet.config import check_choice
 
-__all__ = ["NonFiniteGuardOptimizer", "build_optimizer", "learning_rate_schedule"]
+__all__ = ["FusedAdam", "NonFiniteGuardOptimizer", "build_optimizer", "learning_rate_schedule"]
 
 
 def learning_rate_schedule(train_config):
@@ -74,7 +74,8 @@ def build_optimizer(train_config):
             ``adamw`` and ``sgd`` (0: none; Adam's is the releases' none).
 
     Returns:
-        `NonFiniteGuardOptimizer` around the Keras optimizer.
+        `NonFiniteGuardOptimizer` around the Keras optimizer (for
+        ``"adam"`` a `FusedAdam`).
 
     Raises:
         ValueError: an unknown ``train.optimizer``.
@@ -83,7 +84,7 @@ def build_optimizer(train_config):
     rate = learning_rate_schedule(train_config)
     decay = float(getattr(train_config, "weight_decay", 0.0)) or None
     if kind == "adam":
-        inner = keras.optimizers.Adam(rate)
+        inner = FusedAdam(rate)
     elif kind == "adamw":
         inner = keras.optimizers.AdamW(rate, weight_decay=decay or 0.0)
     else:
@@ -92,6 +93,44 @@ def build_optimizer(train_config):
             nesterov=bool(getattr(train_config, "nesterov", False)), weight_decay=decay,
         )
     return NonFiniteGuardOptimizer(inner)
+
+
+def _handle(variable):
+    """The resource handle of a `keras.Variable` or `tf.Variable` (this replica's, under `tf.distribute`)."""
+    if isinstance(variable, keras.Variable):
+        variable = variable.value
+    return variable.handle
+
+
+@keras.saving.register_keras_serializable(package="tf_centernet")
+class FusedAdam(keras.optimizers.Adam):
+    """`keras.optimizers.Adam` whose update of a variable is TensorFlow's one fused kernel.
+
+    Keras' Adam updates each variable with about a dozen element-wise ops
+    (each a pass over the weights, moments and temporaries); TensorFlow's
+    ``ResourceApplyAdam`` does the same arithmetic in one pass, in place:
+    m += (g - m)(1 - beta_1), v += (g^2 - v)(1 - beta_2),
+    w -= lr sqrt(1 - beta_2^t) / (1 - beta_1^t) m / (sqrt(v) + epsilon),
+    t the step (1-based). Same variables (so checkpoints of `keras.optimizers.Adam`
+    resume), same results to float rounding. Sparse gradients, ``amsgrad``
+    and other backends take Keras' update. Named ``adam`` by default, as Keras' Adam.
+    """
+
+    def __init__(self, *args, name="adam", **kwargs):
+        super().__init__(*args, name=name, **kwargs)
+
+    def update_step(self, gradient, variable, learning_rate):
+        if self.amsgrad or isinstance(gradient, tf.IndexedSlices) or keras.backend.backend() != "tensorflow":
+            return super().update_step(gradient, variable, learning_rate)
+        dtype = variable.dtype
+        step = tf.cast(self.iterations + 1, dtype)
+        index = self._get_variable_index(variable)
+        tf.raw_ops.ResourceApplyAdam(
+            var=_handle(variable), m=_handle(self._momentums[index]), v=_handle(self._velocities[index]),
+            beta1_power=tf.pow(tf.cast(self.beta_1, dtype), step), beta2_power=tf.pow(tf.cast(self.beta_2, dtype), step),
+            lr=tf.cast(learning_rate, dtype), beta1=tf.cast(self.beta_1, dtype), beta2=tf.cast(self.beta_2, dtype),
+            epsilon=tf.cast(self.epsilon, dtype), grad=tf.cast(gradient, dtype), use_locking=False,
+        )
 
 
 @keras.saving.register_keras_serializable(package="tf_centernet")

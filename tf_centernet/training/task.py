@@ -243,9 +243,7 @@ def _train_locked(config, dataset, strategy, mode, extra_callbacks, interrupt, c
         return build_train_dataset(
             dataset, config, batch_size=tc.batch_size, start_element=step * tc.batch_size,
             input_context=input_context,
-            # Keypoints, the heatmaps drawn in the loss on the device; under
-            # XLA dense maps (the drawing's window count is not static).
-            heatmaps="dense" if tc.jit_compile else "sparse",
+            heatmaps=target_heatmaps(tc),
         )
 
     if strategy.num_replicas_in_sync > 1:  # each worker reads its own share
@@ -282,6 +280,19 @@ def _train_locked(config, dataset, strategy, mode, extra_callbacks, interrupt, c
         saved = model_dir.checkpoint(step)
         raise interrupt.error(step, saved if checkpoints.last_saved == step and os.path.isfile(saved) else None)
     return model, history
+
+
+def target_heatmaps(train_config):
+    """``"sparse"`` or ``"dense"``: how `train` asks `build_train_dataset` for the heatmap targets.
+
+    ``train.heatmaps`` when set; "auto": the keypoints (drawn into maps in
+    the loss, on the device), or the dense maps under ``train.jit_compile``
+    (XLA needs a static shape, and the drawing's window count is not).
+    """
+    choice = config_lib.check_choice("train.heatmaps", getattr(train_config, "heatmaps", "auto"))
+    if choice == "auto":
+        return "dense" if train_config.jit_compile else "sparse"
+    return choice
 
 
 def build_callbacks(config, dataset, interrupt, mode, chief=True, last_saved=0):
