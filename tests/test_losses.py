@@ -38,6 +38,35 @@ def test_focal_loss_without_positives_is_negative_sum():
     assert float(losses.focal_loss(logits, target)) == pytest.approx(expected, rel=1e-5)
 
 
+@pytest.mark.parametrize("alpha,beta,dtype", [(2.0, 4.0, tf.float32), (3.0, 1.5, tf.float32), (2.0, 4.0, tf.bfloat16)])
+def test_focal_loss_gradient_in_closed_form_equals_autodiff_of_the_terms(alpha, beta, dtype):
+    """`focal_loss`'s hand-written derivative against TensorFlow's derivative of eq. 1 term by term.
+
+    Logits span the clamp (|x| up to 12: p beyond [1e-4, 1 - 1e-4] gets no
+    gradient), targets mix exact positives, Gaussian values and zeros.
+    """
+    rng = np.random.default_rng(0)
+    logits = tf.cast(tf.constant(rng.uniform(-12, 12, (2, 9, 7, 3)).astype("float32")), dtype)
+    target = rng.choice([0.0, 0.3, 0.8, 1.0], size=(2, 9, 7, 3), p=[0.5, 0.2, 0.2, 0.1]).astype("float32")
+    target = tf.constant(target)
+
+    def reference(x):
+        terms, positive = losses.focal_loss_elements(x, target, alpha, beta)
+        return tf.reduce_sum(terms) / tf.maximum(tf.reduce_sum(positive), 1.0)
+
+    for fn in (reference, lambda x: losses.focal_loss(x, target, alpha, beta)):
+        with tf.GradientTape() as tape:
+            tape.watch(logits)
+            value = fn(logits)
+        grad = tape.gradient(value, logits)
+        if fn is reference:
+            expected_value, expected_grad = float(value), tf.cast(grad, tf.float32).numpy()
+    assert float(value) == pytest.approx(expected_value, rel=1e-5)
+    got = tf.cast(grad, tf.float32).numpy()
+    assert grad.dtype == dtype and np.any(got == 0.0) and np.any(got != 0.0)  # clamped cells get none
+    np.testing.assert_allclose(got, expected_grad, rtol=2e-3 if dtype == tf.bfloat16 else 1e-4, atol=1e-6)
+
+
 def test_focal_loss_clamps_probabilities():
     # A confident wrong negative: p clamps at 1 - 1e-4, so the loss is finite.
     value = float(losses.focal_loss(tf.constant([[[[50.0]]]]), tf.constant([[[[0.0]]]])))
