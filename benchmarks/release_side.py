@@ -418,8 +418,8 @@ def release_detect(args):
     nms = build_nms(args.release, args.build_dir)
     sys.modules.setdefault("external", types.ModuleType("external"))
     sys.modules["external.nms"] = nms
-    for name in ("matplotlib", "matplotlib.pyplot"):
-        if importlib.util.find_spec(name.split(".")[0]) is None:
+    if importlib.util.find_spec("matplotlib") is None:
+        for name in ("matplotlib", "matplotlib.pyplot"):
             sys.modules[name] = types.ModuleType(name)
     spec = importlib.util.spec_from_file_location("release_test_coco", os.path.join(args.release, "test", "coco.py"))
     test = importlib.util.module_from_spec(spec)
@@ -722,7 +722,13 @@ def row_train(args):
 
 
 def box_difference(release, ours):
-    """Max over the release's 10 best boxes of the distance (max abs, px) to the nearest same-class Keras box."""
+    """Max over the release's 10 best boxes of the distance (max abs, px) to the nearest same-class Keras box.
+
+    None when the release kept no detection (random weights: its centre-region
+    filtering drops every box without a matching centre keypoint).
+    """
+    if not any(release.values()):
+        return None
     worst = 0.0
     for image, boxes in release.items():
         candidates = ours.get(image, [])
@@ -766,8 +772,11 @@ def row_detect(args):
         lines.append(f"| ours {name} | {e['ms']:.0f} | {e['cpu_ms']:.0f} | {ratio(e['ms'], rel['ms']):.2f} | "
                      f"{e['first_call_s']:.1f} |")
     lines.append("")
-    lines.append(f"Max box difference, release top-10 vs nearest same-class Keras box: {difference:.2g} px "
-                 "(first round; random weights)")
+    counts = [sum(len(b) for b in rounds[side][0]["detections"].values()) for side in ("release", "ours")]
+    lines.append(f"Detections kept (first round, all images): release {counts[0]}, ours Keras {counts[1]}; max box difference, "
+                 "release top-10 vs nearest same-class Keras box: "
+                 + (f"{difference:.2g} px" if difference is not None else "n/a (the release kept no box)")
+                 + " (random weights)")
     for key in ("convert_s", "export_s"):
         if key in prepared:
             lines.append(f"{key.replace('_s', '')}: {prepared[key]:.0f} s")
