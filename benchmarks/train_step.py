@@ -25,8 +25,12 @@ Variants:
   unless named).
 
 With ``--release PATH`` (a checkout of the authors' CenterNet), the release's
-step is profiled as well (`torch.profiler`, by op name), built by
-`release_side.py` beside this file; its ops are named by aten.
+step runs first (CenterNet-52 at 511 whatever ``--config``; the release's
+model, loss and Adam step as `release_side.py` beside this file builds
+them, with its substitutions), profiled with `torch.profiler` (self CPU
+time per aten op; torch's ``convolution_backward`` computes the input and
+the filter gradient in one op). The summary's last column is each
+variant's step time over the first one's (the release's when given).
 """
 
 from __future__ import annotations
@@ -122,8 +126,53 @@ def worker(args):
     }))
 
 
+def release_worker(args):
+    """The release's step (`release_side.ReleaseSide`) under `torch.profiler`; prints a JSON dict."""
+    import importlib
+
+    import torch
+
+    sys.path.insert(0, HERE)
+    import release_side
+
+    side = release_side.ReleaseSide(args.release, args.build_dir, args.batch)
+    db = side.db("trainval")
+    sample = importlib.import_module("sample.coco")
+    with release_side.contextlib_quiet():
+        batch, _ = sample.kp_detection(db, 0, True, False)
+        factory = side.factory(db)
+    factory.train_mode()
+
+    def step():
+        with release_side.contextlib_quiet():
+            return float(factory.train(batch["xs"], batch["ys"])[0])
+
+    start = time.perf_counter()
+    for _ in range(args.warmup):
+        step()
+    warmup = time.perf_counter() - start
+    times = []
+    for _ in range(args.steps):
+        start = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - start)
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profile:
+        for _ in range(2):
+            step()
+    totals = collections.Counter()
+    for event in profile.key_averages():  # self time: an op's own work, not its callees'
+        if event.self_cpu_time_total > 0:
+            totals[event.key] += event.self_cpu_time_total / 1e3
+    print(json.dumps({
+        "step_s": statistics.median(times), "times": times, "warmup_s": warmup, "threads": torch.get_num_threads(),
+        "ops_ms_per_step": {k: v / 2 for k, v in totals.most_common()},
+    }))
+
+
 def group(op_type):
-    """A coarse class of a TensorFlow op type for the summary table."""
+    """A coarse class of a TensorFlow op type (or a torch op name) for the summary table."""
+    if op_type.startswith("aten::") or "Backward" in op_type or op_type.startswith("Optimizer"):
+        return torch_group(op_type)
     name = op_type.replace("_MklNative", "").replace("_Mkl", "")
     if "Conv2D" in name:
         if "BackpropFilter" in name:
@@ -142,6 +191,21 @@ def group(op_type):
     return "other element-wise / loss"
 
 
+def torch_group(name):
+    """`group` for the release's torch ops (its convolution backward computes both gradients in one op)."""
+    if "convolution_backward" in name:
+        return "conv input + filter gradient"
+    if "convolution" in name or "conv2d" in name:
+        return "conv forward"
+    if "batch_norm" in name:
+        return "batch norm"
+    if name.startswith("Optimizer") or name in ("aten::lerp_", "aten::addcmul_", "aten::addcdiv_", "aten::_foreach_add_"):
+        return "optimizer update"
+    if "Pool" in name or "pool" in name or "cummax" in name or "scatter_add" in name:
+        return "corner/center pooling"
+    return "other element-wise / loss"
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default="centernet_hg52")
@@ -153,18 +217,29 @@ def main():
     parser.add_argument("--set", nargs="*", default=[], help="config overrides for every variant")
     parser.add_argument("--work", default="/tmp/train_step_profile")
     parser.add_argument("--json", help="write the results here")
+    parser.add_argument("--release", help="a checkout of the authors' CenterNet: profile its step too (release_side.py)")
+    parser.add_argument("--build-dir", default="/tmp/release_side_build", help="release_side.py's build folder")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--release-worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     if args.worker:
         return worker(args)
+    if args.release_worker:
+        return release_worker(args)
     os.makedirs(args.work, exist_ok=True)
     results = {}
-    for name in args.variants.split(","):
-        env_vars, overrides = VARIANTS[name]
-        command = [sys.executable, os.path.abspath(__file__), "--worker", "--config", args.config,
-                   "--size", str(args.size), "--batch", str(args.batch), "--steps", str(args.steps),
-                   "--warmup", str(args.warmup), "--work", args.work, "--set", *args.set, *overrides]
+    names = ([] if not args.release else ["release"]) + args.variants.split(",")
+    for name in names:
+        env_vars, overrides = VARIANTS.get(name, ({}, []))
+        common = ["--size", str(args.size), "--batch", str(args.batch), "--steps", str(args.steps),
+                  "--warmup", str(args.warmup), "--work", args.work]
+        if name == "release":
+            command = [sys.executable, os.path.abspath(__file__), "--release-worker", "--release", args.release,
+                       "--build-dir", args.build_dir, *common]
+        else:
+            command = [sys.executable, os.path.abspath(__file__), "--worker", "--config", args.config, *common,
+                       "--set", *args.set, *overrides]
         env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""), **env_vars)
         out = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
         if out.returncode:
