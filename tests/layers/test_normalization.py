@@ -1,11 +1,11 @@
-"""`FusedBatchNormalization`: Keras' BatchNormalization, trained with TensorFlow's fused kernel."""
+"""`BatchNormalization`: Keras' BatchNormalization, trained with TensorFlow's fused kernel."""
 
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from tf_centernet.layers.normalization import FusedBatchNormalization
+from tf_centernet.layers.normalization import BatchNormalization
 
 MOMENTUM, EPSILON = 0.9, 1e-5
 
@@ -14,7 +14,7 @@ def pair(shape, dtype=None):
     """A Keras BatchNormalization and a fused one with the same (non-trivial) weights."""
     rng = np.random.default_rng(1)
     layers = [cls(momentum=MOMENTUM, epsilon=EPSILON, dtype=dtype)
-              for cls in (keras.layers.BatchNormalization, FusedBatchNormalization)]
+              for cls in (keras.layers.BatchNormalization, BatchNormalization)]
     values = [rng.normal(1.0, 0.2, shape[-1]), rng.normal(0.0, 0.2, shape[-1]),
               rng.normal(0.0, 0.5, shape[-1]), rng.uniform(0.5, 2.0, shape[-1])]
     for layer in layers:
@@ -76,3 +76,22 @@ def test_bfloat16_inputs_normalise_in_float32_and_come_back_in_bfloat16():
     assert fused(tf.cast(x, tf.bfloat16), training=True).dtype == tf.bfloat16
     for name, a, b in zip(["y", "dx", "dgamma", "dbeta", "moving_mean", "moving_variance"], expected, got):
         np.testing.assert_allclose(b, a, rtol=1e-2, atol=2e-2, err_msg=name)
+
+
+def test_weights_files_interchange_with_keras_layer_inside_sequential(tmp_path):
+    """Keras names a list's layers after their class in weights files: old checkpoints must still load."""
+    def model(norm):
+        model = keras.Sequential([keras.Input((4, 4, 2)), keras.layers.Conv2D(3, 1), norm()])
+        model(np.zeros((1, 4, 4, 2), "float32"), training=False)
+        return model
+
+    written = model(keras.layers.BatchNormalization)
+    for variable in written.weights:
+        variable.assign(np.random.default_rng(len(variable.path)).normal(size=variable.shape).astype("float32") ** 2)
+    written.save_weights(tmp_path / "keras.weights.h5")
+    ours = model(BatchNormalization)
+    ours.load_weights(tmp_path / "keras.weights.h5")
+    for a, b in zip(written.weights, ours.weights):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
+    ours.save_weights(tmp_path / "ours.weights.h5")
+    model(keras.layers.BatchNormalization).load_weights(tmp_path / "ours.weights.h5")

@@ -3,7 +3,7 @@
 from tf_centernet.layers.convolution import ConvModule, ResidualBlock
 from tf_centernet.layers.heads import PredictionHead
 from tf_centernet.layers.hourglass import HourglassModule, Stem
-from tf_centernet.layers.normalization import FusedBatchNormalization
+from tf_centernet.layers.normalization import BatchNormalization
 from tf_centernet.layers.pooling import CascadeCornerPooling, CenterPooling, CornerPooling
 
 __all__ = [
@@ -11,7 +11,7 @@ __all__ = [
     "CenterPooling",
     "ConvModule",
     "CornerPooling",
-    "FusedBatchNormalization",
+    "BatchNormalization",
     "HourglassModule",
     "PredictionHead",
     "ResidualBlock",

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import keras
 
-from tf_centernet.layers.normalization import FusedBatchNormalization
+from tf_centernet.layers.normalization import BatchNormalization
 
 # PyTorch BatchNorm2d defaults: momentum 0.1 (Keras: 1 - 0.1), eps 1e-5.
 BN_MOMENTUM = 0.9
@@ -44,9 +44,9 @@ def conv2d(filters, kernel_size, strides=1, use_bias=False, name=None):
 def batch_norm(name=None, dtype=None):
     """BatchNormalization with the releases' (PyTorch) momentum and epsilon.
 
-    A `FusedBatchNormalization` (Keras' layer, trained with the fused kernel).
+    A `BatchNormalization` (Keras' layer, trained with the fused kernel).
     """
-    return FusedBatchNormalization(
+    return BatchNormalization(
         momentum=BN_MOMENTUM, epsilon=BN_EPSILON, name=name, dtype=dtype
     )
 

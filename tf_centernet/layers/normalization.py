@@ -4,9 +4,15 @@ Keras 3's `keras.layers.BatchNormalization` computes a training batch's
 statistics and the normalisation as separate element-wise ops (mean, squared
 difference, mean, subtract, multiply, add) and differentiates each; on the
 hourglass these ops and their gradients were about 8 % of a CenterNet-52
-training step on the CPU (`benchmarks/train_step.py`). `FusedBatchNormalization`
+training step on the CPU (`benchmarks/train_step.py`). `BatchNormalization` here
 computes the same function with TensorFlow's fused kernel (`FusedBatchNormV3`,
 oneDNN's on CPUs where TensorFlow enables it), one op forward and one backward.
+
+The class keeps Keras' name, ``BatchNormalization``: Keras' weights files
+address a layer held in a list (a `keras.Sequential`'s) by its class name,
+so a subclass of another name could not read the checkpoints and model
+directories written with Keras' layer (and vice versa).
+
 Inference (``training=False``), masks, renormalisation and other backends take
 Keras' own path, so exported graphs (SavedModel, TFLite, ONNX) do not change.
 """
@@ -16,11 +22,11 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
-__all__ = ["FusedBatchNormalization"]
+__all__ = ["BatchNormalization"]
 
 
 @keras.saving.register_keras_serializable(package="tf_centernet")
-class FusedBatchNormalization(keras.layers.BatchNormalization):
+class BatchNormalization(keras.layers.BatchNormalization):
     """`keras.layers.BatchNormalization` whose NHWC training step runs the fused kernel.
 
     Same arguments, weights and results as the Keras layer (to float
