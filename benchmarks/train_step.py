@@ -21,8 +21,12 @@ Variants:
 - ``bf16``: ``model.compute_dtype=bfloat16`` (mixed precision; changes the
   numerics: not the release's contract, listed as a setting tried).
 - ``xla``: ``train.jit_compile=true`` (dense targets, the pooling scans).
-- ``nhwc-threads``: default with ``--threads`` intra-op threads (omitted
-  unless named).
+
+``--isa avx2`` caps oneDNN (``ONEDNN_MAX_CPU_ISA``, in TensorFlow and in
+torch) and torch's own kernels (``ATEN_CPU_CAPABILITY``) at AVX2, to see on
+an AVX-512 machine what an AVX2-only CPU gets (TensorFlow's Eigen kernels do
+not depend on it; on an AVX2-only CPU TensorFlow 2.20 runs them by default,
+the ``eigen`` variant).
 
 With ``--release PATH`` (a checkout of the authors' CenterNet), the release's
 step runs first (CenterNet-52 at 511 whatever ``--config``; the release's
@@ -217,6 +221,7 @@ def main():
     parser.add_argument("--set", nargs="*", default=[], help="config overrides for every variant")
     parser.add_argument("--work", default="/tmp/train_step_profile")
     parser.add_argument("--json", help="write the results here")
+    parser.add_argument("--isa", help="cap oneDNN's (TensorFlow's and torch's) and torch's kernels at this ISA, e.g. avx2")
     parser.add_argument("--release", help="a checkout of the authors' CenterNet: profile its step too (release_side.py)")
     parser.add_argument("--build-dir", default="/tmp/release_side_build", help="release_side.py's build folder")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
@@ -241,6 +246,8 @@ def main():
             command = [sys.executable, os.path.abspath(__file__), "--worker", "--config", args.config, *common,
                        "--set", *args.set, *overrides]
         env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""), **env_vars)
+        if args.isa:
+            env.update(ONEDNN_MAX_CPU_ISA=args.isa.upper(), ATEN_CPU_CAPABILITY=args.isa.lower())
         out = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
         if out.returncode:
             print(f"{name}: failed\n{out.stderr[-2000:]}")
