@@ -117,8 +117,9 @@ def test_ablation_switches_change_structure():
 
 
 def test_config_round_trip_and_keras_save_load(tmp_path):
-    model = small("centernet")
-    images = tf.random.stateless_normal([1, 127, 127, 3], seed=[3, 4])
+    # Two stacks (the inter-stack layers saved and loaded too), tiny otherwise.
+    model = small("centernet", **dict(TINY, num_stacks=2))
+    images = tf.random.stateless_normal([1, 63, 63, 3], seed=[3, 4])
     before = model(images, training=False)
     clone = KeypointDetector.from_config(model.get_config())
     assert clone.get_config() == model.get_config()
