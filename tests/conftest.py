@@ -100,6 +100,8 @@ def pytest_configure(config):
     other test runs on the first logical CPU as usual.
     """
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    if getattr(config.option, "loadscopereorder", None):  # pytest-xdist >= 3.6: keep the order set below
+        config.option.loadscopereorder = False
     import tensorflow as tf
 
     cpus = tf.config.list_physical_devices("CPU")
@@ -138,12 +140,31 @@ def _fresh_keras_state():
     keras.utils.clear_session(free_memory=True)
 
 
+# Seconds each of the longest files takes in one process of the README's
+# command (2-core CPU, measured, rounded): the order in which the two
+# processes take them. Other files count 0.2 s a test.
+FILE_SECONDS = {
+    "export/test_export.py": 150, "models/test_model.py": 222, "training/test_distributed.py": 221,
+    "reliability/test_training_faults.py": 166, "cli/test_cli.py": 133, "convert/test_convert.py": 133,
+    "models/test_keras_api.py": 131, "convert/test_convert_cli.py": 118, "training/test_optimizer.py": 115,
+    "export/test_export_tflite.py": 70, "ops/test_custom_ops.py": 67, "training/test_training.py": 54,
+    "training/test_callbacks.py": 53, "export/test_export_tflite_int8_full.py": 40,
+    "reliability/test_detect_and_export_interruptions.py": 34, "reliability/test_file_system_faults.py": 34,
+    "reliability/test_model_dir.py": 32, "cli/test_readme_recipes.py": 28, "reliability/test_serving_input.py": 25,
+    "reliability/test_model_mismatch.py": 25, "data/test_data_formats.py": 21, "data/test_pipeline_options.py": 17,
+    "export/test_export_onnx.py": 15,
+}
+
+
 def pytest_collection_modifyitems(config, items):
-    """Files holding `slow` tests first, otherwise in the usual order.
+    """The longest files first (`FILE_SECONDS`), then the others by their number of tests.
 
     With ``-n 2 --dist loadfile`` each process takes whole files in this
     order, so the long files start early and the two processes finish
-    together instead of one of them running the longest file alone at the end.
+    together instead of one of them running a long file alone at the end.
+    (pytest-xdist's own order, by test count alone, would start the many
+    quick files first and leave the few-test files of real training runs to
+    the end: `pytest_configure` turns it off.)
     """
     import inspect
 
@@ -156,5 +177,9 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.subprocess)
         if "custom." in source or '"custom"' in source or "build-ops" in source:
             item.add_marker(pytest.mark.compiled_ops)
-    heavy = {item.path for item in items if item.get_closest_marker("slow")}
-    items.sort(key=lambda item: item.path not in heavy)
+    tests_dir = os.path.dirname(os.path.abspath(__file__))
+    cost = {}
+    for item in items:
+        name = os.path.relpath(str(item.path), tests_dir).replace(os.sep, "/")
+        cost[item.path] = FILE_SECONDS.get(name, cost.get(item.path, 0.0) + 0.2)
+    items.sort(key=lambda item: -cost[item.path])

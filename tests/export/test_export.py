@@ -21,6 +21,11 @@ Tolerances (boxes in pixels of the image, scores in [0, 1]):
 | integer, network)   |                    | >= 0.7; int8 tensors only in the network   |
 | ONNX (onnxruntime)  | -                  | same count; boxes 0.01 px, scores 1e-4     |
 
+The tests are spread over test_export*.py (one file per format family, so that
+``-n 2 --dist loadfile`` runs them in both processes); the detector, images
+and comparisons are tests/support/export_case.py's, the fixtures
+tests/export/conftest.py's.
+
 TFLite runs need `ai-edge-litert` and ONNX `tf2onnx` + `onnxruntime` (the
 ``test`` extra installs them); without them those tests are skipped. TF-TRT
 is converted only where TensorRT is available; elsewhere the clear error is
@@ -32,128 +37,19 @@ import os
 import subprocess
 import sys
 import textwrap
-import types
 
 import cv2
-import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
+from support.export_case import CATEGORY_ID, FIXED_SIZE, assert_same_detections, exported_detections, iou
 from support.tiny import TINY_MODEL
 from tf_centernet import export as export_lib
 from tf_centernet.cli import main
 from tf_centernet.config import load_config
-from tf_centernet.inference import Predictor, pad_batch, preprocess_images
+from tf_centernet.inference import pad_batch, preprocess_images
 from tf_centernet.models import build_model
-
-CATEGORY_ID = 18
-FIXED_SIZE = (240, 320)  # (height, width) of the TFLite and ONNX exports
-NUM_IMAGES = 3
-
-
-# ---------------------------------------------------------------------------
-# Fixtures.
-# ---------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def detector(tmp_path_factory):
-    """The test detector, its checkpoint and the config overrides to rebuild it."""
-    root = tmp_path_factory.mktemp("export_detector")
-    annotations = str(root / "categories.json")
-    with open(annotations, "w", encoding="utf-8") as f:
-        json.dump({"images": [], "annotations": [], "categories": [{"id": CATEGORY_ID, "name": "dog"}]}, f)
-    # An absolute model dir: the demo config's relative one would read whatever
-    # classes.json a demo run left in the working directory.
-    overrides = [
-        "model.num_classes=1", "decode.top_k=70", f"validation_data.annotations={annotations}",
-        f"train.model_dir={root / 'model'}", *TINY_MODEL,
-    ]
-    config = load_config("demo", overrides)
-    keras.utils.set_random_seed(0)
-    model = build_model(config.model, config.loss, config.decode, config.data)
-    model.category_ids, model.class_names = [CATEGORY_ID], ["dog"]
-    size = config.data.input_size
-    model.build((None, size, size, 3))
-    for modules in model.stack_modules:
-        for key in ("tl_embedding", "br_embedding"):
-            kernel = modules[key].out.kernel
-            kernel.assign(kernel * 0.01)
-    checkpoint = str(root / "ckpt-0.weights.h5")
-    model.save_weights(checkpoint)
-    return types.SimpleNamespace(
-        config=config, overrides=overrides, model=model, checkpoint=checkpoint,
-        predictor=Predictor(model, config), root=root,
-    )
-
-
-@pytest.fixture(scope="module")
-def images(coco_tiny):
-    """Real coco-tiny images: files, full-size RGB arrays, and FIXED_SIZE copies."""
-    _, image_dir = coco_tiny["val"]
-    files = [os.path.join(image_dir, f) for f in sorted(os.listdir(image_dir))[:NUM_IMAGES]]
-    full = [cv2.cvtColor(cv2.imread(f), cv2.COLOR_BGR2RGB) for f in files]
-    height, width = FIXED_SIZE
-    fixed = [cv2.resize(image, (width, height), interpolation=cv2.INTER_AREA) for image in full]
-    return types.SimpleNamespace(files=files, full=full, fixed=fixed)
-
-
-@pytest.fixture(scope="module")
-def keras_fixed(detector, images):
-    """Keras `Predictor` detections of the FIXED_SIZE images."""
-    return [detector.predictor.predict_images([image])[0] for image in images.fixed]
-
-
-@pytest.fixture(scope="module")
-def saved_model_dir(detector):
-    """The SavedModel written by `tf-centernet export` (the CLI path)."""
-    output = str(detector.root / "serving" / "centernet" / "1")
-    code = main([
-        "export", "--config", "demo", "--set", *detector.overrides,
-        "--checkpoint", detector.checkpoint, "--output", output,
-    ])
-    assert code == 0
-    return output
-
-
-def to_pixels(boxes, height, width):
-    """Normalised [ymin, xmin, ymax, xmax] -> [x1, y1, x2, y2] pixels."""
-    boxes = np.asarray(boxes, np.float64) * [height, width, height, width]
-    return boxes[:, [1, 0, 3, 2]]
-
-
-def exported_detections(out, index, height, width):
-    """One image's detections from Detection-API outputs, like `predict_images`."""
-    n = int(out["num_detections"][index])
-    return {
-        "boxes": to_pixels(out["detection_boxes"][index, :n], height, width),
-        "scores": np.asarray(out["detection_scores"][index, :n]),
-        "classes": np.asarray(out["detection_classes"][index, :n]),
-        "padding": (
-            np.asarray(out["detection_boxes"][index, n:]),
-            np.asarray(out["detection_scores"][index, n:]),
-            np.asarray(out["detection_classes"][index, n:]),
-        ),
-    }
-
-
-def assert_same_detections(ref, got, box_tol, score_tol):
-    """Same count, classes and order; boxes and scores within the tolerances."""
-    assert len(got["scores"]) == len(ref["scores"])
-    np.testing.assert_array_equal(got["classes"], np.full(len(ref["classes"]), CATEGORY_ID))
-    np.testing.assert_allclose(got["boxes"], ref["boxes"], atol=box_tol, rtol=0)
-    np.testing.assert_allclose(got["scores"], ref["scores"], atol=score_tol, rtol=0)
-    for padding in got["padding"]:
-        assert not np.any(padding)
-
-
-def iou(a, b):
-    iw = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    ih = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - iw * ih
-    return iw * ih / union if union > 0 else 0.0
-
 
 # ---------------------------------------------------------------------------
 # Graph pieces.
@@ -195,7 +91,8 @@ def test_module_docstring_example():
 
 
 def test_export_uses_the_scan_pooling():
-    config = load_config("demo", ["model.pooling_impl=auto"])
+    # The tiny hourglass has every pooling layer (corner, cascade corner, center) of the demo's.
+    config = load_config("demo", ["model.pooling_impl=auto", *TINY_MODEL])
     model = build_model(config.model)
     model.build((None, 63, 63, 3))
     scanned = export_lib.scan_pooling_model(model)
@@ -342,155 +239,6 @@ def test_saved_model_in_a_fresh_process_matches_keras(detector, images, saved_mo
     expected = detector.model(canvas, training=False)
     for key, value in expected.items():
         np.testing.assert_allclose(results[f"heads/{key}"], value, atol=1e-4)
-
-
-# ---------------------------------------------------------------------------
-# TFLite.
-# ---------------------------------------------------------------------------
-
-
-def run_tflite(path, image):
-    pytest.importorskip("ai_edge_litert")
-    interpreter = export_lib.tflite_interpreter(path, num_threads=2)
-    ops = {op["op_name"] for op in interpreter._get_ops_details()}
-    assert not any(op.startswith("Flex") or op == "CUSTOM" for op in ops), ops
-    return interpreter.get_signature_runner()(images=image[None])
-
-
-@pytest.fixture(scope="module")
-def tflite_float32(detector, tmp_path_factory):
-    """The float32 TFLite export of the detector at FIXED_SIZE."""
-    pytest.importorskip("ai_edge_litert")
-    return export_lib.export(
-        detector.model, str(tmp_path_factory.mktemp("tflite") / "model.tflite"),
-        format="tflite", input_size=FIXED_SIZE,
-    )
-
-
-def test_tflite_float32_matches_keras(detector, images, keras_fixed, tflite_float32):
-    path = tflite_float32
-    found = 0
-    for image, ref in zip(images.fixed, keras_fixed):
-        got = exported_detections(run_tflite(path, image), 0, *FIXED_SIZE)
-        assert_same_detections(ref, got, box_tol=0.01, score_tol=1e-4)
-        found += len(ref["scores"])
-    assert found > 0
-
-
-def test_tflite_float16_and_int8(detector, images, keras_fixed, tflite_float32, tmp_path):
-    model = detector.model
-    fp16 = export_lib.export(model, str(tmp_path / "fp16.tflite"), format="tflite-fp16", input_size=FIXED_SIZE)
-    int8 = export_lib.export(model, str(tmp_path / "int8.tflite"), format="tflite-int8", input_size=FIXED_SIZE)
-    # Against the float32 file (the graph itself is the same size in all
-    # three): float16 saves 2 of the 4 bytes of (almost) every weight, int8 3.
-    weight_bytes = sum(int(np.prod(w.shape)) for w in model.weights) * 4
-    fp32_file = os.path.getsize(tflite_float32)
-    assert fp32_file - os.path.getsize(fp16) > 0.4 * weight_bytes
-    assert fp32_file - os.path.getsize(int8) > 0.6 * weight_bytes
-    # Quantisation moves scores by ~1e-4 (fp16) to ~1e-2 (int8), which flips
-    # some of the untrained model's borderline decisions (central region,
-    # top-K membership): compare by overlap, not one to one.
-    matched = {"fp16": [], "int8": []}
-    for image, ref in zip(images.fixed, keras_fixed):
-        for name, path in (("fp16", fp16), ("int8", int8)):
-            got = exported_detections(run_tflite(path, image), 0, *FIXED_SIZE)
-            assert np.all((got["boxes"] >= 0) & (got["boxes"] <= max(FIXED_SIZE) + 1e-3))
-            assert np.all(np.diff(got["scores"]) <= 0)
-            np.testing.assert_array_equal(got["classes"], CATEGORY_ID)
-            for box in ref["boxes"][:10]:
-                matched[name].append(max([iou(box, other) for other in got["boxes"]], default=0.0) >= 0.7)
-    assert np.all(matched["fp16"])
-    assert np.mean(matched["int8"]) >= 0.7, np.mean(matched["int8"])
-
-
-def test_tflite_int8_full_quantizes_the_network_only(detector, images, keras_fixed, coco_tiny, tmp_path):
-    """Full-integer int8 (calibrated on training images): int8 network, float decoding, detections kept."""
-    pytest.importorskip(
-        "ai_edge_litert", reason='tflite-int8-full runs in LiteRT: pip install "tf-centernet-triplets[tflite]"')
-    _, train_dir = coco_tiny["train"]
-    calibration = [
-        cv2.cvtColor(cv2.imread(os.path.join(train_dir, f)), cv2.COLOR_BGR2RGB)
-        for f in sorted(os.listdir(train_dir))[:8]
-    ]
-    path = export_lib.export(
-        detector.model, str(tmp_path / "full.tflite"), format="tflite-int8-full", input_size=FIXED_SIZE,
-        representative_images=calibration,
-    )
-    interpreter = export_lib.tflite_interpreter(path, num_threads=2)
-    tensors = interpreter.get_tensor_details()
-    # The network's activations are int8; the decoding's (scores, boxes,
-    # the top-K and soft-NMS) float32.
-    int8 = [t["name"] for t in tensors if t["dtype"] == np.int8 and "pseudo_qconst" not in t["name"]]
-    assert len(int8) > 50, len(int8)
-    assert all(name.startswith(("centernet", "tfl.quantize")) for name in int8), [
-        n for n in int8 if not n.startswith(("centernet", "tfl.quantize"))][:5]
-    ops = {op["op_name"] for op in interpreter._get_ops_details()}
-    assert "CONV_2D" in ops and "QUANTIZE" in ops and "DEQUANTIZE" in ops
-    matched = []
-    for image, ref in zip(images.fixed, keras_fixed):
-        got = exported_detections(run_tflite(path, image), 0, *FIXED_SIZE)
-        assert np.all(np.diff(got["scores"]) <= 0)
-        np.testing.assert_array_equal(got["classes"], CATEGORY_ID)
-        for box in ref["boxes"][:10]:
-            matched.append(max([iou(box, other) for other in got["boxes"]], default=0.0) >= 0.7)
-    # Random weights: int8 activations move the untrained heads' near-ties more than
-    # dynamic-range int8 does (0.6 measured); the trained BCCD model keeps its AP
-    # (docs/serving.md, "CPU serving: which engine").
-    assert matched and np.mean(matched) >= 0.5, np.mean(matched)
-
-
-def test_cli_export_tflite_int8_full_calibrates_on_train_data(detector, coco_tiny, tmp_path):
-    """`tf-centernet export --format tflite-int8-full` draws its calibration images from train_data."""
-    pytest.importorskip(
-        "ai_edge_litert", reason='tflite-int8-full runs in LiteRT: pip install "tf-centernet-triplets[tflite]"')
-    source, image_dir = coco_tiny["train"]
-    with open(source, encoding="utf-8") as f:
-        coco = json.load(f)
-    # Training data with the detector's one class (the CLI checks them against the model).
-    annotations = str(tmp_path / "train.json")
-    with open(annotations, "w", encoding="utf-8") as f:
-        json.dump({"images": coco["images"][:2], "annotations": [],
-                   "categories": [{"id": CATEGORY_ID, "name": "dog"}]}, f)
-    output = str(tmp_path / "cli_full.tflite")
-    code = main([
-        "export", "--config", "demo", "--set", *detector.overrides,
-        f"train_data.annotations={annotations}", f"train_data.images={image_dir}",
-        "--checkpoint", detector.checkpoint, "--format", "tflite-int8-full",
-        "--input-size", *(str(v) for v in FIXED_SIZE), "--calibration-images", "2", "--output", output,
-    ])
-    assert code == 0
-    details = export_lib.tflite_interpreter(output).get_tensor_details()
-    assert any(t["dtype"] == np.int8 for t in details)
-
-
-def test_tflite_int8_full_needs_representative_images(detector, tmp_path):
-    with pytest.raises(ValueError, match="representative_images"):
-        export_lib.export(detector.model, str(tmp_path / "full.tflite"), format="tflite-int8-full",
-                          input_size=FIXED_SIZE)
-
-
-# ---------------------------------------------------------------------------
-# ONNX.
-# ---------------------------------------------------------------------------
-
-
-def test_onnx_matches_keras(detector, images, keras_fixed, tmp_path):
-    pytest.importorskip("tf2onnx")
-    ort = pytest.importorskip("onnxruntime")
-    path = export_lib.export(
-        detector.model, str(tmp_path / "model.onnx"), format="onnx", input_size=FIXED_SIZE
-    )
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 2
-    session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
-    (spec,) = session.get_inputs()
-    assert spec.name == "images" and spec.type == "tensor(uint8)" and spec.shape == [1, *FIXED_SIZE, 3]
-    names = [o.name for o in session.get_outputs()]
-    assert sorted(names) == sorted(export_lib.DETECTION_KEYS)
-    for image, ref in zip(images.fixed, keras_fixed):
-        out = dict(zip(names, session.run(None, {"images": image[None]})))
-        got = exported_detections(out, 0, *FIXED_SIZE)
-        assert_same_detections(ref, got, box_tol=0.01, score_tol=1e-4)
 
 
 # ---------------------------------------------------------------------------

@@ -93,26 +93,33 @@ def test_small_model_outputs(architecture):
     np.testing.assert_allclose(head.out.bias.numpy(), -2.19)
 
 
+# The switches change the heads and pooling of every stack alike: one stack,
+# one level (tests/support/tiny.py's sizes) shows them at a quarter of the build.
+TINY = dict(num_stacks=1, levels=1, widths=[16, 16], blocks=[1, 1], stem_channels=16, head_channels=16,
+            pool_channels=16)
+
+
 def test_ablation_switches_change_structure():
-    full = small("centernet")
-    full.build((None, 127, 127, 3))
-    no_cascade = small("centernet", cascade_corner_pooling=False)
-    no_cascade.build((None, 127, 127, 3))
-    no_center_pool = small("centernet", center_pooling=False)
-    no_center_pool.build((None, 127, 127, 3))
-    no_region = small("centernet", central_region=False)
-    no_region.build((None, 127, 127, 3))
+    full = small("centernet", **TINY)
+    full.build((None, 63, 63, 3))
+    no_cascade = small("centernet", cascade_corner_pooling=False, **TINY)
+    no_cascade.build((None, 63, 63, 3))
+    no_center_pool = small("centernet", center_pooling=False, **TINY)
+    no_center_pool.build((None, 63, 63, 3))
+    no_region = small("centernet", central_region=False, **TINY)
+    no_region.build((None, 63, 63, 3))
     assert isinstance(no_cascade.stack_modules[0]["tl_pool"], CornerPooling)
     assert isinstance(full.stack_modules[0]["tl_pool"], CascadeCornerPooling)
     assert not isinstance(no_center_pool.stack_modules[0]["ct_pool"], CenterPooling)
-    assert "ct_heatmap" not in no_region(tf.zeros([1, 127, 127, 3]))
+    assert "ct_heatmap" not in no_region(tf.zeros([1, 63, 63, 3]))
     counts = [count_trainable_parameters(m) for m in (full, no_cascade, no_center_pool, no_region)]
     assert counts[0] > counts[1] and counts[0] > counts[2] > counts[3]
 
 
 def test_config_round_trip_and_keras_save_load(tmp_path):
-    model = small("centernet")
-    images = tf.random.stateless_normal([1, 127, 127, 3], seed=[3, 4])
+    # Two stacks (the inter-stack layers saved and loaded too), tiny otherwise.
+    model = small("centernet", **dict(TINY, num_stacks=2))
+    images = tf.random.stateless_normal([1, 63, 63, 3], seed=[3, 4])
     before = model(images, training=False)
     clone = KeypointDetector.from_config(model.get_config())
     assert clone.get_config() == model.get_config()
