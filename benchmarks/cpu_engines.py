@@ -41,12 +41,11 @@ the Keras model's top 10 detections per image that the engine reproduces (a
 box of the same class at IoU >= 0.7).
 
 Ratios: "/ Keras" and "/ TFLite" are per-image time ratios from the same
-interleaved run. The estimate against the authors' PyTorch release uses the
-issue-23 figures measured on this machine with CenterNet-52 at 511 (Keras
-detect path 0.74x, TFLite float32 0.66x the release's per-image time):
-``est. / release = ratio to Keras * 0.74`` (and ``ratio to TFLite * 0.66``
-as a cross-check). It is an estimate: the release cannot run here, and the
-model (hourglass_small at 640x480 here) differs.
+interleaved run. "est. / release" scales the ratio to Keras by the Keras
+detect path's ratio to the authors' PyTorch release, measured side by side
+with CenterNet-52 at 511 by ``benchmarks/release_side.py`` (detect row:
+``RELEASE_RATIO_KERAS``): an estimate for this model, since the release
+only builds its own CenterNet-52/104 (hourglass_small at 640x480 here).
 
 Usage:
 
@@ -77,9 +76,9 @@ ENGINES = (
     "keras", "savedmodel", "tflite", "tflite-int8", "tflite-int8-full",
     "onnxruntime", "openvino-onnx", "openvino-savedmodel",
 )
-# issue 23, this machine, CenterNet-52 at 511: our time / the release's.
-RELEASE_RATIO_KERAS = 0.74
-RELEASE_RATIO_TFLITE = 0.66
+# benchmarks/release_side.py, detect row (CenterNet-52 at 511, flip test, this
+# project's 2-core AVX-512 EPYC): our Keras detect path's time / the release's.
+RELEASE_RATIO_KERAS = 0.49
 
 
 def folder_size(path: str) -> int:
@@ -364,7 +363,6 @@ def main(argv=None):
             "vs_keras": per_image(engine, "keras"),
             "vs_tflite": per_image(engine, "tflite") if have_tflite else None,
             "est_vs_release": per_image(engine, "keras") * RELEASE_RATIO_KERAS,
-            "est_vs_release_via_tflite": per_image(engine, "tflite") * RELEASE_RATIO_TFLITE if have_tflite else None,
         })
 
     keras_row = rows[0]
@@ -383,10 +381,8 @@ def main(argv=None):
               f"{row['est_vs_release']:.2f} | {100 * row['AP']:.1f} | {100 * row['AP50']:.1f} | "
               f"{100 * (row['AP'] - keras_row['AP']):+.1f} | {row['top10_agree']:.2f} | {size} | "
               f"{row['first_call_s']:.1f} |")
-    print(f"\nest. / release = (/ Keras) x {RELEASE_RATIO_KERAS} (issue 23's Keras detect path on this machine); "
-          f"via TFLite fp32 x {RELEASE_RATIO_TFLITE}: "
-          + ", ".join(f"{r['engine']} {r['est_vs_release_via_tflite']:.2f}" for r in rows
-                      if r["est_vs_release_via_tflite"] is not None))
+    print(f"\nest. / release = (/ Keras) x {RELEASE_RATIO_KERAS} (the Keras detect path / the release's, "
+          "benchmarks/release_side.py)")
     for name, reason in failed.items():
         print(f"{name}: not run, conversion failed ({reason})")
     if export_seconds:

@@ -1,9 +1,10 @@
 """The optimizer of a training run: any Keras optimizer behind a non-finite guard.
 
 `build_optimizer` makes the optimizer ``train.optimizer`` names (``adam``,
-the releases'; ``adamw``; ``sgd`` with ``train.momentum``) with the
-learning-rate schedule of docs/reference.md §6 (`learning_rate_schedule`),
-wrapped in `NonFiniteGuardOptimizer`.
+the releases', as `FusedAdam`: Keras' Adam updating each variable with
+TensorFlow's one fused kernel; ``adamw``; ``sgd`` with ``train.momentum``)
+with the learning-rate schedule of docs/reference.md §6
+(`learning_rate_schedule`), wrapped in `NonFiniteGuardOptimizer`.
 
 `NonFiniteGuardOptimizer` wraps another optimizer the way Keras'
 `keras.optimizers.LossScaleOptimizer` does: a step whose loss or
