@@ -22,6 +22,10 @@ Variants:
   numerics: not the release's contract, listed as a setting tried).
 - ``xla``: ``train.jit_compile=true`` (dense targets, the pooling scans).
 
+``--before PATH`` adds the variant ``before``: the default settings with the
+``tf_centernet`` of another checkout (e.g. ``git worktree add /tmp/base
+BASE``), for a before/after pair in one run.
+
 ``--isa avx2`` caps oneDNN (``ONEDNN_MAX_CPU_ISA``, in TensorFlow and in
 torch) and torch's own kernels (``ATEN_CPU_CAPABILITY``) at AVX2, to see on
 an AVX-512 machine what an AVX2-only CPU gets (TensorFlow's Eigen kernels do
@@ -93,7 +97,12 @@ def worker(args):
     from tf_centernet.data import CocoDataset, build_train_dataset
     from tf_centernet.models.presets import build_model
     from tf_centernet.training.optimizer import build_optimizer
-    from tf_centernet.training.task import target_heatmaps
+    try:
+        from tf_centernet.training.task import target_heatmaps
+    except ImportError:  # revisions before train.heatmaps: sparse, dense under XLA
+
+        def target_heatmaps(train_config):
+            return "dense" if train_config.jit_compile else "sparse"
 
     config = load_config(args.config, [f"data.input_size={args.size}", f"train.batch_size={args.batch}", *args.set])
     if config.train.jit_compile:
@@ -222,6 +231,7 @@ def main():
     parser.add_argument("--work", default="/tmp/train_step_profile")
     parser.add_argument("--json", help="write the results here")
     parser.add_argument("--isa", help="cap oneDNN's (TensorFlow's and torch's) and torch's kernels at this ISA, e.g. avx2")
+    parser.add_argument("--before", help="a checkout of an earlier revision: its step runs as variant 'before' (default settings)")
     parser.add_argument("--release", help="a checkout of the authors' CenterNet: profile its step too (release_side.py)")
     parser.add_argument("--build-dir", default="/tmp/release_side_build", help="release_side.py's build folder")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
@@ -234,7 +244,7 @@ def main():
         return release_worker(args)
     os.makedirs(args.work, exist_ok=True)
     results = {}
-    names = ([] if not args.release else ["release"]) + args.variants.split(",")
+    names = (["release"] if args.release else []) + (["before"] if args.before else []) + args.variants.split(",")
     for name in names:
         env_vars, overrides = VARIANTS.get(name, ({}, []))
         common = ["--size", str(args.size), "--batch", str(args.batch), "--steps", str(args.steps),
@@ -245,7 +255,8 @@ def main():
         else:
             command = [sys.executable, os.path.abspath(__file__), "--worker", "--config", args.config, *common,
                        "--set", *args.set, *overrides]
-        env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""), **env_vars)
+        code = os.path.abspath(args.before) if name == "before" else REPO
+        env = dict(os.environ, PYTHONPATH=code + os.pathsep + os.environ.get("PYTHONPATH", ""), **env_vars)
         if args.isa:
             env.update(ONEDNN_MAX_CPU_ISA=args.isa.upper(), ATEN_CPU_CAPABILITY=args.isa.lower())
         out = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
