@@ -112,8 +112,8 @@ def focal_sum(logits, positive, negative_weight, alpha=2.0):
     (1 - p)^alpha (alpha p log p - (1 - p)) at positive cells and
     w p^alpha (p - alpha (1 - p) log(1 - p)) elsewhere, w = (1 - y)^beta:
     a few element-wise ops instead of differentiating each op of the
-    forward pass (on a CPU the autodiff version was a quarter of a small
-    hourglass's training step).
+    forward pass (those were a large share of a small hourglass's training
+    step on a CPU: docs/speed.md).
 
     Args:
         logits: float (batch, height, width, classes), any float dtype.
