@@ -43,7 +43,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from support.export_case import CATEGORY_ID, FIXED_SIZE, assert_same_detections, exported_detections, iou
+from support.decode_helpers import iou
+from support.export_case import CATEGORY_ID, FIXED_SIZE, assert_same_detections, exported_detections
 from support.tiny import TINY_MODEL
 from tf_centernet import export as export_lib
 from tf_centernet.cli import main

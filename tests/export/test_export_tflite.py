@@ -8,12 +8,12 @@ import os
 
 import numpy as np
 
+from support.decode_helpers import iou
 from support.export_case import (
     CATEGORY_ID,
     FIXED_SIZE,
     assert_same_detections,
     exported_detections,
-    iou,
     run_tflite,
 )
 from tf_centernet import export as export_lib

@@ -11,7 +11,8 @@ import cv2
 import numpy as np
 import pytest
 
-from support.export_case import CATEGORY_ID, FIXED_SIZE, exported_detections, iou, run_tflite
+from support.decode_helpers import iou
+from support.export_case import CATEGORY_ID, FIXED_SIZE, exported_detections, run_tflite
 from tf_centernet import export as export_lib
 from tf_centernet.cli import main
 

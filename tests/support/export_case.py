@@ -103,13 +103,6 @@ def assert_same_detections(ref, got, box_tol, score_tol):
         assert not np.any(padding)
 
 
-def iou(a, b):
-    iw = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    ih = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - iw * ih
-    return iw * ih / union if union > 0 else 0.0
-
-
 def run_tflite(path, image):
     """The TFLite file's detections of one image (no Flex or custom ops in it)."""
     pytest.importorskip("ai_edge_litert")
