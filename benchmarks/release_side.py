@@ -500,11 +500,12 @@ def ours_train(args):
     from tf_centernet.data import build_train_dataset
     from tf_centernet.models.presets import build_model
     from tf_centernet.training.optimizer import build_optimizer
+    from tf_centernet.training.task import target_heatmaps
 
     keras.utils.set_random_seed(SEED)
     config = our_config([f"train.batch_size={args.train_batch}"])
     tc, size = config.train, config.data.input_size
-    heatmaps = "dense" if tc.jit_compile else "sparse"
+    heatmaps = target_heatmaps(tc)
     images, targets = next(iter(build_train_dataset(our_dataset(), config, batch_size=args.train_batch, heatmaps=heatmaps)))
     model = build_model(config.model, config.loss, config.decode, config.data)
     model.build((None, size, size, 3))
@@ -665,13 +666,19 @@ def ratio(ours, release):
     return ours / release if release else float("nan")
 
 
-def row_pipeline(args):
-    rounds = {"release": [], "sparse": [], "dense": []}
+def alternate(args, row, workers):
+    """{side: [one result per round]}: every round runs each worker of `workers` ({side: (name, extra)}) in turn."""
+    rounds = {side: [] for side in workers}
     for i in range(args.rounds):
-        print(f"pipeline round {i + 1}/{args.rounds}", file=sys.stderr, flush=True)
-        rounds["release"].append(run_worker("release-pipeline", args))
-        rounds["sparse"].append(run_worker("ours-pipeline-sparse", args))
-        rounds["dense"].append(run_worker("ours-pipeline-dense", args))
+        print(f"{row} round {i + 1}/{args.rounds}", file=sys.stderr, flush=True)
+        for side, (name, extra) in workers.items():
+            rounds[side].append(run_worker(name, args, extra))
+    return rounds
+
+
+def row_pipeline(args):
+    rounds = alternate(args, "pipeline", {"release": ("release-pipeline", ()), "sparse": ("ours-pipeline-sparse", ()),
+                                          "dense": ("ours-pipeline-dense", ())})
     figures = {side: {key: median_of(r, key) for key in ("cpu_ms_per_image", "images_per_s", "peak_rss_mib", "cores_used")}
                for side, r in rounds.items()}
     rel = figures["release"]
@@ -697,11 +704,7 @@ def row_pipeline(args):
 
 
 def row_train(args):
-    rounds = {"release": [], "ours": []}
-    for i in range(args.rounds):
-        print(f"train round {i + 1}/{args.rounds}", file=sys.stderr, flush=True)
-        rounds["release"].append(run_worker("release-train", args))
-        rounds["ours"].append(run_worker("ours-train", args))
+    rounds = alternate(args, "train", {"release": ("release-train", ()), "ours": ("ours-train", ())})
     figures = {side: {key: median_of(r, key) for key in ("step_s", "step_cpu_s", "first_step_s", "peak_rss_mib")}
                for side, r in rounds.items()}
     rel, ours = figures["release"], figures["ours"]
@@ -745,11 +748,8 @@ def row_detect(args):
     if not os.path.exists(snapshot_path(args)):
         run_worker("release-prepare", args)
     prepared = run_worker("ours-prepare", args)
-    rounds = {"release": [], "ours": []}
-    for i in range(args.rounds):
-        print(f"detect round {i + 1}/{args.rounds}", file=sys.stderr, flush=True)
-        rounds["release"].append(run_worker("release-detect", args))
-        rounds["ours"].append(run_worker("ours-detect", args, ["--prepared", json.dumps(prepared)]))
+    rounds = alternate(args, "detect", {"release": ("release-detect", ()),
+                                        "ours": ("ours-detect", ["--prepared", json.dumps(prepared)])})
     rel = {key: median_of(rounds["release"], key) for key in ("ms", "cpu_ms", "first_call_s", "peak_rss_mib")}
     engines = {}
     for name in ("keras", "tflite-int8-full"):
